@@ -1,0 +1,16 @@
+"""The one exception type that means "the user gave us something wrong"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GlaInputError(Exception):
+    """A user error: bad file, bad option value, files that do not belong together.
+
+    The command-line layer prints it as one line (``gla: error: <message>``) and exits
+    with status 2; anything else escaping a command is a bug and keeps its traceback.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)

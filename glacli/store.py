@@ -1,0 +1,508 @@
+"""The HDF5 file kinds of gla: reading, validating, atomic writing and provenance.
+
+Every command reads and writes through this module, so the checks below (kind, format
+version, completeness, shapes, dtypes, finite values, label range, classnames and ids that
+agree across files) are made once, with one-line messages naming the file.
+
+Layout (see docs/format.md): the root attribute ``gla_kind`` names the kind, ``gla_format``
+its version; ``gla_version``, ``created``, ``gla_id`` and ``parents`` record provenance;
+``gla_complete`` is set last, so a file whose writer died is never taken for a finished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from glacli import __version__
+from glacli.errors import GlaInputError
+
+FORMAT_VERSION = 1
+KINDS = ("features", "head", "logits", "prior")
+ROW_KINDS = ("features", "logits")
+COMPLETE_ATTR = "gla_complete"
+PROVENANCE_ATTRS = ("gla_kind", "gla_format", "gla_version", "created", "gla_id", "parents", COMPLETE_ATTR)
+STRING_DTYPE = h5py.string_dtype("utf-8")
+PRIOR_SUM_TOLERANCE = 1e-6
+CHUNK_BYTES = 64 * 2**20
+
+
+def chunk_rows(n_cols: int, itemsize: int = 4, budget_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per streamed chunk so that one chunk of values stays within ``budget_bytes``."""
+    return max(1, budget_bytes // max(1, n_cols * itemsize))
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def provenance_attrs(kind: str, parents: Iterable[str] = ()) -> dict[str, Any]:
+    """The root attributes every gla file carries; ``gla_complete`` is added on close."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    return {
+        "gla_kind": kind,
+        "gla_format": FORMAT_VERSION,
+        "gla_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "gla_id": new_id(),
+        "parents": [p for p in parents if p],
+    }
+
+
+def set_attrs(f: h5py.File | h5py.Group, attrs: dict[str, Any]) -> None:
+    """Write attributes, storing text and lists of text as UTF-8 strings."""
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            if all(isinstance(v, str) for v in value):
+                f.attrs.create(key, np.array(list(value), dtype=object), dtype=STRING_DTYPE)
+            else:
+                f.attrs[key] = np.asarray(value)
+        elif isinstance(value, str):
+            f.attrs.create(key, value, dtype=STRING_DTYPE)
+        else:
+            f.attrs[key] = value
+
+
+def get_attrs(f: h5py.File | h5py.Group) -> dict[str, Any]:
+    """Attributes as plain Python values (str, int, float, bool, list)."""
+    out: dict[str, Any] = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif isinstance(value, np.ndarray):
+            value = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value.tolist()]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def write_strings(group: h5py.File | h5py.Group, name: str, values: Sequence[str]) -> None:
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STRING_DTYPE)
+
+
+def read_strings(ds: h5py.Dataset, start: int = 0, stop: int | None = None) -> list[str]:
+    return list(ds.asstr()[start:stop])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | Path, kind: str, parents: Iterable[str] = (), attrs: dict[str, Any] | None = None
+              ) -> Iterator[h5py.File]:
+    """Open a new gla file of ``kind`` for writing; it appears at ``path`` only if the block succeeds.
+
+    Data goes to a hidden temporary file in the same folder, which is marked complete and
+    renamed over ``path`` at the end. On any error the temporary file is removed and an
+    existing file at ``path`` is left untouched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise GlaInputError("is a directory, not an output file", path)
+    if not path.parent.exists():
+        raise GlaInputError(f"output folder {path.parent} does not exist", path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    f = h5py.File(tmp, "w")
+    try:
+        set_attrs(f, provenance_attrs(kind, parents))
+        set_attrs(f, attrs or {})
+        yield f
+        f.attrs[COMPLETE_ATTR] = True
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RowSink:
+    """Receives the rows of a features or logits file in chunks (see :func:`write_rows`)."""
+
+    def __init__(self, f: h5py.File, kind: str, n_rows: int, n_cols: int, dtype: np.dtype):
+        self.kind, self.n_rows, self.n_cols = kind, n_rows, n_cols
+        chunk = (max(1, min(n_rows, chunk_rows(n_cols, np.dtype(dtype).itemsize, 2**20))), n_cols)
+        self._values = f.create_dataset(kind, shape=(n_rows, n_cols), dtype=dtype,
+                                        chunks=chunk if n_rows else None)
+        self._labels = f.create_dataset("labels", shape=(n_rows,), dtype=np.int64)
+        self._ids = f.create_dataset("ids", shape=(n_rows,), dtype=STRING_DTYPE)
+        self.written = 0
+
+    def write(self, start: int, values: np.ndarray, labels: np.ndarray, ids: Sequence[str]) -> None:
+        stop = start + len(values)
+        if not (len(labels) == len(ids) == len(values)) or stop > self.n_rows:
+            raise ValueError("chunk does not fit the file")
+        self._values[start:stop] = values
+        self._labels[start:stop] = labels
+        self._ids[start:stop] = np.array(list(ids), dtype=object)
+        self.written += len(values)
+
+
+@contextlib.contextmanager
+def write_rows(path: str | Path, kind: str, *, n_rows: int, n_cols: int, classnames: Sequence[str],
+               attrs: dict[str, Any] | None = None, parents: Iterable[str] = (),
+               dtype: Any = np.float32) -> Iterator[RowSink]:
+    """Stream a features or logits file: ``with write_rows(...) as sink: sink.write(start, ...)``."""
+    if kind not in ROW_KINDS:
+        raise ValueError(f"{kind!r} is not a row kind")
+    if n_cols != len(classnames) and kind == "logits":
+        raise ValueError("logits need one column per class")
+    with atomic_h5(path, kind, parents, attrs) as f:
+        write_strings(f, "classnames", classnames)
+        sink = RowSink(f, kind, n_rows, n_cols, np.dtype(dtype))
+        yield sink
+        if sink.written != n_rows:
+            raise RuntimeError(f"wrote {sink.written} of {n_rows} rows")
+
+
+def write_logits(path: str | Path, logits: np.ndarray, labels: np.ndarray, ids: Sequence[str],
+                 classnames: Sequence[str], attrs: dict[str, Any] | None = None,
+                 parents: Iterable[str] = ()) -> None:
+    """Write a whole in-memory logits array (small files, tests, imports)."""
+    attrs = {"temperature": 1.0, **(attrs or {})}
+    with write_rows(path, "logits", n_rows=len(logits), n_cols=len(classnames), classnames=classnames,
+                    attrs=attrs, parents=parents) as sink:
+        step = chunk_rows(len(classnames))
+        for start in range(0, len(logits), step):
+            sl = slice(start, start + step)
+            sink.write(start, np.asarray(logits[sl], dtype=np.float32), np.asarray(labels[sl]), ids[sl])
+
+
+def write_features(path: str | Path, features: np.ndarray, labels: np.ndarray, ids: Sequence[str],
+                   classnames: Sequence[str], attrs: dict[str, Any] | None = None,
+                   parents: Iterable[str] = (), dtype: Any = np.float16) -> None:
+    """Write a whole in-memory features array (rows are stored as given; callers normalise)."""
+    with write_rows(path, "features", n_rows=len(features), n_cols=features.shape[1],
+                    classnames=classnames, attrs=attrs, parents=parents, dtype=dtype) as sink:
+        step = chunk_rows(features.shape[1])
+        for start in range(0, len(features), step):
+            sl = slice(start, start + step)
+            sink.write(start, np.asarray(features[sl], dtype=dtype), np.asarray(labels[sl]), ids[sl])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an existing HDF5 file for reading, turning every way it can fail into one line."""
+    path = Path(path)
+    if not path.exists():
+        raise GlaInputError("no such file", path)
+    if path.is_dir():
+        raise GlaInputError("is a directory, not an HDF5 file", path)
+    try:
+        if not h5py.is_hdf5(path):
+            raise GlaInputError("not an HDF5 file", path)
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise GlaInputError(f"cannot be read as HDF5 (truncated or corrupt): {exc}", path) from exc
+
+
+def file_kind(path: str | Path) -> str:
+    """The ``gla_kind`` of a file, after the same checks every reader makes."""
+    with open_h5(path) as f:
+        return _check_header(f, path, KINDS)
+
+
+def _check_header(f: h5py.File, path: str | Path, kinds: Sequence[str]) -> str:
+    kind = f.attrs.get("gla_kind")
+    if kind is None:
+        raise GlaInputError("not a gla file (no 'gla_kind' attribute)", path)
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind not in kinds:
+        wanted = " or ".join(f"'{k}'" for k in kinds)
+        raise GlaInputError(f"is a '{kind}' file, expected {wanted}", path)
+    version = int(f.attrs.get("gla_format", 0))
+    if not 1 <= version <= FORMAT_VERSION:
+        raise GlaInputError(f"gla_format {version} is not supported by gla {__version__}", path)
+    if not bool(f.attrs.get(COMPLETE_ATTR, False)):
+        raise GlaInputError("is incomplete (its writer did not finish; re-run the command that makes it)", path)
+    return kind
+
+
+def _dataset(f: h5py.File, name: str, path: str | Path, ndim: int, numeric: str | None = None) -> h5py.Dataset:
+    ds = f.get(name)
+    if not isinstance(ds, h5py.Dataset):
+        raise GlaInputError(f"missing dataset '{name}'", path)
+    if ds.ndim != ndim:
+        raise GlaInputError(f"dataset '{name}' has {ds.ndim} dimensions, expected {ndim}", path)
+    if numeric == "float" and ds.dtype.kind != "f":
+        raise GlaInputError(f"dataset '{name}' has dtype {ds.dtype}, expected floating point", path)
+    if numeric == "int" and ds.dtype.kind not in "iu":
+        raise GlaInputError(f"dataset '{name}' has dtype {ds.dtype}, expected integers", path)
+    return ds
+
+
+def _classnames(f: h5py.File, path: str | Path, n: int) -> list[str]:
+    ds = _dataset(f, "classnames", path, 1)
+    if ds.dtype.kind not in "OSU":
+        raise GlaInputError("dataset 'classnames' is not text", path)
+    if len(ds) != n:
+        raise GlaInputError(f"has {len(ds)} classnames for {n} classes", path)
+    names = read_strings(ds)
+    if len(set(names)) != len(names):
+        raise GlaInputError("classnames are not unique", path)
+    return names
+
+
+def require_finite(values: np.ndarray, what: str, path: str | Path, row_offset: int = 0) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        where = f"row {row_offset + int(bad[0])}" if values.ndim > 1 else f"entry {int(bad[0])}"
+        raise GlaInputError(f"'{what}' holds NaN or infinite values (first at {where})", path)
+
+
+@dataclass
+class RowChunk:
+    start: int
+    stop: int
+    values: np.ndarray
+    labels: np.ndarray
+    ids: list[str] | None = None
+
+
+class RowFile:
+    """A validated features or logits file whose rows are read in chunks.
+
+    Small per-file data (classnames, labels, attributes) is loaded on open; the [N, D] values
+    and the ids are read on demand, so memory does not grow with N. Use as a context manager.
+    """
+
+    def __init__(self, path: str | Path, kinds: Sequence[str] = ROW_KINDS):
+        self.path = str(path)
+        self._f = open_h5(path)
+        try:
+            self.kind = _check_header(self._f, path, kinds)
+            self._values = _dataset(self._f, self.kind, path, 2, "float")
+            self.n_rows, self.n_cols = self._values.shape
+            labels_ds = _dataset(self._f, "labels", path, 1, "int")
+            self._ids = _dataset(self._f, "ids", path, 1)
+            for name, ds in (("labels", labels_ds), ("ids", self._ids)):
+                if len(ds) != self.n_rows:
+                    raise GlaInputError(f"dataset '{name}' has {len(ds)} rows, '{self.kind}' has {self.n_rows}", path)
+            self.attrs = get_attrs(self._f)
+            n_classes = self.n_cols if self.kind == "logits" else len(self._f.get("classnames", ()))
+            self.classnames = _classnames(self._f, path, n_classes)
+            self.labels = labels_ds[()].astype(np.int64)
+            bad = (self.labels < -1) | (self.labels >= len(self.classnames))
+            if bad.any():
+                raise GlaInputError(f"label {int(self.labels[bad][0])} out of range for "
+                                    f"{len(self.classnames)} classes", path)
+        except BaseException:
+            self._f.close()
+            raise
+
+    def __enter__(self) -> RowFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def gla_id(self) -> str:
+        return str(self.attrs.get("gla_id", ""))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.attrs.get("temperature", 1.0))
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.n_rows) and bool((self.labels >= 0).all())
+
+    def require_labels(self, purpose: str) -> np.ndarray:
+        """All labels, or a one-line error saying what needed them."""
+        unknown = int((self.labels < 0).sum())
+        if unknown or not self.n_rows:
+            what = "has no rows" if not self.n_rows else f"has {unknown} of {self.n_rows} rows without labels"
+            raise GlaInputError(f"{what}; labels are needed {purpose}", self.path)
+        return self.labels
+
+    def ids(self, start: int = 0, stop: int | None = None) -> list[str]:
+        return read_strings(self._ids, start, stop)
+
+    def read(self, start: int = 0, stop: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """Rows ``start:stop`` as ``dtype``, checked for NaN/inf."""
+        values = self._values[start:stop].astype(dtype, copy=False)
+        require_finite(values, self.kind, self.path, start)
+        return values
+
+    def iter_chunks(self, rows: int | None = None, with_ids: bool = False, dtype: Any = np.float32
+                    ) -> Iterator[RowChunk]:
+        rows = rows or chunk_rows(self.n_cols)
+        for start in range(0, self.n_rows, rows):
+            stop = min(start + rows, self.n_rows)
+            yield RowChunk(start, stop, self.read(start, stop, dtype), self.labels[start:stop],
+                           self.ids(start, stop) if with_ids else None)
+
+
+def read_rows(path: str | Path, kind: str) -> RowFile:
+    """Open a features or logits file of the given kind (``"features"`` or ``"logits"``)."""
+    return RowFile(path, (kind,))
+
+
+# --------------------------------------------------------------------------- small kinds
+
+
+@dataclass
+class Prior:
+    """An estimated label prior ``q`` and how it was obtained."""
+
+    prior: np.ndarray
+    classnames: list[str]
+    temperature: float
+    method: str
+    converged: bool = True
+    max_moment_gap: float = 0.0
+    iterations: int = 0
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gla_id(self) -> str:
+        return str(self.attrs.get("gla_id", ""))
+
+
+def validate_prior(prior: np.ndarray, path: str | Path | None) -> np.ndarray:
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.ndim != 1 or prior.size == 0:
+        raise GlaInputError(f"prior must be a non-empty vector, got shape {prior.shape}", path)
+    require_finite(prior, "prior", path or "prior")
+    if (prior <= 0).any():
+        k = int(np.argmax(prior <= 0))
+        raise GlaInputError(f"prior entry {k} is {prior[k]:g}; every class needs a positive prior", path)
+    total = float(prior.sum())
+    if abs(total - 1.0) > PRIOR_SUM_TOLERANCE:
+        raise GlaInputError(f"prior sums to {total:.6g}, not 1", path)
+    return prior
+
+
+def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = ()) -> None:
+    values = validate_prior(prior.prior, None)
+    attrs = {**prior.attrs, "temperature": float(prior.temperature), "method": prior.method,
+             "converged": bool(prior.converged), "max_moment_gap": float(prior.max_moment_gap),
+             "iterations": int(prior.iterations)}
+    for key in PROVENANCE_ATTRS:
+        attrs.pop(key, None)
+    with atomic_h5(path, "prior", parents, attrs) as f:
+        f.create_dataset("prior", data=values)
+        write_strings(f, "classnames", prior.classnames)
+
+
+def read_prior(path: str | Path) -> Prior:
+    with open_h5(path) as f:
+        _check_header(f, path, ("prior",))
+        values = _dataset(f, "prior", path, 1, "float")[()]
+        classnames = _classnames(f, path, len(values))
+        attrs = get_attrs(f)
+    validate_prior(values, path)
+    temperature = float(attrs.get("temperature", 1.0))
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise GlaInputError(f"temperature attribute is {temperature}, expected a positive number", path)
+    return Prior(prior=values.astype(np.float64), classnames=classnames, temperature=temperature,
+                 method=str(attrs.get("method", "")), converged=bool(attrs.get("converged", True)),
+                 max_moment_gap=float(attrs.get("max_moment_gap", 0.0)),
+                 iterations=int(attrs.get("iterations", 0)), attrs=attrs)
+
+
+@dataclass
+class Head:
+    """A linear classifier on features: ``logits = (features @ weight.T + bias) / temperature``."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    classnames: list[str]
+    head_type: str
+    temperature: float = 1.0
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gla_id(self) -> str:
+        return str(self.attrs.get("gla_id", ""))
+
+
+HEAD_TYPES = ("zeroshot", "linear")
+
+
+def write_head(path: str | Path, head: Head, parents: Iterable[str] = ()) -> None:
+    weight = np.asarray(head.weight, dtype=np.float32)
+    bias = np.asarray(head.bias, dtype=np.float32)
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(head.classnames) != weight.shape[0]:
+        raise ValueError("head weight [C, D], bias [C] and classnames [C] do not agree")
+    if head.head_type not in HEAD_TYPES:
+        raise ValueError(f"unknown head_type {head.head_type!r}")
+    attrs = {**head.attrs, "head_type": head.head_type, "temperature": float(head.temperature)}
+    for key in PROVENANCE_ATTRS:
+        attrs.pop(key, None)
+    with atomic_h5(path, "head", parents, attrs) as f:
+        f.create_dataset("weight", data=weight)
+        f.create_dataset("bias", data=bias)
+        write_strings(f, "classnames", head.classnames)
+
+
+def read_head(path: str | Path) -> Head:
+    with open_h5(path) as f:
+        _check_header(f, path, ("head",))
+        weight = _dataset(f, "weight", path, 2, "float")[()].astype(np.float32)
+        bias = _dataset(f, "bias", path, 1, "float")[()].astype(np.float32)
+        classnames = _classnames(f, path, weight.shape[0])
+        attrs = get_attrs(f)
+    if bias.shape != (weight.shape[0],):
+        raise GlaInputError(f"bias has shape {bias.shape}, weight has {weight.shape[0]} classes", path)
+    require_finite(weight, "weight", path)
+    require_finite(bias, "bias", path)
+    temperature = float(attrs.get("temperature", 1.0))
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise GlaInputError(f"temperature attribute is {temperature}, expected a positive number", path)
+    return Head(weight=weight, bias=bias, classnames=classnames, head_type=str(attrs.get("head_type", "")),
+                temperature=temperature, attrs=attrs)
+
+
+# --------------------------------------------------------------------------- across files
+
+
+def check_same_classnames(names: Sequence[str], path: str | Path, ref_names: Sequence[str],
+                          ref_path: str | Path) -> None:
+    """Refuse two files whose classes differ (count, order or spelling)."""
+    if len(names) != len(ref_names):
+        raise GlaInputError(f"has {len(names)} classes but {ref_path} has {len(ref_names)}", path)
+    for k, (a, b) in enumerate(zip(names, ref_names)):
+        if a != b:
+            raise GlaInputError(f"classnames disagree with {ref_path} (class {k}: {a!r} vs {b!r})", path)
+
+
+def check_same_rows(a: RowFile, b: RowFile) -> None:
+    """Refuse two row files that do not hold the same samples in the same order (ids, labels)."""
+    if a.n_rows != b.n_rows:
+        raise GlaInputError(f"has {a.n_rows} rows but {b.path} has {b.n_rows}", a.path)
+    step = 65536
+    for start in range(0, a.n_rows, step):
+        ids_a, ids_b = a.ids(start, start + step), b.ids(start, start + step)
+        if ids_a != ids_b:
+            k = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y)
+            raise GlaInputError(f"ids disagree with {b.path} at row {start + k} "
+                                f"({ids_a[k]!r} vs {ids_b[k]!r})", a.path)
+    both = (a.labels >= 0) & (b.labels >= 0)
+    if (a.labels[both] != b.labels[both]).any():
+        k = int(np.argmax(both & (a.labels != b.labels)))
+        raise GlaInputError(f"labels disagree with {b.path} at row {k}", a.path)
