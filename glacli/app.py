@@ -80,3 +80,16 @@ def progress(transient: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                     console=err, transient=transient)
+
+
+def resolve_device(name: str) -> "torch.device":
+    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is a user error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        fail(f"--device: expected auto, cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available on this machine")
+    return torch.device(name)

@@ -11,7 +11,7 @@ from glacli.app import app, err
 from glacli.errors import GlaInputError
 
 # Each module registers its commands on ``app`` when imported.
-from glacli.commands import combine, estimate  # noqa: F401,E402
+from glacli.commands import combine, estimate, evaluate, extract, interchange, report, subset  # noqa: F401,E402
 
 USER_ERROR = 2
 

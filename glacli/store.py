@@ -36,9 +36,9 @@ PRIOR_SUM_TOLERANCE = 1e-6
 CHUNK_BYTES = 64 * 2**20
 
 
-def chunk_rows(n_cols: int, itemsize: int = 4, budget_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per streamed chunk so that one chunk of values stays within ``budget_bytes``."""
-    return max(1, budget_bytes // max(1, n_cols * itemsize))
+def chunk_rows(n_cols: int, itemsize: int = 4, budget_bytes: int | None = None) -> int:
+    """Rows per streamed chunk so that one chunk of values stays within ``budget_bytes`` (default CHUNK_BYTES)."""
+    return max(1, (budget_bytes or CHUNK_BYTES) // max(1, n_cols * itemsize))
 
 
 def new_id() -> str:

@@ -1,0 +1,170 @@
+"""``gla estimate-prior``: fit the zero-shot model's label prior q (and its temperature)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+from rich.table import Table
+
+from glacli import store
+from glacli.app import app, err, fail, out, parse_choice_or_float, print_json, resolve_device
+from glacli.prior import DEFAULT_TOL, class_proportions, debiased_logits, estimate_prior
+
+TEMPERATURE_METHODS = ("nll", "confidence")
+
+
+@app.command("estimate-prior")
+def estimate_prior_cmd(
+    zs_logits: Path = typer.Argument(..., metavar="ZS_LOGITS.h5", help="Zero-shot logits (kind 'logits')."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="PRIOR.h5", help="Prior file to write."),
+    temperature: str = typer.Option(
+        "nll", "--temperature", "-t", metavar="nll|confidence|FLOAT",
+        help="nll: fit T and q jointly by maximum likelihood; confidence: T such that mean max-probability "
+             "equals accuracy (the paper's choice), then q; a number: fixed T (1 = none)."),
+    target: str = typer.Option(
+        "labels", "--target", metavar="labels|uniform|FILE",
+        help="Class proportions of the estimation set: its labels; uniform (balanced set, no labels needed, "
+             "with a numeric --temperature); or a file (prior .h5, .json, .npy, or .txt with one number per line)."),
+    tol: float = typer.Option(DEFAULT_TOL, "--tol", help="Stop when every moment gap |f_k - mean p_k| is below this."),
+    max_iter: int = typer.Option(100, "--max-iter", help="Newton iterations at most."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    show: int = typer.Option(5, "--show", help="How many most and least likely classes to report."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Estimate the label prior q of a zero-shot model from its logits on a held-out set.
+
+    Solves min_q CE(z/T - log q, y) over the simplex exactly (Newton, float64 moment gap below --tol).
+
+    Example:
+
+        gla estimate-prior zs_val.h5 -o prior.h5 --temperature nll
+
+        gla estimate-prior zs_unlabelled_balanced.h5 -o prior.h5 --target uniform --temperature 1
+    """
+    method = parse_choice_or_float(temperature, TEMPERATURE_METHODS, "--temperature")
+    if tol <= 0 or max_iter < 1 or show < 0:
+        fail("--tol must be positive, --max-iter at least 1 and --show not negative")
+    torch_device = resolve_device(device)
+    with store.read_rows(zs_logits, "logits") as logits_file:
+        if logits_file.attrs.get("head_type", "zeroshot") != "zeroshot":
+            err.print(f"[yellow]warning:[/] {zs_logits} comes from a '{logits_file.attrs['head_type']}' head; "
+                      "q describes the model whose logits you give")
+        labels = torch.from_numpy(logits_file.labels) if logits_file.has_labels else None
+        proportions = _target_proportions(target, method, logits_file)
+        if method in TEMPERATURE_METHODS and labels is None:
+            logits_file.require_labels(f"for --temperature {method}")
+        z = torch.from_numpy(logits_file.read()).to(torch_device)
+        parents = [logits_file.gla_id]
+        classnames = logits_file.classnames
+    try:
+        fit = estimate_prior(z, proportions.to(torch_device), method,
+                             labels=None if labels is None else labels.to(torch_device), tol=tol, max_iter=max_iter)
+    except ValueError as exc:
+        fail(str(exc), str(zs_logits))
+    q = fit.prior.cpu().numpy()
+    method_name = method if isinstance(method, str) else "fixed"
+    store.write_prior(output, store.Prior(
+        prior=q / q.sum(), classnames=classnames, temperature=fit.temperature, method=method_name,
+        converged=fit.converged, max_moment_gap=fit.max_moment_gap, iterations=fit.iterations,
+        attrs={"target": target if target in ("labels", "uniform") else str(Path(target)),
+               "objective": fit.objective, "n_rows": int(z.shape[0]), "source": str(zs_logits)}), parents)
+    report = _report(z, labels, fit, q, classnames, method_name, zs_logits, output, show)
+    if not fit.converged:
+        err.print(f"[yellow]warning:[/] not converged after {fit.iterations} iterations "
+                  f"(max moment gap {fit.max_moment_gap:.2e} > {tol:g}); raise --max-iter")
+    if json_output:
+        print_json(report)
+    else:
+        _print_report(report)
+
+
+def _target_proportions(target: str, method: str | float, logits_file: store.RowFile) -> torch.Tensor:
+    n_classes = logits_file.n_classes
+    if target == "labels":
+        labels = logits_file.require_labels("for --target labels (use --target uniform for a balanced unlabelled set)")
+        counts = np.bincount(labels, minlength=n_classes)
+        if (counts == 0).any():
+            k = int(np.argmax(counts == 0))
+            fail(f"class {logits_file.classnames[k]!r} has no samples; --target labels needs every class "
+                 "(q is undefined for an absent class)", logits_file.path)
+        return class_proportions(torch.from_numpy(labels), n_classes)
+    if method == "nll":
+        fail(f"--temperature nll fits T to the labels, so it needs --target labels; with --target {target} "
+             "give a number, e.g. --temperature 1")
+    if target == "uniform":
+        return torch.full((n_classes,), 1.0 / n_classes, dtype=torch.float64)
+    return torch.from_numpy(read_proportions(Path(target), logits_file.classnames))
+
+
+def read_proportions(path: Path, classnames: list[str]) -> np.ndarray:
+    """Class proportions from a prior .h5, a .json (list or {classnames, prior}), .npy or one-per-line text."""
+    if not path.exists():
+        fail("no such file (--target is labels, uniform or a file of class proportions)", str(path))
+    suffix = path.suffix.lower()
+    names = None
+    try:
+        if suffix in (".h5", ".hdf5"):
+            prior = store.read_prior(path)
+            values, names = prior.prior, prior.classnames
+        elif suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                names = data.get("classnames")
+                data = data.get("prior", data.get("proportions"))
+            values = np.asarray(data, dtype=np.float64)
+        elif suffix == ".npy":
+            values = np.load(path, allow_pickle=False).astype(np.float64)
+        else:
+            values = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    except (ValueError, TypeError, OSError) as exc:
+        fail(f"cannot read class proportions: {exc}", str(path))
+    if names is not None:
+        store.check_same_classnames(names, path, classnames, "the logits")
+    if values.ndim != 1 or len(values) != len(classnames):
+        fail(f"holds {values.size} proportions for {len(classnames)} classes", str(path))
+    store.require_finite(values, "proportions", path)
+    if (values <= 0).any():
+        fail("class proportions must all be positive", str(path))
+    return values / values.sum()
+
+
+def _report(z: torch.Tensor, labels: torch.Tensor | None, fit, q: np.ndarray, classnames: list[str],
+            method: str, source: Path, output: Path, show: int) -> dict:
+    order = np.argsort(-q, kind="stable")
+    report = {
+        "input": str(source), "output": str(output), "n_rows": int(z.shape[0]), "n_classes": len(classnames),
+        "temperature": fit.temperature, "temperature_method": method, "iterations": fit.iterations,
+        "max_moment_gap": fit.max_moment_gap, "converged": fit.converged, "objective": fit.objective,
+        "effective_classes": float(np.exp(-(q * np.log(q)).sum())),
+        "most_likely": [{"class": classnames[k], "q": float(q[k])} for k in order[:show]],
+        "least_likely": [{"class": classnames[k], "q": float(q[k])} for k in order[::-1][:show]],
+    }
+    if labels is not None:
+        y = labels.to(z.device)
+        report["top1_before"] = float((z.argmax(1) == y).double().mean()) * 100
+        adjusted = debiased_logits(z.to(torch.float64), fit.log_prior.to(z.device), fit.temperature)
+        report["top1_after"] = float((adjusted.argmax(1) == y).double().mean()) * 100
+    return report
+
+
+def _print_report(report: dict) -> None:
+    table = Table(title=f"Label prior of {report['input']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("rows x classes", f"{report['n_rows']} x {report['n_classes']}")
+    table.add_row("temperature", f"{report['temperature']:.4f} ({report['temperature_method']})")
+    table.add_row("iterations", str(report["iterations"]))
+    status = "[green]converged[/]" if report["converged"] else "[red]not converged[/]"
+    table.add_row("max moment gap", f"{report['max_moment_gap']:.2e} {status}")
+    if "top1_before" in report:
+        gain = report["top1_after"] - report["top1_before"]
+        table.add_row("top-1 (estimation set)",
+                      f"{report['top1_before']:.2f} -> {report['top1_after']:.2f} ({gain:+.2f} pp)")
+    table.add_row("effective classes exp(H(q))", f"{report['effective_classes']:.1f}")
+    table.add_row("most likely", ", ".join(f"{c['class']} {c['q']:.4f}" for c in report["most_likely"]))
+    table.add_row("least likely", ", ".join(f"{c['class']} {c['q']:.2e}" for c in report["least_likely"]))
+    table.add_row("written", report["output"])
+    out.print(table)

@@ -1,0 +1,221 @@
+"""``gla extract`` (images -> features file) and ``gla zeroshot`` (class names -> zero-shot head).
+
+Both load their model through the encoder registry (:mod:`glacli.encoders`); the pipeline is
+:mod:`glacli.extraction`, the rows come from :mod:`glacli.sources`, the head math from
+:mod:`glacli.zeroshot`. This module parses options, calls them and reports.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich import box
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from glacli import store
+from glacli.app import app, err, fail, out, print_json
+from glacli.encoders import BACKENDS, DEFAULT_BACKEND, load_encoder
+
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+
+class RateColumn(ProgressColumn):
+    """Rows per second of the task (images/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} img/s")
+
+
+def _progress() -> Progress:
+    """A bar that vanishes when done, so errors stay one line and the summary table carries the rate."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err,
+                    transient=True)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        fail(f"--encoder: unknown backend {backend!r} (known: {', '.join(sorted(BACKENDS))})")
+
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", help="open_clip architecture (e.g. ViT-B-16), or the path of an open_clip model-config .json.",
+    show_default=False)]
+PretrainedOption = Annotated[str, typer.Option(
+    "--pretrained", help="Weights: an open_clip tag (openai, laion2b_s34b_b79k), an hf-hub: name, "
+                         "or a local checkpoint path.", show_default=False)]
+EncoderOption = Annotated[str, typer.Option("--encoder", help="Encoder backend.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+
+
+@app.command("extract")
+def extract_command(
+    source: Annotated[str, typer.Argument(
+        help="Image folder (one sub-folder per class), manifest (.csv/.tsv with path,label columns; .txt lines "
+             "'path label'), CoOp split .json (with --split), or .tar shards (a path or a quoted glob).",
+        metavar="SOURCE", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Features file to write (.h5).",
+                                         show_default=False)],
+    model: ModelOption,
+    pretrained: PretrainedOption,
+    split: Annotated[str | None, typer.Option("--split", help="Split of a CoOp split JSON: train, val or test.")
+                     ] = None,
+    root: Annotated[Path | None, typer.Option(
+        "--root", help="Folder that relative manifest/split paths start from (default: the manifest's folder).")
+                    ] = None,
+    classnames: Annotated[Path | None, typer.Option(
+        "--classnames", help="Class names, one per line: names integer labels, or fixes the class order.")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", help="Keep K images per class (deterministic per --seed).")
+                     ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots selection.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 128,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding images.")
+                       ] = DEFAULT_WORKERS,
+    device: DeviceOption = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")
+                     ] = "float16",
+    autocast: Annotated[str, typer.Option("--autocast", help="Mixed precision on CUDA: fp16, bf16 or off.")
+                        ] = "fp16",
+    gpu_decode: Annotated[bool, typer.Option(
+        "--gpu-decode", help="Decode JPEGs on the GPU (torchvision.io.decode_jpeg) when CPU decoding bounds the run."
+    )] = False,
+    commit_every: Annotated[int, typer.Option(
+        "--commit-every", help="Rows per committed chunk: the most work a crash can lose.")] = 4096,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Leave unreadable images out (their ids are recorded in the file) instead of stopping."
+    )] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing output, or discard an unfinished run of something else.")] = False,
+    encoder: EncoderOption = DEFAULT_BACKEND,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Encode images once into a features file (L2-normalised rows, labels, ids, class names).
+
+    Safe to kill: the same command resumes from the last committed chunk. Under torchrun each
+    rank encodes its own share and rank 0 writes the same file a single process would.
+
+    Example:
+
+        gla extract data/imagenet/val -o val.h5 --model ViT-B-16 --pretrained openai
+
+        gla extract split_zhou_OxfordPets.json --split train --root data/pets/images \\
+            --shots 16 --seed 1 -o pets_train.h5 --model ViT-B-16 --pretrained openai
+
+        torchrun --nproc-per-node 8 -m glacli extract 'shards/train-*.tar' -o train.h5 \\
+            --model ViT-B-16 --pretrained openai --classnames classnames.txt
+    """
+    from glacli import extraction, sources
+
+    _check_backend(encoder)
+    dist = extraction.init_distributed(device)
+    try:
+        rows = sources.open_source(source, split=split, root=None if root is None else str(root),
+                                   classnames_file=None if classnames is None else str(classnames))
+        if shots is not None:
+            rows = sources.select_shots(rows, shots, seed)
+        if dist.is_main:
+            for warning in rows.warnings:
+                err.print(f"warning: {warning}")
+        model_encoder = load_encoder(encoder, model, pretrained, dist.device, autocast=autocast)
+        options = extraction.ExtractOptions(batch_size=batch_size, workers=workers, dtype=dtype,
+                                            commit_rows=commit_every, skip_bad=skip_bad, overwrite=overwrite,
+                                            decode_on_device=gpu_decode)
+        with _progress() as bar:
+            task = bar.add_task("extract", total=None, visible=dist.is_main)
+            report = extraction.Reporter(message=lambda text: err.print(text),
+                                         start=lambda total: bar.update(task, total=total),
+                                         advance=lambda n: bar.advance(task, n))
+            result = extraction.extract(rows, model_encoder, output, options, dist, report)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return
+    summary: dict[str, Any] = {
+        "output": str(output), "rows": result.n_rows, "skipped": result.n_skipped, "dim": model_encoder.dim,
+        "classes": len(rows.classnames), "resumed_from_row": result.resumed_from, "encoded": result.encoded,
+        "seconds": round(result.seconds, 3), "already_complete": result.already_complete,
+        "images_per_second": round(result.encoded / result.seconds, 1) if result.seconds > 0 else None,
+        "ranks": dist.world_size,
+    }
+    if result.n_skipped:
+        err.print(f"warning: skipped {result.n_skipped} unreadable images (listed in the file's 'skipped' dataset)")
+    _report(summary, as_json, "extract")
+
+
+@app.command("zeroshot")
+def zeroshot_command(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Head file to write (.h5).", show_default=False)],
+    model: ModelOption,
+    pretrained: PretrainedOption,
+    classnames: Annotated[Path | None, typer.Option("--classnames", help="Class names, one per line.")] = None,
+    like: Annotated[Path | None, typer.Option(
+        "--like", help="Take the class names (and check the model) from this features file.")] = None,
+    templates: Annotated[str, typer.Option(
+        "--templates", help="Prompt set: imagenet (80 CLIP prompts), simple, a dataset name (caltech101, "
+                            "oxfordpets, stanfordcars, oxfordflowers, food101, fgvcaircraft, sun397, dtd, eurosat, "
+                            "ucf101), or a file with one template per line, '{}' for the class name.")] = "imagenet",
+    device: DeviceOption = "auto",
+    encoder: EncoderOption = DEFAULT_BACKEND,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Build a zero-shot head: prompt-ensembled class text embeddings times CLIP's logit scale.
+
+    weight[c] = normalise(mean over templates of normalise(text(template(c)))) * logit_scale.exp(),
+    bias 0, head_type zeroshot.
+
+    Example:
+
+        gla zeroshot --model ViT-B-16 --pretrained openai --like val.h5 --templates imagenet -o zs_head.h5
+    """
+    from glacli import sources, zeroshot
+    from glacli.encoders import resolve_device
+
+    _check_backend(encoder)
+    if (classnames is None) == (like is None):
+        fail("give exactly one of --classnames FILE or --like FEATURES.h5")
+    template_name, template_list = zeroshot.load_templates(templates)
+    parents: list[str] = []
+    if like is not None:
+        with store.read_rows(like, "features") as features:
+            names, recorded, parents = features.classnames, features.attrs, [features.gla_id]
+        if not names:
+            fail("has no class names to build a head for", str(like))
+    else:
+        names, recorded = sources.read_classnames(str(classnames)), {}
+    text_encoder = load_encoder(encoder, model, pretrained, resolve_device(device), autocast="off")
+    if like is not None:
+        for key, value in text_encoder.describe().items():
+            if key in ("model", "pretrained") and recorded.get(key) not in (None, value):
+                fail(f"was extracted with {key} {recorded[key]!r}, not {value!r}", str(like))
+    with _progress() as bar:
+        task = bar.add_task("zeroshot", total=len(names))
+        weight = zeroshot.zeroshot_weights(text_encoder.encode_text, names, template_list,
+                                           text_encoder.logit_scale, lambda n: bar.advance(task, n))
+    attrs = {**text_encoder.describe(), "templates": template_name, "n_templates": len(template_list),
+             "logit_scale": text_encoder.logit_scale}
+    store.write_head(output, store.Head(weight=weight.numpy().astype(np.float32),
+                                        bias=np.zeros(len(names), np.float32), classnames=list(names),
+                                        head_type="zeroshot", temperature=1.0, attrs=attrs), parents)
+    _report({"output": str(output), "classes": len(names), "dim": int(weight.shape[1]),
+             "templates": template_name, "n_templates": len(template_list),
+             "logit_scale": round(text_encoder.logit_scale, 4)}, as_json, "zeroshot")
+
+
+def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"gla {title}", box=box.SIMPLE, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        if value is not None:
+            table.add_row(key.replace("_", " "), str(value))
+    out.print(table)

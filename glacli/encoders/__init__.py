@@ -1,0 +1,102 @@
+"""Encoder backends behind one registry: ``load_encoder(backend, model, pretrained, device)``.
+
+``gla extract`` and ``gla zeroshot`` only talk to :class:`Encoder`; a backend joins by
+subclassing it and adding one line to :data:`BACKENDS`. An encoder says what its rows are
+(``input_kind``: ``"image"`` or ``"text"``), turns the raw bytes of one row into a model
+input in DataLoader workers (:meth:`Encoder.loader`), moves a collated batch to its device
+(:meth:`Encoder.prepare`) and returns L2-normalised embeddings (:meth:`Encoder.encode_batch`,
+:meth:`Encoder.encode_text`).
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from glacli.errors import GlaInputError
+
+BACKENDS: dict[str, str] = {
+    "open_clip": "glacli.encoders.openclip:OpenClipEncoder",
+}
+"""Backend name -> ``module:class``; imported on use so ``gla --help`` stays fast."""
+
+DEFAULT_BACKEND = "open_clip"
+
+
+class DecodeError(Exception):
+    """A row whose bytes the encoder cannot turn into an input (corrupt or unsupported file)."""
+
+
+class Encoder(abc.ABC):
+    """A frozen model that maps rows (images or texts) and prompts to L2-normalised embeddings."""
+
+    backend: ClassVar[str]
+    input_kind: ClassVar[str]
+    """``"image"`` or ``"text"``: which kind of source rows this encoder reads."""
+
+    model_name: str
+    pretrained: str | None
+    device: torch.device
+    dim: int
+
+    @property
+    @abc.abstractmethod
+    def logit_scale(self) -> float:
+        """The multiplier of cosine similarities in zero-shot logits (CLIP's ``logit_scale.exp()``)."""
+
+    @abc.abstractmethod
+    def loader(self, decode_on_device: bool = False) -> Callable[[bytes], Any]:
+        """A picklable function run in DataLoader workers: raw bytes of one row -> model input.
+
+        Raises :class:`DecodeError` for rows it cannot read. With ``decode_on_device`` the
+        function may return raw data that :meth:`prepare` decodes on the device instead.
+        """
+
+    @abc.abstractmethod
+    def prepare(self, batch: Any, decode_on_device: bool = False) -> tuple[Any, list[int]]:
+        """Move a collated batch to the device; returns the inputs and the batch positions that
+        failed to decode there (always empty unless ``decode_on_device``)."""
+
+    @abc.abstractmethod
+    def encode_batch(self, inputs: Any) -> torch.Tensor:
+        """Prepared inputs -> [B, D] float32 L2-normalised embeddings on the device."""
+
+    @abc.abstractmethod
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> [N, D] float32 L2-normalised embeddings on the device."""
+
+    def describe(self) -> dict[str, Any]:
+        """Attributes that record which model produced a file."""
+        return {"encoder": self.backend, "model": self.model_name, "pretrained": self.pretrained or ""}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise GlaInputError(f"--device: expected auto, cpu or cuda[:N], got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GlaInputError("--device cuda: no CUDA device is available (use --device cpu)")
+    if resolved.type not in ("cpu", "cuda"):
+        raise GlaInputError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
+    return resolved
+
+
+def encoder_class(backend: str) -> type[Encoder]:
+    if backend not in BACKENDS:
+        raise GlaInputError(f"unknown encoder backend {backend!r} (known: {', '.join(sorted(BACKENDS))})")
+    module, name = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_encoder(backend: str, model: str, pretrained: str | None, device: str | torch.device = "auto",
+                 **options: Any) -> Encoder:
+    """The one way in: build the encoder of ``backend`` for ``model`` with ``pretrained`` weights."""
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
+    return encoder_class(backend)(model, pretrained, resolved, **options)

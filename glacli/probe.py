@@ -1,0 +1,371 @@
+"""Linear probes on frozen features: multinomial logistic regression by full-batch L-BFGS (pure torch).
+
+Objective. For features ``x_i`` [D], labels ``y_i`` in ``0..C-1`` (``N`` rows), weight ``W`` [C, D]
+and bias ``b`` [C], :func:`fit_probe` minimises
+
+    L(W, b) = (1/N) sum_i CE(W x_i + b + a, y_i)  +  (wd / 2) ||W||_F^2
+
+with ``CE(z, y) = logsumexp(z) - z_y``, the bias unpenalised, and ``a = 0`` -- or ``a = log pi_s``
+(the training label frequencies) for the balanced, logit-adjusted loss: the head then predicts
+``W x + b``, which is fitted as if the classes were balanced.
+
+scikit-learn's ``LogisticRegression(C=C)`` (lbfgs, multinomial, unpenalised intercept) minimises
+``0.5 ||W||^2 + C sum_i CE_i``. Dividing it by ``C N`` gives ``L`` above, so both solve the same
+problem when ``wd = 1 / (C N)`` (:func:`wd_to_c`, :func:`c_to_wd`). The problem is strictly convex
+in ``W`` (for ``wd > 0``), so the solution does not depend on the starting point; starting from a
+zero-shot head (``init``) or a neighbouring penalty's solution only saves iterations. Because
+the bias is free, the balanced loss gives exactly the plain solution with ``log pi_s`` subtracted
+from the bias (post-hoc logit adjustment).
+
+Computation. Loss and gradient are accumulated over row chunks (closed-form gradient
+``(softmax(z) - onehot(y))^T x / N + wd W``), so memory is one chunk of
+logits whatever ``N`` is. The rows come from a :class:`ProbeData`, whose ``chunks`` callable either
+slices tensors held on the compute device (GPU when present) or streams a file from disk on every
+pass; this module does no I/O itself.
+
+Penalty search (:func:`search_penalty`), as the CLIP paper's linear-probe protocol: a log-spaced
+grid of penalties, 8 per decade from 1 down to 1e-7. First every 8th (one per decade), from the
+strongest penalty down, each fit warm-started from the previous solution; the walk stops early
+once validation has not improved for ``patience`` decades. Then a finer search around the best:
+its neighbours at half, quarter and eighth decades, each level re-centred on the best so far.
+The chosen penalty is the best evaluated one by validation accuracy (ties: lower validation
+NLL); :func:`train_probe` refits it to a tight tolerance and calibrates a temperature on the
+validation set by NLL.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from glacli.calibration import fit_temperature_nll
+from glacli.heads import apply_head
+
+WD_GRID = np.logspace(0.0, -7.0, 7 * 8 + 1)
+"""Candidate penalties, strongest first, 8 per decade."""
+COARSE_STRIDE = 8
+"""Grid points between two coarse (per-decade) candidates."""
+CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
+"""Working memory for one chunk of features and logits (CPU: cache friendly; GPU: large matmuls)."""
+
+ChunkSource = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def wd_to_c(wd: float, n_rows: int) -> float:
+    """scikit-learn's ``C`` for the same problem: ``C = 1 / (wd N)``."""
+    return 1.0 / (wd * n_rows)
+
+
+def c_to_wd(c: float, n_rows: int) -> float:
+    return 1.0 / (c * n_rows)
+
+
+def chunk_rows_for(n_features: int, n_classes: int, device: torch.device | str) -> int:
+    """Rows per chunk so that features, logits and probabilities of one chunk fit the budget."""
+    budget = CHUNK_BYTES["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    return max(1, budget // (8 * (n_features + 2 * n_classes)))
+
+
+@dataclass
+class ProbeData:
+    """Labelled rows for fitting or scoring a probe.
+
+    ``chunks()`` yields ``(features [r, D], labels [r])`` pairs covering all rows in order, every
+    time it is called (the solver makes one pass per function evaluation). ``labels`` holds all
+    labels (int64, small) for class counts.
+    """
+
+    chunks: ChunkSource
+    labels: torch.Tensor
+    n_features: int
+    n_classes: int
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.labels.numel())
+
+    @classmethod
+    def from_tensors(cls, features: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                     rows: int | None = None) -> ProbeData:
+        """Rows held in memory (on any device); passes slice them without copying."""
+        labels = labels.to(device=features.device, dtype=torch.long)
+        rows = rows or chunk_rows_for(features.shape[1], n_classes, features.device)
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(0, features.shape[0], rows):
+                yield features[start:start + rows], labels[start:start + rows]
+
+        return cls(chunks, labels, int(features.shape[1]), n_classes)
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.labels.cpu(), minlength=self.n_classes).to(torch.float64)
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """How to run L-BFGS: where, in which precision, and when to stop.
+
+    ``tol`` bounds the largest absolute gradient entry of ``L`` at convergence; ``search_tol``
+    is the looser one used for the fits of the penalty search (only their ranking matters).
+    """
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    max_iter: int = 1000
+    tol: float = 1e-6
+    search_tol: float = 1e-5
+    history: int = 20
+
+
+@dataclass
+class ProbeFit:
+    """The solution at one penalty: ``weight`` [C, D], ``bias`` [C] (compute dtype and device)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    wd: float
+    loss: float
+    iterations: int
+    evaluations: int
+    converged: bool
+
+
+@dataclass
+class PathPoint:
+    """One evaluated penalty of the search, with its validation scores."""
+
+    wd: float
+    val_accuracy: float
+    val_nll: float
+    iterations: int
+    loss: float
+    converged: bool
+    stage: str
+
+    def key(self) -> tuple[float, float]:
+        """Larger is better: accuracy first, then lower NLL."""
+        return self.val_accuracy, -self.val_nll
+
+
+@dataclass
+class PenaltySearch:
+    best: ProbeFit
+    points: list[PathPoint]
+
+    @property
+    def chosen(self) -> PathPoint:
+        return max(self.points, key=PathPoint.key)
+
+
+@dataclass
+class ProbeResult:
+    """A fitted head and how it was chosen: what ``gla fit`` writes and reports."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    wd: float
+    temperature: float
+    iterations: int
+    final_loss: float
+    converged: bool
+    val_accuracy: float | None = None
+    val_nll: float | None = None
+    val_nll_uncalibrated: float | None = None
+    path: list[PathPoint] = field(default_factory=list)
+
+
+def log_prior(data: ProbeData) -> torch.Tensor:
+    """``log pi_s``: log label frequencies of the training rows (float64, CPU)."""
+    counts = data.class_counts()
+    return torch.log(counts / counts.sum())
+
+
+def probe_objective(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor, wd: float,
+                    adjustment: torch.Tensor | None = None
+                    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """``L(W, b)`` of the module docstring with its gradients ``(dL/dW [C, D], dL/db [C])``.
+
+    Computed in the dtype and on the device of ``weight``; the loss is summed in float64.
+    """
+    device, dtype = weight.device, weight.dtype
+    shift = bias if adjustment is None else bias + adjustment.to(device, dtype)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    grad_w = torch.zeros_like(weight)
+    grad_b = torch.zeros_like(bias)
+    for features, labels in data.chunks():
+        x = features.to(device=device, dtype=dtype, non_blocking=True)
+        y = labels.to(device=device, non_blocking=True)
+        logits = torch.addmm(shift, x, weight.T)
+        lse = torch.logsumexp(logits, dim=1)
+        total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum(dtype=torch.float64)
+        residual = torch.exp_(logits.sub_(lse[:, None]))
+        residual[torch.arange(len(y), device=device), y] -= 1.0
+        grad_w += residual.T @ x
+        grad_b += residual.sum(0)
+    n = data.n_rows
+    w64 = weight.to(torch.float64)
+    loss = float(total) / n + 0.5 * wd * float((w64 * w64).sum())
+    return loss, grad_w.div_(n).add_(weight, alpha=wd), grad_b.div_(n)
+
+
+def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions(), *,
+              start: tuple[torch.Tensor, torch.Tensor] | None = None,
+              adjustment: torch.Tensor | None = None, tol: float | None = None,
+              on_evaluation: Callable[[float], None] | None = None) -> ProbeFit:
+    """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS (strong Wolfe line search).
+
+    ``start`` is an initial ``(weight, bias)`` (a warm start or a zero-shot head); by default
+    ``W = 0`` and ``b`` the log label frequencies minus ``adjustment`` (the optimum as ``wd -> inf``).
+    Stops when the largest gradient entry is below ``tol`` (default ``options.tol``), when the
+    loss stops changing at working precision, or after ``options.max_iter`` iterations.
+    """
+    if wd <= 0 or not math.isfinite(wd):
+        raise ValueError(f"penalty must be positive, got {wd}")
+    c, d = data.n_classes, data.n_features
+    device, dtype = options.device, options.dtype
+    if start is None:
+        weight0 = torch.zeros(c, d, dtype=torch.float64)
+        bias0 = log_prior(data).clamp_min(-30.0)
+        if adjustment is not None:
+            bias0 = bias0 - adjustment.to(torch.float64).cpu()
+    else:
+        weight0, bias0 = start
+    theta = torch.cat([weight0.reshape(-1).to(device, dtype), bias0.reshape(-1).to(device, dtype)])
+    theta.requires_grad_(True)
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        with torch.no_grad():
+            weight, bias = theta[: c * d].view(c, d), theta[c * d:]
+            loss, grad_w, grad_b = probe_objective(data, weight, bias, wd, adjustment)
+            theta.grad = torch.cat([grad_w.reshape(-1), grad_b])
+        evaluations += 1
+        if on_evaluation is not None:
+            on_evaluation(loss)
+        return torch.tensor(loss, dtype=torch.float64)
+
+    max_eval = 2 * options.max_iter
+    optimizer = torch.optim.LBFGS([theta], lr=1.0, max_iter=options.max_iter, max_eval=max_eval,
+                                  history_size=options.history,
+                                  tolerance_grad=options.tol if tol is None else tol,
+                                  tolerance_change=1e-12 if dtype == torch.float64 else 1e-9,
+                                  line_search_fn="strong_wolfe")
+    optimizer.step(closure)
+    solution = theta.detach()
+    weight, bias = solution[: c * d].view(c, d).clone(), solution[c * d:].clone()
+    loss = probe_objective(data, weight, bias, wd, adjustment)[0]
+    iterations = int(optimizer.state[theta].get("n_iter", 0))
+    return ProbeFit(weight, bias, wd, loss, iterations, evaluations,
+                    converged=iterations < options.max_iter and evaluations < max_eval)
+
+
+def probe_logits(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits of all rows, [N, C] on the CPU (for validation sets: scoring and temperature)."""
+    return torch.cat([apply_head(x, weight, bias).cpu() for x, _ in data.chunks()])
+
+
+def probe_scores(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor,
+                 temperature: float = 1.0) -> tuple[float, float]:
+    """Top-1 accuracy and mean NLL of ``(x W^T + b) / temperature`` on labelled rows."""
+    correct = 0
+    total = 0.0
+    for x, y in data.chunks():
+        logits = apply_head(x, weight, bias, temperature)
+        y = y.to(logits.device)
+        correct += int((logits.argmax(1) == y).sum())
+        total += float(torch.nn.functional.cross_entropy(logits.to(torch.float64), y, reduction="sum"))
+    return correct / data.n_rows, total / data.n_rows
+
+
+def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = SolverOptions(), *,
+                   start: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   adjustment: torch.Tensor | None = None, grid: np.ndarray = WD_GRID,
+                   coarse_stride: int = COARSE_STRIDE, patience: int = 2,
+                   on_fit: Callable[[PathPoint], None] | None = None,
+                   on_evaluation: Callable[[float], None] | None = None) -> PenaltySearch:
+    """Choose ``wd`` from ``grid`` (strongest first) on ``val``: coarse warm-started path, then refinement.
+
+    Returns every evaluated point and the fit of the best one (see the module docstring for the
+    protocol). Search fits stop at ``options.search_tol``.
+    """
+    points: dict[int, PathPoint] = {}
+    best_index: int | None = None
+    best_fit: ProbeFit | None = None
+
+    def evaluate(index: int, warm: tuple[torch.Tensor, torch.Tensor] | None, stage: str) -> ProbeFit:
+        nonlocal best_index, best_fit
+        fit = fit_probe(train, float(grid[index]), options, start=warm, adjustment=adjustment,
+                        tol=options.search_tol, on_evaluation=on_evaluation)
+        accuracy, nll = probe_scores(val, fit.weight, fit.bias)
+        point = PathPoint(fit.wd, accuracy, nll, fit.iterations, fit.loss, fit.converged, stage)
+        points[index] = point
+        if best_index is None or point.key() > points[best_index].key():
+            best_index, best_fit = index, fit
+        if on_fit is not None:
+            on_fit(point)
+        return fit
+
+    warm = start
+    for index in range(0, len(grid), coarse_stride):
+        fit = evaluate(index, warm, "coarse")
+        warm = (fit.weight, fit.bias)
+        assert best_index is not None
+        if (index - best_index) // coarse_stride >= patience:
+            break
+    span = coarse_stride // 2
+    while span >= 1:
+        assert best_index is not None and best_fit is not None
+        centre, centre_fit = best_index, best_fit
+        for index in (centre - span, centre + span):
+            if 0 <= index < len(grid) and index not in points:
+                evaluate(index, (centre_fit.weight, centre_fit.bias), "refine")
+        span //= 2
+    assert best_fit is not None
+    return PenaltySearch(best_fit, [points[i] for i in sorted(points)])
+
+
+def planned_fits(grid: np.ndarray = WD_GRID, coarse_stride: int = COARSE_STRIDE) -> int:
+    """An upper bound on the fits :func:`search_penalty` makes (for progress displays)."""
+    levels = int(math.log2(coarse_stride)) if coarse_stride > 1 else 0
+    return len(range(0, len(grid), coarse_stride)) + 2 * levels
+
+
+def train_probe(train: ProbeData, *, val: ProbeData | None = None, wd: float | None = None,
+                options: SolverOptions = SolverOptions(), init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                balanced: bool = False, grid: np.ndarray = WD_GRID,
+                on_fit: Callable[[PathPoint], None] | None = None,
+                on_evaluation: Callable[[float], None] | None = None) -> ProbeResult:
+    """Fit a linear head: at ``wd``, or (``wd=None``) at the penalty chosen on ``val``.
+
+    With ``val``, the final head is refitted to ``options.tol`` and its temperature calibrated
+    on ``val`` by NLL; without, the temperature is 1. ``balanced`` trains with the logit-adjusted
+    loss (``a = log pi_s``). ``init`` is a starting ``(weight, bias)``, e.g. a zero-shot head.
+    """
+    if wd is None and val is None:
+        raise ValueError("either a penalty or a validation set is needed")
+    adjustment = log_prior(train) if balanced else None
+    path: list[PathPoint] = []
+    start = init
+    if wd is None:
+        assert val is not None
+        search = search_penalty(train, val, options, start=init, adjustment=adjustment, grid=grid,
+                                on_fit=on_fit, on_evaluation=on_evaluation)
+        path, wd = search.points, search.chosen.wd
+        start = (search.best.weight, search.best.bias)
+    fit = fit_probe(train, wd, options, start=start, adjustment=adjustment, on_evaluation=on_evaluation)
+    result = ProbeResult(fit.weight.float().cpu().numpy(), fit.bias.float().cpu().numpy(), wd=wd,
+                         temperature=1.0, iterations=fit.iterations, final_loss=fit.loss,
+                         converged=fit.converged, path=path)
+    if val is not None:
+        logits = probe_logits(val, fit.weight, fit.bias)
+        labels = val.labels.cpu()
+        temperature = fit_temperature_nll(logits, labels)
+        accuracy, nll_before = probe_scores(val, fit.weight, fit.bias)
+        nll_after = float(torch.nn.functional.cross_entropy(logits.to(torch.float64) / temperature, labels))
+        result = replace(result, temperature=temperature, val_accuracy=accuracy,
+                         val_nll=nll_after, val_nll_uncalibrated=nll_before)
+    return result

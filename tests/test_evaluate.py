@@ -1,0 +1,213 @@
+"""``gla evaluate``: the JSON contract, the numbers, the figure, and one-line errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+
+from conftest import assert_one_line_error
+from glacli import store
+from synth import biased_logits, classnames, write_logits_file
+
+C = 12
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict:
+    """Zero-shot logits with a known bias, their debiased version, the prior, and training features."""
+    z, y, q = biased_logits(40, C, seed=1)
+    rng = np.random.default_rng(1)
+    train_labels = np.repeat(np.arange(C), [150, 120, 101, 100, 60, 20, 19, 5, 1, 200, 30, 10])
+    feats = rng.normal(size=(len(train_labels), 6))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    paths = {
+        "zs": write_logits_file(tmp_path / "zs.h5", z, y),
+        "debiased": write_logits_file(tmp_path / "debiased.h5", z - np.log(q), y),
+        "prior": tmp_path / "prior.h5",
+        "train": tmp_path / "train.h5",
+    }
+    store.write_prior(paths["prior"], store.Prior(q, classnames(C), 1.0, "test"))
+    store.write_features(paths["train"], feats, train_labels, [f"t{i}" for i in range(len(feats))], classnames(C))
+    return {**paths, "z": z, "y": y, "q": q, "train_labels": train_labels, "dir": tmp_path}
+
+
+def top1(z: np.ndarray, y: np.ndarray) -> float:
+    return float((z.argmax(1) == y).mean())
+
+
+def test_json_schema_and_numbers(gla, files):
+    out = files["dir"] / "res.json"
+    r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--train", files["train"],
+            "--name", "zero-shot", "--name", "debiased", "--tag", "shots=4", "--tag", "seed=1",
+            "--tag", "data=synth", "--json", out, "--device", "cpu")
+    assert r.code == 0, r.err
+    assert "zero-shot" in r.out and "top-1" in r.out
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "gla-evaluate" and doc["schema_version"] == 1
+    assert doc["tags"] == {"shots": 4, "seed": 1, "data": "synth"}
+    assert doc["n_samples"] == len(files["y"]) and doc["n_classes"] == C
+    assert doc["classnames"] == classnames(C) and doc["top5_k"] == 5 and doc["ece_bins"] == 15
+    assert doc["prior"]["gla_id"] == store.read_prior(files["prior"]).gla_id
+    np.testing.assert_allclose(doc["prior"]["q"], files["q"])
+    assert doc["train"]["counts"] == np.bincount(files["train_labels"], minlength=C).tolist()
+    assert set(doc["groups"]) == {"q_head", "q_medium", "q_tail", "many_shot", "medium_shot", "few_shot"}
+    assert doc["groups"]["many_shot"]["classes"] == [0, 1, 2, 9]
+    assert doc["groups"]["medium_shot"]["classes"] == [3, 4, 5, 10]
+    assert doc["groups"]["few_shot"]["classes"] == [6, 7, 8, 11]
+    order = np.argsort(-files["q"], kind="stable")
+    assert doc["groups"]["q_head"]["classes"] == order[:4].tolist()
+    assert doc["groups"]["q_tail"]["classes"] == order[8:].tolist()
+
+    z, y = files["z"], files["y"]
+    for result, logits, name, path in zip(doc["results"], (z, z - np.log(files["q"])),
+                                          ("zero-shot", "debiased"), (files["zs"], files["debiased"])):
+        z32 = logits.astype(np.float32).astype(np.float64)  # what the file stores
+        with store.read_rows(path, "logits") as f:
+            assert result["gla_id"] == f.gla_id
+        assert result["name"] == name and result["path"] == str(path)
+        m = result["metrics"]
+        assert m["top1"] == pytest.approx(top1(z32, y), abs=1e-12)
+        assert m["nll"] == pytest.approx(-log_softmax(z32, axis=1)[np.arange(len(y)), y].mean(), rel=1e-9)
+        correct = z32.argmax(1) == y
+        head = np.isin(y, order[:4])
+        assert m["q_head"] == pytest.approx(correct[head].mean())
+        assert m["few_shot"] == pytest.approx(correct[np.isin(y, [6, 7, 8, 11])].mean())
+        per_class = result["per_class"]
+        assert per_class["count"] == np.bincount(y, minlength=C).tolist()
+        assert per_class["correct"] == np.bincount(y[correct], minlength=C).tolist()
+        assert len(per_class["accuracy"]) == C
+        assert sum(result["reliability"]["count"]) == len(y) and len(result["reliability"]["edges"]) == 16
+    zs, deb = (res["metrics"] for res in doc["results"])
+    assert deb["q_tail"] > zs["q_tail"]  # debiasing helps the classes q deems unlikely
+
+
+def test_json_to_stdout_and_default_names(gla, files):
+    r = gla("evaluate", files["zs"], files["debiased"], "--json", "-")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert [res["name"] for res in doc["results"]] == ["zs", "debiased"]
+    assert doc["prior"] is None and doc["train"] is None and doc["groups"] == {} and doc["tags"] == {}
+    assert set(doc["results"][0]["metrics"]) == {"top1", "top5", "mean_per_class", "nll", "ece"}
+
+
+def test_empty_group_is_null_in_json(gla, files, tmp_path):
+    # Only classes 0 and 1 have test samples: the q groups without them are null, not NaN.
+    z = np.random.default_rng(0).normal(size=(20, C))
+    y = np.repeat([0, 1], 10)
+    path = write_logits_file(tmp_path / "two.h5", z, y)
+    r = gla("evaluate", path, "--prior", files["prior"], "--json", "-")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    values = doc["results"][0]["metrics"]
+    assert sum(values[g] is None for g in ("q_head", "q_medium", "q_tail")) >= 1
+    assert doc["results"][0]["per_class"]["accuracy"][5] is None
+
+
+@pytest.mark.parametrize("extra", [["--prior", "PRIOR"], ["--train", "TRAIN"], []])
+def test_plot_is_a_png(gla, files, extra):
+    png = files["dir"] / "fig.png"
+    extra = [str(files["prior"]) if a == "PRIOR" else str(files["train"]) if a == "TRAIN" else a for a in extra]
+    r = gla("evaluate", files["zs"], files["debiased"], *extra, "--plot", png)
+    assert r.code == 0, r.err
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[2] in (3, 4)
+    assert not list(files["dir"].glob(".fig.png.tmp-*"))
+
+
+def test_same_result_whatever_the_chunking(gla, files, monkeypatch):
+    from glacli.commands import evaluate
+
+    r1 = gla("evaluate", files["zs"], "--json", "-")
+    monkeypatch.setattr(evaluate, "CHUNK_BUDGET_BYTES", 8 * C * 5)  # five rows per chunk
+    r2 = gla("evaluate", files["zs"], "--json", "-")
+    m1, m2 = (json.loads(r.out)["results"][0]["metrics"] for r in (r1, r2))
+    assert m1 == pytest.approx(m2, rel=1e-12)
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+
+def test_missing_file(gla, files):
+    assert_one_line_error(gla("evaluate", files["zs"], files["dir"] / "nope.h5"), "nope.h5", "no such file")
+
+
+def test_logits_without_labels(gla, files, tmp_path):
+    path = write_logits_file(tmp_path / "unlabelled.h5", files["z"])
+    assert_one_line_error(gla("evaluate", path), "unlabelled.h5", "labels are needed to evaluate")
+
+
+def test_wrong_kind(gla, files):
+    assert_one_line_error(gla("evaluate", files["train"]), "train.h5", "'features' file")
+
+
+def test_classnames_disagree(gla, files, tmp_path):
+    other = write_logits_file(tmp_path / "other.h5", files["z"], files["y"], names=[f"c{k}" for k in range(C)])
+    assert_one_line_error(gla("evaluate", files["zs"], other), "other.h5", "classnames disagree")
+
+
+def test_ids_disagree(gla, files, tmp_path):
+    ids = [f"x/{i}" for i in range(len(files["y"]))]
+    other = write_logits_file(tmp_path / "shuffled.h5", files["z"], files["y"], ids=ids)
+    assert_one_line_error(gla("evaluate", files["zs"], other), "shuffled.h5", "ids disagree")
+
+
+def test_prior_with_wrong_classes(gla, files, tmp_path):
+    bad = tmp_path / "bad_prior.h5"
+    store.write_prior(bad, store.Prior(np.full(C + 1, 1 / (C + 1)), classnames(C + 1), 1.0, "test"))
+    assert_one_line_error(gla("evaluate", files["zs"], "--prior", bad), "bad_prior.h5", "13 classes")
+
+
+def test_train_with_wrong_classes(gla, files, tmp_path):
+    bad = tmp_path / "bad_train.h5"
+    store.write_features(bad, np.ones((3, 4)), np.array([0, 1, 2]), ["a", "b", "c"], ["x", "y", "z"])
+    assert_one_line_error(gla("evaluate", files["zs"], "--train", bad), "bad_train.h5", "3 classes")
+
+
+def test_train_without_labels(gla, files, tmp_path):
+    bad = tmp_path / "nolabels.h5"
+    store.write_features(bad, np.ones((3, 4)), np.full(3, -1), ["a", "b", "c"], classnames(C))
+    assert_one_line_error(gla("evaluate", files["zs"], "--train", bad), "nolabels.h5", "training images")
+
+
+def test_bad_json_path_leaves_nothing(gla, files):
+    assert_one_line_error(gla("evaluate", files["zs"], "--json", files["dir"] / "no" / "r.json"),
+                          "does not exist")
+    assert_one_line_error(gla("evaluate", files["zs"], "--plot", files["dir"]), "is a directory")
+
+
+def test_existing_output_untouched_on_error(gla, files, tmp_path):
+    out = tmp_path / "res.json"
+    out.write_text("old")
+    unlabelled = write_logits_file(tmp_path / "u.h5", files["z"])
+    assert_one_line_error(gla("evaluate", files["zs"], unlabelled, "--json", out), "u.h5")
+    assert out.read_text() == "old"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--name", "only-one"], "1 names for 2 files"),
+    (["--tag", "shots"], "KEY=VALUE"),
+    (["--tag", "method=x"], "reserved"),
+    (["--tag", "seed=1", "--tag", "seed=2"], "given twice"),
+    (["--device", "tpu"], "--device"),
+    (["--name", "a", "--name", "a"], "named 'a'"),
+])
+def test_bad_options(gla, files, args, fragment):
+    assert_one_line_error(gla("evaluate", files["zs"], files["debiased"], *args), fragment)
+
+
+def test_same_stems_need_names(gla, files, tmp_path):
+    (tmp_path / "sub").mkdir()
+    twin = write_logits_file(tmp_path / "sub" / "zs.h5", files["z"], files["y"])
+    assert_one_line_error(gla("evaluate", files["zs"], twin), "named 'zs'")
+    assert gla("evaluate", files["zs"], twin, "--name", "a", "--name", "b").code == 0
+
+
+def test_help_has_example(gla):
+    r = gla("evaluate", "--help")
+    assert r.code == 0 and "Example" in r.out and "--tag" in r.out

@@ -1,0 +1,93 @@
+"""Prior estimation against known answers and independent float64 references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from scipy.special import log_softmax, logsumexp, softmax
+
+from glacli.calibration import fit_temperature_confidence, mean_confidence
+from glacli.prior import class_proportions, estimate_prior
+from synth import biased_logits
+
+
+def population_problem(n: int, c: int, temperature: float, seed: int = 0):
+    """Logits T*(g + log q_true) and the exact proportions mean softmax(g): the optimum is q_true."""
+    rng = np.random.default_rng(seed)
+    q_true = rng.dirichlet(np.full(c, 1.0))
+    g = rng.normal(size=(n, c)) * 2.5
+    target = softmax(g, axis=1).mean(0)
+    return temperature * (g + np.log(q_true)), target, q_true
+
+
+@pytest.mark.parametrize("n, c, temperature", [(400, 5, 1.0), (3000, 50, 0.3), (600, 400, 2.0)])
+def test_recovers_a_known_prior_exactly(n, c, temperature):
+    z, target, q_true = population_problem(n, c, temperature)
+    fit = estimate_prior(torch.tensor(z), torch.tensor(target), temperature)
+    assert fit.converged and fit.max_moment_gap < 1e-8
+    np.testing.assert_allclose(fit.prior.numpy(), q_true, rtol=1e-5)
+    assert abs(float(fit.prior.sum()) - 1) < 1e-12
+
+
+def test_float32_large_input_still_reaches_float64_tolerance():
+    z, target, q_true = population_problem(5000, 300, 1.0, seed=3)
+    fit = estimate_prior(torch.tensor(z, dtype=torch.float32), torch.tensor(target), 1.0)
+    assert fit.converged and fit.max_moment_gap < 1e-8
+    # float32 storage of z perturbs the problem by ~1e-7 relative, so q_true holds to ~1e-5.
+    np.testing.assert_allclose(fit.prior.numpy(), q_true, rtol=1e-4)
+
+
+def numpy_objective(b: np.ndarray, z: np.ndarray, y: np.ndarray) -> float:
+    return float(-log_softmax(z - b, axis=1)[np.arange(len(y)), y].mean())
+
+
+def test_matches_scipy_on_the_cross_entropy_with_sampled_labels():
+    z, y, _ = biased_logits(60, 12, seed=5, temperature=1.0)
+    f = np.bincount(y, minlength=12) / len(y)
+    fit = estimate_prior(torch.tensor(z), torch.tensor(f), 1.0)
+
+    def fun(b):
+        p = softmax(z - b, axis=1)
+        return numpy_objective(b, z, y), f - p.mean(0)
+
+    ref = minimize(fun, np.zeros(12), jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 10000})
+    q_ref = np.exp(ref.x - logsumexp(ref.x))
+    np.testing.assert_allclose(fit.prior.numpy(), q_ref, rtol=1e-5)
+    ours = numpy_objective(fit.log_prior.numpy(), z, y)
+    assert ours <= ref.fun + 1e-12
+    # the moment condition, checked independently in float64 numpy
+    p = softmax(z - fit.log_prior.numpy(), axis=1).mean(0)
+    assert np.abs(p - f).max() < 1e-8
+
+
+def test_nll_temperature_agrees_with_brute_force_over_t():
+    z, y, _ = biased_logits(80, 8, seed=2, temperature=1.7)
+    f = class_proportions(torch.tensor(y), 8)
+    fit = estimate_prior(torch.tensor(z), f, "nll", labels=torch.tensor(y))
+    assert fit.converged
+    grid = np.linspace(1.0, 2.6, 161)
+    losses = []
+    for t in grid:
+        fixed = estimate_prior(torch.tensor(z), f, float(t))
+        losses.append(numpy_objective(fixed.log_prior.numpy(), z / t, y))
+    best = grid[int(np.argmin(losses))]
+    assert abs(fit.temperature - best) <= grid[1] - grid[0]
+    assert numpy_objective(fit.log_prior.numpy(), z / fit.temperature, y) <= min(losses) + 1e-12
+    assert fit.objective == pytest.approx(numpy_objective(fit.log_prior.numpy(), z / fit.temperature, y), abs=1e-9)
+
+
+def test_confidence_temperature_matches_mean_confidence_to_accuracy():
+    z, y, _ = biased_logits(100, 10, seed=4, temperature=3.0)
+    zt, yt = torch.tensor(z), torch.tensor(y)
+    t = fit_temperature_confidence(zt, yt)
+    accuracy = float((zt.argmax(1) == yt).double().mean())
+    assert mean_confidence(zt, t) == pytest.approx(accuracy, abs=1e-8)
+    fit = estimate_prior(zt, class_proportions(yt, 10), "confidence", labels=yt)
+    assert fit.temperature == pytest.approx(t) and fit.converged
+
+
+def test_nll_needs_the_label_proportions_as_target():
+    z, y, _ = biased_logits(20, 4, seed=1)
+    with pytest.raises(ValueError, match="target must be their proportions"):
+        estimate_prior(torch.tensor(z), torch.full((4,), 0.25, dtype=torch.float64), "nll", labels=torch.tensor(y))
