@@ -4,14 +4,18 @@ from __future__ import annotations
 import sys
 import traceback
 
-import click
 import typer
+
+try:  # recent typer releases carry their own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import exceptions as click_exceptions
 
 from glacli.app import app, err
 from glacli.errors import GlaInputError
 
 # Each module registers its commands on ``app`` when imported.
-from glacli.commands import combine, estimate, evaluate, extract, interchange, report, subset  # noqa: F401,E402
+from glacli.commands import combine, estimate, evaluate, extract, interchange, probe, report, subset  # noqa: F401,E402
 
 USER_ERROR = 2
 
@@ -26,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=args, prog_name="gla", standalone_mode=False)
     except GlaInputError as exc:
         return _user_error(str(exc), debug)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        sys.stderr.write((exc.ctx.get_help() if exc.ctx else "") + "\n")
         return USER_ERROR
-    except click.UsageError as exc:
-        where = f"gla {exc.ctx.info_name}: " if exc.ctx and exc.ctx.parent else "gla: "
-        return _user_error(f"{where}{exc.format_message()}".removeprefix("gla: "), debug)
-    except click.exceptions.Abort:
+    except click_exceptions.UsageError as exc:
+        where = f"{exc.ctx.info_name}: " if exc.ctx and exc.ctx.parent else ""
+        return _user_error(f"{where}{exc.format_message()}", debug)
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         return 130
     except FileNotFoundError as exc:

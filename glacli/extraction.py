@@ -201,6 +201,9 @@ def extract(rows: Rows, encoder: Encoder, output: str | Path, options: ExtractOp
         try:
             if _existing_output_is_done(output, fingerprint, options.overwrite):
                 result.already_complete = True
+                with store.open_h5(output) as f:
+                    done = store.get_attrs(f)
+                result.n_rows, result.n_skipped = int(done.get("n_images", 0)), int(done.get("n_skipped", 0))
             else:
                 state = _open_parts(output, parts, fingerprint, len(rows), chunk_rows, encoder.dim, options.overwrite)
         except GlaInputError as exc:

@@ -281,7 +281,8 @@ def _pick(entries: dict[str, Any], key: str | None, defaults: Sequence[str], pat
         if "" in entries:
             return ""
         known = {k.lower() for k in (*LABEL_KEYS, *ID_KEYS, *CLASSNAME_KEYS)}
-        others = [k for k, v in entries.items() if k.lower() not in known and not isinstance(v, (str, list, int, float))]
+        others = [k for k, v in entries.items()
+                  if k.lower() not in known and not isinstance(v, (str, list, int, float))]
         if len(others) == 1:
             return others[0]
         raise GlaInputError(f"no {what} entry found (tried {', '.join(defaults)}); choose one with {option}; "
@@ -815,14 +816,8 @@ def _export_head(head: store.Head, path: Path, output: Path, suffix: str) -> Exp
     return ExportReport(str(path), str(output), "head", head.weight.shape, entries)
 
 
-def _dataset_dtype(src: store.RowFile) -> np.dtype:
-    """The on-disk dtype of the values, so float16 features leave as float16."""
-    # The store exposes no public dtype for the values dataset; read it from the open dataset.
-    return np.dtype(src._values.dtype)
-
-
 def _export_rows_npy(src: store.RowFile, output: Path) -> list[str]:
-    dtype = _dataset_dtype(src)
+    dtype = src.dtype
     with atomic_output(output) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(src.n_rows, src.n_cols))
         for chunk in src.iter_chunks(dtype=dtype):
@@ -843,7 +838,7 @@ def _write_npy_entry(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tup
 
 
 def _export_rows_npz(src: store.RowFile, output: Path) -> list[str]:
-    dtype = _dataset_dtype(src)
+    dtype = src.dtype
     step = store.chunk_rows(src.n_cols)
     id_width = max([1] + [max((len(i) for i in src.ids(s, s + 65536)), default=1)
                           for s in range(0, src.n_rows, 65536)])
@@ -865,7 +860,7 @@ def _export_rows_csv(src: store.RowFile, output: Path) -> list[str]:
     if clash:
         raise GlaInputError(f"a class is named {sorted(clash)[0]!r}, which the CSV needs for its own "
                             "column; export to .npz instead", src.path)
-    dtype = _dataset_dtype(src)
+    dtype = src.dtype
     with atomic_output(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns + ["label", "id"])

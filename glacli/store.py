@@ -320,6 +320,11 @@ class RowFile:
         return str(self.attrs.get("gla_id", ""))
 
     @property
+    def dtype(self) -> np.dtype:
+        """The stored dtype of the values (e.g. float16 features), for writers that keep it."""
+        return np.dtype(self._values.dtype)
+
+    @property
     def n_classes(self) -> int:
         return len(self.classnames)
 

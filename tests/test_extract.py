@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -213,7 +214,7 @@ def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, ti
             write_jpeg(images / name, seed=k)
     os.mkfifo(images / names[8])
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label\n" + "".join(f"{n},{'ab'[k % 2]}\n" for k, n in enumerate(names)))
+    manifest.write_text("path,label\n" + "".join(f"images/{n},{'ab'[k % 2]}\n" for k, n in enumerate(names)))
     out = tmp_path / "out.h5"
     args = ["extract", str(manifest), "-o", str(out), *model_args(tiny_clip), "--batch-size", "2",
             "--commit-every", "4", "--workers", "0", "--dtype", "float32"]
@@ -275,7 +276,9 @@ def test_tensor_preprocessing_for_device_decoding_matches_the_pil_path(tiny_clip
     transform = encoder.tensor_transform()
     paths = sorted(folder.rglob("*.jpg"))
     expected = torch.stack([pil(p.read_bytes()) for p in paths])
-    decoded = [decode_jpeg(raw(p.read_bytes()), mode=ImageReadMode.RGB) for p in paths]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision.io points to torchcodec
+        decoded = [decode_jpeg(raw(p.read_bytes()), mode=ImageReadMode.RGB) for p in paths]
     got = torch.stack([transform(image) for image in decoded])
     assert got.shape == expected.shape
     # JPEG decoders (libjpeg in PIL vs torchvision) and resampling differ by a few grey levels.

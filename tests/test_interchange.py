@@ -197,6 +197,18 @@ def test_pt_tensor_and_dict_priors(gla, tmp_path):
         assert "normalised the prior" in r.out
 
 
+def test_pt_logits_with_labels_and_probability_hint(gla, tmp_path):
+    p = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
+    torch.save({"logits": p, "targets": torch.tensor([0, 1, 1])}, tmp_path / "m.pt")
+    r = gla("import", tmp_path / "m.pt", "--kind", "logits", "-o", tmp_path / "o.h5")
+    assert r.code == 0, r.err
+    assert "--probabilities" in r.out  # the values look like probabilities: say so
+    z, y, ids, names, _ = read_logits(tmp_path / "o.h5")
+    np.testing.assert_array_equal(z, p.numpy())
+    np.testing.assert_array_equal(y, [0, 1, 1])
+    assert names == ["class_0", "class_1"] and ids == ["row_000000", "row_000001", "row_000002"]
+
+
 def test_import_json_summary(gla, tmp_path, logits_file):
     gla("export", logits_file, "-o", tmp_path / "z.csv")
     r = gla("import", tmp_path / "z.csv", "--kind", "logits", "--json", "-o", tmp_path / "o.h5")
@@ -311,7 +323,8 @@ BAD_IMPORTS = [
      "NotATensor object, which torch.load(weights_only=True) refuses"),
     ("non-tensor value in pt", lambda t: [saved(t, "c.pt", {"q": collections.Counter(a=1)}), "--kind", "prior"],
      "expected numbers"),
-    ("corrupt pt", lambda t: [text(t, "c.pt", "not a torch file"), "--kind", "prior"], "cannot be read as a torch file"),
+    ("corrupt pt", lambda t: [text(t, "c.pt", "not a torch file"), "--kind", "prior"],
+     "cannot be read as a torch file"),
     ("npz without known key", lambda t: [npz(t, "k.npz", a=GOOD, b=GOOD), "--kind", "logits"],
      "choose one with --key"),
     ("npz missing --key", lambda t: [npz(t, "k.npz", a=GOOD), "--kind", "logits", "--key", "zz"],

@@ -45,6 +45,11 @@ def _check_backend(backend: str) -> None:
         fail(f"--encoder: unknown backend {backend!r} (known: {', '.join(sorted(BACKENDS))})")
 
 
+def _check_pretrained(pretrained: str) -> None:
+    if not pretrained.strip():
+        fail("--pretrained: give an open_clip tag, an hf-hub: name or a checkpoint path")
+
+
 ModelOption = Annotated[str, typer.Option(
     "--model", help="open_clip architecture (e.g. ViT-B-16), or the path of an open_clip model-config .json.",
     show_default=False)]
@@ -114,6 +119,7 @@ def extract_command(
     from glacli import extraction, sources
 
     _check_backend(encoder)
+    _check_pretrained(pretrained)
     dist = extraction.init_distributed(device)
     try:
         rows = sources.open_source(source, split=split, root=None if root is None else str(root),
@@ -129,7 +135,7 @@ def extract_command(
                                             decode_on_device=gpu_decode)
         with _progress() as bar:
             task = bar.add_task("extract", total=None, visible=dist.is_main)
-            report = extraction.Reporter(message=lambda text: err.print(text),
+            report = extraction.Reporter(message=lambda text: err.print(text, soft_wrap=True),
                                          start=lambda total: bar.update(task, total=total),
                                          advance=lambda n: bar.advance(task, n))
             result = extraction.extract(rows, model_encoder, output, options, dist, report)
@@ -178,6 +184,7 @@ def zeroshot_command(
     from glacli.encoders import resolve_device
 
     _check_backend(encoder)
+    _check_pretrained(pretrained)
     if (classnames is None) == (like is None):
         fail("give exactly one of --classnames FILE or --like FEATURES.h5")
     template_name, template_list = zeroshot.load_templates(templates)
@@ -190,15 +197,17 @@ def zeroshot_command(
     else:
         names, recorded = sources.read_classnames(str(classnames)), {}
     text_encoder = load_encoder(encoder, model, pretrained, resolve_device(device), autocast="off")
-    if like is not None:
-        for key, value in text_encoder.describe().items():
-            if key in ("model", "pretrained") and recorded.get(key) not in (None, value):
-                fail(f"was extracted with {key} {recorded[key]!r}, not {value!r}", str(like))
+    described = text_encoder.describe()
+    if recorded.get("model") not in (None, described["model"]):
+        fail(f"was extracted with model {recorded['model']!r}, not {described['model']!r}", str(like))
+    if recorded.get("pretrained") not in (None, described["pretrained"]):
+        err.print(f"warning: {like} was extracted with pretrained {recorded['pretrained']!r}, "
+                  f"this head uses {described['pretrained']!r}", soft_wrap=True)
     with _progress() as bar:
         task = bar.add_task("zeroshot", total=len(names))
         weight = zeroshot.zeroshot_weights(text_encoder.encode_text, names, template_list,
                                            text_encoder.logit_scale, lambda n: bar.advance(task, n))
-    attrs = {**text_encoder.describe(), "templates": template_name, "n_templates": len(template_list),
+    attrs = {**described, "templates": template_name, "n_templates": len(template_list),
              "logit_scale": text_encoder.logit_scale}
     store.write_head(output, store.Head(weight=weight.numpy().astype(np.float32),
                                         bias=np.zeros(len(names), np.float32), classnames=list(names),

@@ -52,8 +52,7 @@ def fit_cmd(
 ) -> None:
     """Fit a linear-probe head (multinomial logistic regression, full-batch L-BFGS) on cached features.
 
-    With --val the penalty is searched on the validation set (log-spaced, warm-started path, then a
-    finer search around the best), the head refitted and its temperature calibrated on --val by NLL.
+    With --val the penalty is searched on the validation set (log-spaced, warm-started path, then a finer search around the best), the head refitted and its temperature calibrated on --val by NLL.
 
     Example:
 
@@ -226,8 +225,7 @@ def logits_cmd(
 ) -> None:
     """Apply a head to features: logits = (features @ weight.T + bias) / temperature, streamed in chunks.
 
-    Keeps the ids, labels and classnames of FEATURES; records the head's temperature (already
-    applied) and head_type.
+    Keeps the ids, labels and classnames of FEATURES; records the head's temperature (already applied) and head_type.
 
     Example:
 
@@ -266,8 +264,7 @@ def calibrate_cmd(
 ) -> None:
     """Temperature scaling: fit T on --val, write LOGITS / T (streamed) and record the total temperature.
 
-    The recorded ``temperature`` is the total applied: T times any temperature LOGITS already had.
-    LOGITS and --val must have the same classnames and the same temperature already applied.
+    The recorded temperature is the total applied: T times any temperature LOGITS already had. LOGITS and --val must have the same classnames and the same temperature already applied.
 
     Example:
 

@@ -49,8 +49,6 @@ def report_command(
     check_output_path(output)
     if plot is not None:
         check_output_path(plot)
-    if metric not in METRICS:
-        fail(f"--metric: unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     records = [record for path in results for record in report.records_from_document(_load(path), str(path))]
     if cols is None and any(DEFAULT_COLS in r.keys for r in records):
         cols = DEFAULT_COLS
@@ -78,14 +76,12 @@ def _load(path: Path) -> Any:
 
 
 def _plot(table: report.ReportTable, path: Path) -> None:
+    scale = 100.0 if METRICS[table.metric].percent else 1.0
     series = []
     for row in table.rows:
         cells = [table.cells.get((row, col)) for col in table.cols]
-        series.append(Series(str(row), np.array([c.mean if c else np.nan for c in cells]),
-                             np.array([c.std if c else np.nan for c in cells])))
-    scale = 100.0 if METRICS[table.metric].percent else 1.0
-    for line in series:
-        line.mean, line.std = scale * line.mean, scale * line.std
+        series.append(Series(str(row), scale * np.array([c.mean if c else np.nan for c in cells]),
+                             scale * np.array([c.std if c else np.nan for c in cells])))
     setting_figure(path, table.cols, table.col_key or "", METRICS[table.metric].label, series)
 
 

@@ -89,7 +89,7 @@ def _write_splits(src: store.RowFile, rows: dict[str, np.ndarray], outputs: dict
     """
     attrs = {k: v for k, v in src.attrs.items() if k not in store.PROVENANCE_ATTRS}
     window = store.chunk_rows(src.n_cols)
-    dtype = np.dtype(src._values.dtype)  # the store exposes no public dtype; keep the input's
+    dtype = src.dtype
     with contextlib.ExitStack() as stack:
         sinks = {name: stack.enter_context(store.write_rows(
                      path, src.kind, n_rows=len(rows[name]), n_cols=src.n_cols, classnames=src.classnames,

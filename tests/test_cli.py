@@ -1,0 +1,63 @@
+"""The ``gla`` command as users run it: console script, exit codes, one-line errors, --debug, --help."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glacli.app import app
+from synth import write_logits_file
+
+GLA = [sys.executable, "-m", "glacli"]
+
+
+def run(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*GLA, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_user_error_is_one_line_exit_2_and_debug_shows_the_traceback(tmp_path):
+    r = run("estimate-prior", tmp_path / "missing.h5", "-o", tmp_path / "q.h5")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"gla: error: {tmp_path / 'missing.h5'}: no such file"
+    r = run("estimate-prior", tmp_path / "missing.h5", "-o", tmp_path / "q.h5", "--debug")
+    assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.strip().endswith("no such file")
+
+
+def test_usage_errors_are_one_line_too(tmp_path):
+    r = run("estimate-prior", tmp_path / "x.h5")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gla: error:") and "--output" in lines[0]
+    r = run("no-such-command")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_json_goes_to_stdout_alone(tmp_path):
+    z = np.random.default_rng(0).normal(size=(30, 3))
+    path = write_logits_file(tmp_path / "zs.h5", z, np.arange(30) % 3)
+    r = run("estimate-prior", path, "-o", tmp_path / "q.h5", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+    assert json.loads(r.stdout)["n_classes"] == 3
+
+
+def registered_commands() -> list[str]:
+    import glacli.cli  # noqa: F401  (registers every command)
+    return sorted(c.name for c in app.registered_commands)
+
+
+@pytest.mark.parametrize("command", registered_commands())
+def test_every_command_has_help_with_an_example(gla, command):
+    r = gla(command, "--help")
+    assert r.code == 0
+    assert "Example" in r.out, f"gla {command} --help shows no example"
+
+
+def test_top_level_help_lists_the_commands(gla):
+    r = gla("--help")
+    assert r.code == 0
+    for name in ("estimate-prior", "combine"):
+        assert name in r.out
