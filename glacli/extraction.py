@@ -279,7 +279,7 @@ def _encode_chunks(rows: Rows, encoder: Encoder, parts: Path, chunks: list[int],
             inputs, failed = encoder.prepare(item["inputs"], decode_on_device)
             if failed:
                 bad += [(good[k], "cannot decode image on the device") for k in failed]
-                good = [i for k, i in enumerate(good) if k not in set(failed)]
+                good = [i for k, i in enumerate(good) if k not in failed]
             if good:
                 features = encoder.encode_batch(inputs).to("cpu", dtype=torch.float32).numpy()
         if bad and not options.skip_bad:
@@ -378,7 +378,8 @@ def _differences(fingerprint: dict[str, Any], recorded: dict[str, Any]) -> list[
 
 def _open_parts(output: Path, parts: Path, fingerprint: dict[str, Any], n_rows: int, chunk_rows: int, dim: int,
                 overwrite: bool) -> dict[str, Any]:
-    """Create the parts folder of a new run, or check that the unfinished run in it is this one."""
+    """Create the parts folder of a new run, or return the state of the unfinished run of this same
+    extraction in it; an unfinished run of something else is discarded only with ``overwrite``."""
     state = {"fingerprint": fingerprint, "n_rows": n_rows, "chunk_rows": chunk_rows, "dim": dim}
     state_path = parts / STATE_FILE
     if parts.exists() and not _committed_chunks(parts):
@@ -390,7 +391,7 @@ def _open_parts(output: Path, parts: Path, fingerprint: dict[str, Any], n_rows: 
             previous = None
         same = previous is not None and previous.get("n_rows") == n_rows and previous.get("dim") == dim \
             and not _differences(fingerprint, previous.get("fingerprint", {}))
-        if same and not overwrite:
+        if same:  # the same extraction, even with --overwrite: resume it
             for tmp in parts.glob("*.tmp"):
                 tmp.unlink()
             return previous

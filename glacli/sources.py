@@ -155,7 +155,8 @@ def select_shots(rows: Rows, shots: int, seed: int) -> Rows:
     selected.attrs.update(shots=shots, seed=seed)
     if short:
         listed = ", ".join(repr(n) for n in short[:5]) + (" ..." if len(short) > 5 else "")
-        selected.warnings.append(f"{len(short)} classes have fewer than {shots} images and keep all they have: {listed}")
+        selected.warnings.append(f"{len(short)} classes have fewer than {shots} images and keep all they have: "
+                                 f"{listed}")
     return selected
 
 

@@ -149,3 +149,18 @@ def test_existing_output_is_untouched_on_error(gla, zs_file, tmp_path):
 
 def test_missing_output_folder(gla, zs_file, tmp_path):
     assert_one_line_error(gla("estimate-prior", zs_file, "-o", tmp_path / "no" / "q.h5"), "does not exist")
+
+
+def test_several_files_are_pooled(gla, tmp_path):
+    z, y, _ = biased_logits(20, 4, seed=9)
+    whole = write_logits_file(tmp_path / "whole.h5", z, y)
+    first = write_logits_file(tmp_path / "a.h5", z[:30], y[:30], ids=[f"img/{i:06d}.jpg" for i in range(30)])
+    second = write_logits_file(tmp_path / "b.h5", z[30:], y[30:], ids=[f"img/{i:06d}.jpg" for i in range(30, 80)])
+    assert gla("estimate-prior", whole, "-o", tmp_path / "q1.h5").code == 0
+    assert gla("estimate-prior", first, second, "-o", tmp_path / "q2.h5").code == 0
+    q1, q2 = store.read_prior(tmp_path / "q1.h5"), store.read_prior(tmp_path / "q2.h5")
+    np.testing.assert_allclose(q2.prior, q1.prior, rtol=1e-9)
+    assert q2.temperature == pytest.approx(q1.temperature, rel=1e-9)
+    assert len(q2.attrs["parents"]) == 2
+    other = write_logits_file(tmp_path / "other.h5", z[:5], y[:5], names=["a", "b", "c", "d"])
+    assert_one_line_error(gla("estimate-prior", first, other, "-o", tmp_path / "q3.h5"), "other.h5", "classnames disagree")

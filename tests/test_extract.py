@@ -27,7 +27,8 @@ VOLATILE_ATTRS = ("created", "gla_id")
 
 
 def model_args(tiny) -> list[str]:
-    return ["--model", str(tiny.config), "--pretrained", str(tiny.checkpoint)]
+    """The tiny model on the CPU (exact comparisons; a GPU would use autocast)."""
+    return ["--model", str(tiny.config), "--pretrained", str(tiny.checkpoint), "--device", "cpu"]
 
 
 def contents(path: Path) -> dict:
@@ -256,7 +257,7 @@ def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_pat
     write_image_folder(images, {"a": 6, "b": 5})  # 11 rows, batches of 2, chunks of 2: 6 chunks over 2 ranks
     single, sharded = tmp_path / "single.h5", tmp_path / "sharded.h5"
     common = [*model_args(tiny_clip), "--batch-size", "2", "--commit-every", "2", "--workers", "0",
-              "--dtype", "float32", "--device", "cpu"]
+              "--dtype", "float32"]
     assert gla("extract", images, "-o", single, *common).code == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "glacli", "extract", str(images), "-o", str(sharded), *common, "--json"]
@@ -291,7 +292,7 @@ def test_tensor_preprocessing_for_device_decoding_matches_the_pil_path(tiny_clip
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_extraction_matches_cpu_with_autocast_and_gpu_decode(gla, tiny_clip, folder, tmp_path):
     cpu, gpu, decoded = tmp_path / "cpu.h5", tmp_path / "gpu.h5", tmp_path / "dec.h5"
-    common = [*model_args(tiny_clip), "--dtype", "float32", "--workers", "2"]
+    common = ["--model", tiny_clip.config, "--pretrained", tiny_clip.checkpoint, "--dtype", "float32", "--workers", "2"]
     assert gla("extract", folder, "-o", cpu, *common, "--device", "cpu").code == 0
     assert gla("extract", folder, "-o", gpu, *common, "--device", "cuda").code == 0
     r = gla("extract", folder, "-o", decoded, *common, "--device", "cuda", "--gpu-decode")

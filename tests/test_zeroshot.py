@@ -13,7 +13,8 @@ CLASSNAMES = ["tabby cat", "golden retriever", "red fox"]
 
 
 def model_args(tiny) -> list[str]:
-    return ["--model", str(tiny.config), "--pretrained", str(tiny.checkpoint)]
+    """The tiny model on the CPU (exact comparisons; a GPU would use autocast)."""
+    return ["--model", str(tiny.config), "--pretrained", str(tiny.checkpoint), "--device", "cpu"]
 
 
 def open_clip_reference(tiny, classnames: list[str], templates: list[str]) -> np.ndarray:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,15 @@ from rich.table import Table
 
 from glacli import store
 from glacli.app import app, err, fail, out, parse_choice_or_float, print_json, resolve_device
-from glacli.prior import DEFAULT_TOL, class_proportions, debiased_logits, estimate_prior
+from glacli.prior import DEFAULT_TOL, PriorEstimate, class_proportions, debiased_logits, estimate_prior
 
 TEMPERATURE_METHODS = ("nll", "confidence")
 
 
 @app.command("estimate-prior")
 def estimate_prior_cmd(
-    zs_logits: Path = typer.Argument(..., metavar="ZS_LOGITS.h5", help="Zero-shot logits (kind 'logits')."),
+    zs_logits: list[Path] = typer.Argument(..., metavar="ZS_LOGITS.h5...",
+                                           help="Zero-shot logits (kind 'logits'); several files are pooled."),
     output: Path = typer.Option(..., "-o", "--output", metavar="PRIOR.h5", help="Prior file to write."),
     temperature: str = typer.Option(
         "nll", "--temperature", "-t", metavar="nll|confidence|FLOAT",
@@ -43,35 +45,33 @@ def estimate_prior_cmd(
         gla estimate-prior zs_val.h5 -o prior.h5 --temperature nll
 
         gla estimate-prior zs_unlabelled_balanced.h5 -o prior.h5 --target uniform --temperature 1
+
+        gla estimate-prior zs_train.h5 zs_val.h5 -o prior.h5     # pooled: train + validation shots
     """
     method = parse_choice_or_float(temperature, TEMPERATURE_METHODS, "--temperature")
     if tol <= 0 or max_iter < 1 or show < 0:
         fail("--tol must be positive, --max-iter at least 1 and --show not negative")
     torch_device = resolve_device(device)
-    with store.read_rows(zs_logits, "logits") as logits_file:
-        if logits_file.attrs.get("head_type", "zeroshot") != "zeroshot":
-            err.print(f"[yellow]warning:[/] {zs_logits} comes from a '{logits_file.attrs['head_type']}' head; "
-                      "q describes the model whose logits you give")
-        labels = torch.from_numpy(logits_file.labels) if logits_file.has_labels else None
-        proportions = _target_proportions(target, method, logits_file)
-        if method in TEMPERATURE_METHODS and labels is None:
-            logits_file.require_labels(f"for --temperature {method}")
-        z = torch.from_numpy(logits_file.read()).to(torch_device)
-        parents = [logits_file.gla_id]
-        classnames = logits_file.classnames
+    rows = _read_pooled(zs_logits)
+    labels = torch.from_numpy(rows.labels) if rows.has_labels else None
+    proportions = _target_proportions(target, method, rows)
+    if method in TEMPERATURE_METHODS and labels is None:
+        rows.require_labels(f"for --temperature {method}")
+    z = torch.from_numpy(rows.values).to(torch_device)
+    parents, classnames = rows.parents, rows.classnames
     try:
         fit = estimate_prior(z, proportions.to(torch_device), method,
                              labels=None if labels is None else labels.to(torch_device), tol=tol, max_iter=max_iter)
     except ValueError as exc:
-        fail(str(exc), str(zs_logits))
+        fail(str(exc), rows.path)
     q = fit.prior.cpu().numpy()
     method_name = method if isinstance(method, str) else "fixed"
     store.write_prior(output, store.Prior(
         prior=q / q.sum(), classnames=classnames, temperature=fit.temperature, method=method_name,
         converged=fit.converged, max_moment_gap=fit.max_moment_gap, iterations=fit.iterations,
         attrs={"target": target if target in ("labels", "uniform") else str(Path(target)),
-               "objective": fit.objective, "n_rows": int(z.shape[0]), "source": str(zs_logits)}), parents)
-    report = _report(z, labels, fit, q, classnames, method_name, zs_logits, output, show)
+               "objective": fit.objective, "n_rows": int(z.shape[0]), "source": rows.path}), parents)
+    report = _report(z, labels, fit, q, classnames, method_name, rows.path, output, show)
     if not fit.converged:
         err.print(f"[yellow]warning:[/] not converged after {fit.iterations} iterations "
                   f"(max moment gap {fit.max_moment_gap:.2e} > {tol:g}); raise --max-iter")
@@ -81,22 +81,66 @@ def estimate_prior_cmd(
         _print_report(report)
 
 
-def _target_proportions(target: str, method: str | float, logits_file: store.RowFile) -> torch.Tensor:
-    n_classes = logits_file.n_classes
+@dataclass
+class _PooledRows:
+    """The rows of one or more logits files, read whole: the solver makes several passes."""
+
+    path: str
+    values: np.ndarray
+    labels: np.ndarray
+    classnames: list[str]
+    parents: list[str]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+    def require_labels(self, purpose: str) -> np.ndarray:
+        unknown = int((self.labels < 0).sum())
+        if unknown:
+            fail(f"has {unknown} of {len(self.labels)} rows without labels; labels are needed {purpose}", self.path)
+        return self.labels
+
+
+def _read_pooled(paths: list[Path]) -> _PooledRows:
+    values, labels, parents = [], [], []
+    classnames: list[str] = []
+    for path in paths:
+        with store.read_rows(path, "logits") as logits_file:
+            if logits_file.attrs.get("head_type", "zeroshot") != "zeroshot":
+                err.print(f"[yellow]warning:[/] {path} comes from a '{logits_file.attrs['head_type']}' head; "
+                          "q describes the model whose logits you give")
+            if classnames:
+                store.check_same_classnames(logits_file.classnames, path, classnames, paths[0])
+            if logits_file.n_rows == 0:
+                fail("has no rows", path)
+            classnames = logits_file.classnames
+            values.append(logits_file.read())
+            labels.append(logits_file.labels)
+            parents.append(logits_file.gla_id)
+    return _PooledRows(" + ".join(map(str, paths)), np.concatenate(values), np.concatenate(labels), classnames, parents)
+
+
+def _target_proportions(target: str, method: str | float, rows: _PooledRows) -> torch.Tensor:
+    n_classes = rows.n_classes
     if target == "labels":
-        labels = logits_file.require_labels("for --target labels (use --target uniform for a balanced unlabelled set)")
+        labels = rows.require_labels("for --target labels (use --target uniform for a balanced unlabelled set)")
         counts = np.bincount(labels, minlength=n_classes)
         if (counts == 0).any():
             k = int(np.argmax(counts == 0))
-            fail(f"class {logits_file.classnames[k]!r} has no samples; --target labels needs every class "
-                 "(q is undefined for an absent class)", logits_file.path)
+            fail(f"class {rows.classnames[k]!r} has no samples; --target labels needs every class "
+                 "(q is undefined for an absent class)", rows.path)
         return class_proportions(torch.from_numpy(labels), n_classes)
     if method == "nll":
         fail(f"--temperature nll fits T to the labels, so it needs --target labels; with --target {target} "
              "give a number, e.g. --temperature 1")
     if target == "uniform":
         return torch.full((n_classes,), 1.0 / n_classes, dtype=torch.float64)
-    return torch.from_numpy(read_proportions(Path(target), logits_file.classnames))
+    return torch.from_numpy(read_proportions(Path(target), rows.classnames))
 
 
 def read_proportions(path: Path, classnames: list[str]) -> np.ndarray:
@@ -131,8 +175,8 @@ def read_proportions(path: Path, classnames: list[str]) -> np.ndarray:
     return values / values.sum()
 
 
-def _report(z: torch.Tensor, labels: torch.Tensor | None, fit, q: np.ndarray, classnames: list[str],
-            method: str, source: Path, output: Path, show: int) -> dict:
+def _report(z: torch.Tensor, labels: torch.Tensor | None, fit: PriorEstimate, q: np.ndarray,
+            classnames: list[str], method: str, source: str, output: Path, show: int) -> dict:
     order = np.argsort(-q, kind="stable")
     report = {
         "input": str(source), "output": str(output), "n_rows": int(z.shape[0]), "n_classes": len(classnames),

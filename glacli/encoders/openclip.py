@@ -82,7 +82,8 @@ class OpenClipEncoder(Encoder):
             try:
                 net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
             except (RuntimeError, ValueError, KeyError, OSError) as exc:
-                raise GlaInputError(f"--pretrained {pretrained!r}: cannot load model {arch!r}: {_one_line(exc)}") from exc
+                raise GlaInputError(f"--pretrained {pretrained!r}: cannot load model {arch!r}: "
+                                    f"{_one_line(exc)}") from exc
         net.eval().requires_grad_(False)
         self.model, self.preprocess = net, preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
