@@ -25,10 +25,10 @@ echo "== GPU tests"
 
 echo "== throughput, ViT-B-16, CPU JPEG decoding"
 "$PY" benchmarks/extract_throughput.py --model ViT-B-16 --images "$IMAGES" --batch-size "$BATCH" \
-    --workers "$WORKERS" --device cuda --json > "$OUT/cpu_decode.json"
+    --workers "$WORKERS" --device cuda --repeats 2 --json > "$OUT/cpu_decode.json"
 echo "== throughput, ViT-B-16, GPU JPEG decoding"
 "$PY" benchmarks/extract_throughput.py --model ViT-B-16 --images "$IMAGES" --batch-size "$BATCH" \
-    --workers "$WORKERS" --device cuda --gpu-decode --json > "$OUT/gpu_decode.json"
+    --workers "$WORKERS" --device cuda --repeats 2 --gpu-decode --json > "$OUT/gpu_decode.json"
 
 GPUS=$(nvidia-smi --list-gpus | wc -l)
 if [ "$GPUS" -ge 2 ]; then

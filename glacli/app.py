@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from glacli.errors import GlaInputError
+
+if TYPE_CHECKING:
+    import torch
 
 app = typer.Typer(
     name="gla",
@@ -82,7 +85,7 @@ def progress(transient: bool = False) -> Progress:
                     console=err, transient=transient)
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is a user error."""
     import torch
 

@@ -6,16 +6,13 @@ parsed block by block, exports are written chunk by chunk), so memory does not g
 except that an ``.npz`` entry or a ``.pt`` tensor is necessarily loaded whole.
 
 Every problem with a foreign file is a :class:`GlaInputError` naming that file. Outputs are
-written atomically: gla files through the store, foreign files through :func:`atomic_output`.
+written atomically: gla files through the store, foreign files through :func:`glacli.store.atomic_output`.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -152,22 +149,6 @@ def l2_normalise(values: np.ndarray, path: str | Path, row_offset: int = 0) -> n
 def looks_like_probabilities(values: np.ndarray) -> bool:
     return bool(values.size) and bool(((values >= 0) & (values <= 1)).all()) and bool(
         np.allclose(values.sum(1), 1.0, atol=1e-3))
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed over it only if the block succeeds."""
-    path = Path(path)
-    if path.is_dir():
-        raise GlaInputError("is a directory, not an output file", path)
-    if not path.parent.exists():
-        raise GlaInputError(f"output folder {path.parent} does not exist", path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- loading foreign files
@@ -782,7 +763,7 @@ def export_file(path: str | Path, output: str | Path) -> ExportReport:
 
 
 def _export_prior(prior: store.Prior, path: Path, output: Path, suffix: str) -> ExportReport:
-    with atomic_output(output) as tmp:
+    with store.atomic_output(output) as tmp:
         if suffix == ".json":
             payload = {"classnames": prior.classnames, "prior": prior.prior.tolist(), "attributes": prior.attrs}
             tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
@@ -802,7 +783,7 @@ def _export_prior(prior: store.Prior, path: Path, output: Path, suffix: str) -> 
 
 def _export_head(head: store.Head, path: Path, output: Path, suffix: str) -> ExportReport:
     entries = ["weight", "bias", "classnames", "temperature", "head_type"]
-    with atomic_output(output) as tmp:
+    with store.atomic_output(output) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, weight=head.weight, bias=head.bias, classnames=np.array(head.classnames, dtype=str),
@@ -818,7 +799,7 @@ def _export_head(head: store.Head, path: Path, output: Path, suffix: str) -> Exp
 
 def _export_rows_npy(src: store.RowFile, output: Path) -> list[str]:
     dtype = src.dtype
-    with atomic_output(output) as tmp:
+    with store.atomic_output(output) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(src.n_rows, src.n_cols))
         for chunk in src.iter_chunks(dtype=dtype):
             array[chunk.start:chunk.stop] = chunk.values
@@ -843,7 +824,7 @@ def _export_rows_npz(src: store.RowFile, output: Path) -> list[str]:
     id_width = max([1] + [max((len(i) for i in src.ids(s, s + 65536)), default=1)
                           for s in range(0, src.n_rows, 65536)])
     id_dtype = np.dtype(f"<U{id_width}")
-    with atomic_output(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    with store.atomic_output(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         _write_npy_entry(zf, src.kind, dtype, (src.n_rows, src.n_cols),
                          (c.values for c in src.iter_chunks(step, dtype=dtype)))
         _write_npy_entry(zf, "labels", np.dtype(np.int64), (src.n_rows,), iter([src.labels]))
@@ -861,7 +842,7 @@ def _export_rows_csv(src: store.RowFile, output: Path) -> list[str]:
         raise GlaInputError(f"a class is named {sorted(clash)[0]!r}, which the CSV needs for its own "
                             "column; export to .npz instead", src.path)
     dtype = src.dtype
-    with atomic_output(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with store.atomic_output(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns + ["label", "id"])
         for chunk in src.iter_chunks(dtype=dtype, with_ids=True):

@@ -6,51 +6,17 @@ or interactive backend is touched.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glacli.errors import GlaInputError
+from glacli import store
 from glacli.metrics import Reliability
 
 SMOOTHING_FRACTION = 0.05
-
-
-def check_output_path(path: str | Path) -> Path:
-    """Refuse an output path that cannot be written (call early, before the work)."""
-    path = Path(path)
-    if path.is_dir():
-        raise GlaInputError("is a directory, not an output file", path)
-    if not path.parent.is_dir():
-        raise GlaInputError(f"output folder {path.parent} does not exist", path)
-    return path
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it is renamed onto ``path`` only if the block succeeds.
-
-    Used for every non-HDF5 output (PNG, JSON, Markdown): a crash leaves an existing file untouched
-    and never leaves a partial one.
-    """
-    path = check_output_path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -79,7 +45,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save_png(fig: Any, path: str | Path) -> None:
-    with atomic_output(path) as tmp:
+    with store.atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
 

@@ -100,33 +100,51 @@ def read_strings(ds: h5py.Dataset, start: int = 0, stop: int | None = None) -> l
 # --------------------------------------------------------------------------- writing
 
 
+def check_output_path(path: str | Path) -> Path:
+    """Refuse an output path that cannot be written (call early, before the work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise GlaInputError("is a directory, not an output file", path)
+    if not path.parent.is_dir():
+        raise GlaInputError(f"output folder {path.parent} does not exist", path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path``, renamed over it only if the block succeeds.
+
+    Every output of gla goes through this: a crash or an error never leaves a partial file, and
+    an existing file stays untouched until the new one is whole. The temporary name keeps the
+    suffix, for writers (like ``np.save``) that add one when it is missing.
+    """
+    path = check_output_path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 @contextlib.contextmanager
 def atomic_h5(path: str | Path, kind: str, parents: Iterable[str] = (), attrs: dict[str, Any] | None = None
               ) -> Iterator[h5py.File]:
     """Open a new gla file of ``kind`` for writing; it appears at ``path`` only if the block succeeds.
 
-    Data goes to a hidden temporary file in the same folder, which is marked complete and
-    renamed over ``path`` at the end. On any error the temporary file is removed and an
-    existing file at ``path`` is left untouched.
+    ``gla_complete`` is set last, just before the file is closed and renamed into place.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise GlaInputError("is a directory, not an output file", path)
-    if not path.parent.exists():
-        raise GlaInputError(f"output folder {path.parent} does not exist", path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    f = h5py.File(tmp, "w")
-    try:
-        set_attrs(f, provenance_attrs(kind, parents))
-        set_attrs(f, attrs or {})
-        yield f
-        f.attrs[COMPLETE_ATTR] = True
-        f.close()
-        os.replace(tmp, path)
-    except BaseException:
-        f.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            set_attrs(f, provenance_attrs(kind, parents))
+            set_attrs(f, attrs or {})
+            yield f
+            f.attrs[COMPLETE_ATTR] = True
 
 
 class RowSink:

@@ -15,8 +15,8 @@ def files(tmp_path):
     rng = np.random.default_rng(1)
     n, c = 50, 4
     labels = rng.integers(0, c, n)
-    zs = write_logits_file(tmp_path / "zs.h5", rng.normal(size=(n, c)) * 5, labels, head_type="zeroshot")
-    ft = write_logits_file(tmp_path / "ft.h5", rng.normal(size=(n, c)), labels, head_type="linear")
+    write_logits_file(tmp_path / "zs.h5", rng.normal(size=(n, c)) * 5, labels, head_type="zeroshot")
+    write_logits_file(tmp_path / "ft.h5", rng.normal(size=(n, c)), labels, head_type="linear")
     q = np.array([0.1, 0.2, 0.3, 0.4])
     store.write_prior(tmp_path / "q.h5", store.Prior(prior=q, classnames=classnames(c), temperature=1.7, method="nll"))
     train_labels = np.repeat(np.arange(c), [10, 20, 30, 40])

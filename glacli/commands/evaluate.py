@@ -23,7 +23,7 @@ from rich.table import Table
 
 from glacli import __version__, metrics, store
 from glacli.app import app, err, fail, out, progress
-from glacli.plots import check_output_path, evaluation_figure, write_text_atomic
+from glacli.plots import evaluation_figure
 
 SCHEMA = "gla-evaluate"
 SCHEMA_VERSION = 1
@@ -65,9 +65,9 @@ def evaluate_command(
     tag_values = parse_tags(tags or [])
     torch_device = resolve_device(device)
     if json_out not in (None, "-"):
-        check_output_path(json_out)
+        store.check_output_path(json_out)
     if plot is not None:
-        check_output_path(plot)
+        store.check_output_path(plot)
 
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(store.read_rows(path, "logits")) for path in logits]
@@ -86,7 +86,7 @@ def evaluate_command(
     else:
         out.print(_table(names, results, groups, first.n_rows, first.n_classes))
     if json_out not in (None, "-"):
-        write_text_atomic(json_out, dumps(payload))
+        store.write_text_atomic(json_out, dumps(payload))
         err.print(f"wrote {json_out}")
     if plot is not None:
         order, label = _plot_order(prior_info, train_info, first.n_classes)

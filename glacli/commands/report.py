@@ -9,10 +9,10 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from glacli import report
+from glacli import report, store
 from glacli.app import app, err, fail, out, print_json
 from glacli.metrics import METRICS
-from glacli.plots import Series, check_output_path, setting_figure, write_text_atomic
+from glacli.plots import Series, setting_figure
 
 DEFAULT_COLS = "shots"
 
@@ -46,15 +46,15 @@ def report_command(
         done; done
         gla report res_*.json -o report.md --plot report.png --cols shots
     """
-    check_output_path(output)
+    store.check_output_path(output)
     if plot is not None:
-        check_output_path(plot)
+        store.check_output_path(plot)
     records = [record for path in results for record in report.records_from_document(_load(path), str(path))]
     if cols is None and any(DEFAULT_COLS in r.keys for r in records):
         cols = DEFAULT_COLS
     table = report.aggregate(records, metric, rows, cols)
 
-    write_text_atomic(output, report.to_markdown(table, [str(p) for p in results]))
+    store.write_text_atomic(output, report.to_markdown(table, [str(p) for p in results]))
     if plot is not None:
         _plot(table, plot)
     if as_json:
