@@ -51,7 +51,7 @@ def synthetic_features(n: int, classes: int, dim: int, seed: int) -> tuple[np.nd
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, n)
-    x = 1.0 * shared + 0.2 * means[labels] + 0.9 * rng.normal(size=(n, dim)) / np.sqrt(dim)
+    x = 1.0 * shared + 0.18 * means[labels] + 0.9 * rng.normal(size=(n, dim)) / np.sqrt(dim)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels.astype(np.int64)
 
 

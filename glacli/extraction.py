@@ -321,13 +321,10 @@ class _ChunkBuffer:
 
     def commit(self, parts: Path) -> None:
         """Write the chunk under a temporary name, sync it, and rename it into place (atomic)."""
-        final = parts / _chunk_name(self.index)
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with store.atomic_output(parts / _chunk_name(self.index)) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=self.features[self.ok], ok=self.ok)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
 
 
 def _where(rows: Rows, index: int) -> str:
@@ -349,10 +346,7 @@ def _committed_chunks(parts: Path) -> set[int]:
 
 def _existing_output_is_done(output: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
     """True if ``output`` is a complete features file of the same extraction; refuse any other file."""
-    if output.is_dir():
-        raise GlaInputError("is a directory, not an output file", output)
-    if not output.parent.is_dir():
-        raise GlaInputError(f"output folder {output.parent} does not exist", output)
+    store.check_output_path(output)
     if not output.exists() or overwrite:
         return False
     try:
@@ -392,7 +386,7 @@ def _open_parts(output: Path, parts: Path, fingerprint: dict[str, Any], n_rows: 
         same = previous is not None and previous.get("n_rows") == n_rows and previous.get("dim") == dim \
             and not _differences(fingerprint, previous.get("fingerprint", {}))
         if same:  # the same extraction, even with --overwrite: resume it
-            for tmp in parts.glob("*.tmp"):
+            for tmp in parts.glob(".*.tmp-*"):  # left by a kill during a commit
                 tmp.unlink()
             return previous
         if not overwrite:
@@ -401,9 +395,7 @@ def _open_parts(output: Path, parts: Path, fingerprint: dict[str, Any], n_rows: 
                                 f"({(differs or ['row count'])[0]}); use --overwrite to discard it", output)
         shutil.rmtree(parts)
     parts.mkdir()
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_path)
+    store.write_text_atomic(state_path, json.dumps(state, indent=1))
     return state
 
 
@@ -425,7 +417,7 @@ def _merge(parts: Path, output: Path, rows: Rows, n_chunks: int, chunk_rows: int
         sink = store.RowSink(f, "features", n_ok, dim, DTYPES[options.dtype])
         position = 0
         for c in range(n_chunks):
-            start, stop = _chunk_bounds(c, chunk_rows, len(rows))
+            start = _chunk_bounds(c, chunk_rows, len(rows))[0]
             with np.load(parts / _chunk_name(c)) as data:
                 kept = np.flatnonzero(data["ok"]) + start
                 values = data["features"]

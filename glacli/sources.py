@@ -72,8 +72,7 @@ class Rows:
     def digest(self) -> str:
         """A fingerprint of ids, labels and classes: two listings with the same digest are the same rows."""
         h = hashlib.sha256()
-        for text in (*self.classnames, "\0", *self.ids):
-            h.update(text.encode("utf-8") + b"\n")
+        h.update("\n".join([*self.classnames, "\0", *self.ids]).encode("utf-8"))
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         return h.hexdigest()
 

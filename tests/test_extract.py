@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, assert_one_line_error
-from tiny_clip import EMBED_DIM, tiny_clip, write_image_folder, write_jpeg  # noqa: F401
+from tiny_clip import EMBED_DIM, tiny_clip_fixture, write_image_folder, write_jpeg  # noqa: F401
 
 from glacli import store
 from glacli.encoders import load_encoder
+from glacli.errors import GlaInputError
 from glacli.sources import open_source
 from glacli.store import read_rows
 
@@ -234,7 +236,7 @@ def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, ti
     proc.stderr.close()
     assert not out.exists()
     assert sorted(p.name for p in parts.glob("chunk-*")) == ["chunk-00000000.npz", "chunk-00000001.npz"]
-    with pytest.raises(Exception):
+    with pytest.raises(GlaInputError, match="no such file"):
         read_rows(out, "features")
 
     (images / names[8]).unlink()
@@ -261,7 +263,7 @@ def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_pat
     assert gla("extract", images, "-o", single, *common).code == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "glacli", "extract", str(images), "-o", str(sharded), *common, "--json"]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert '"ranks": 2' in done.stdout
     assert_same_file(sharded, single)
@@ -301,3 +303,27 @@ def test_gpu_extraction_matches_cpu_with_autocast_and_gpu_decode(gla, tiny_clip,
     assert (a * b).sum(1).min() > 0.999  # fp16 autocast
     assert (a * c).sum(1).min() > 0.99  # different JPEG decoder and resampling
     assert contents(cpu)["ids"].tolist() == contents(decoded)["ids"].tolist()
+
+
+def test_split_json_extraction_records_the_split(gla, tiny_clip, folder, tmp_path):
+    split = {"train": [["dog/000.jpg", 0, "dog"]],
+             "test": [["tabby_cat/001.jpg", 1, "tabby_cat"], ["dog/002.jpg", 0, "dog"]]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    out = tmp_path / "test.h5"
+    r = gla("extract", tmp_path / "split.json", "--split", "test", "--root", folder, "-o", out, *model_args(tiny_clip))
+    assert r.code == 0, r.err
+    with read_rows(out, "features") as f:
+        assert f.ids() == ["tabby_cat/001.jpg", "dog/002.jpg"]
+        assert f.labels.tolist() == [1, 0] and f.classnames == ["dog", "tabby cat"]
+        assert f.attrs["split"] == "test" and f.attrs["root"] == str(folder.resolve())
+
+
+def test_a_features_file_without_the_complete_mark_is_refused(gla, tiny_clip, folder, tmp_path):
+    out = tmp_path / "f.h5"
+    assert gla("extract", folder, "-o", out, *model_args(tiny_clip), "--workers", "0").code == 0
+    with h5py.File(out, "a") as f:
+        del f.attrs[store.COMPLETE_ATTR]
+    with pytest.raises(GlaInputError, match="is incomplete"):
+        read_rows(out, "features")
+    r = gla("zeroshot", *model_args(tiny_clip), "--like", out, "-o", tmp_path / "head.h5")
+    assert_one_line_error(r, str(out), "is incomplete")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error
-from tiny_clip import LOGIT_SCALE, tiny_clip, write_image_folder  # noqa: F401
+from tiny_clip import LOGIT_SCALE, tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli import store, zeroshot
 

@@ -3,7 +3,8 @@
 ``write_tiny_clip(folder)`` writes a model-config JSON and a checkpoint made from it with a
 fixed seed; ``TinyClip.load()`` creates the same model independently through
 ``open_clip.create_model_and_transforms(arch, pretrained=checkpoint)`` for reference values.
-Use the session fixture in a test module with ``from tiny_clip import tiny_clip  # noqa: F401``.
+Use the session fixture ``tiny_clip`` in a test module with
+``from tiny_clip import tiny_clip_fixture  # noqa: F401``.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> TinyClip:
     return TinyClip(config, checkpoint)
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
+@pytest.fixture(scope="session", name="tiny_clip")
+def tiny_clip_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
     """The tiny model's config and checkpoint, written once per test session."""
     return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 

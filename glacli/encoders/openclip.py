@@ -122,8 +122,8 @@ class OpenClipEncoder(Encoder):
         for step in getattr(self.preprocess, "transforms", [self.preprocess]):
             if isinstance(step, ToTensor):
                 steps.append(_to_unit_float)
-            elif type(step).__name__ in ("MaybeConvertMode", "function"):
-                continue
+            elif type(step).__name__ == "MaybeConvertMode" or getattr(step, "__name__", "") == "_convert_to_rgb":
+                continue  # decode_jpeg already returns RGB
             else:
                 steps.append(step)
 
