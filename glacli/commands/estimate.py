@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from glacli import store
-from glacli.app import app, err, fail, out, parse_choice_or_float, print_json, resolve_device
+from glacli.app import app, err, fail, out, parse_choice_or_float, print_json
+from glacli.devices import resolve_device
 from glacli.prior import DEFAULT_TOL, PriorEstimate, class_proportions, debiased_logits, estimate_prior
 
 TEMPERATURE_METHODS = ("nll", "confidence")

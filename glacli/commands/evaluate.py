@@ -23,6 +23,7 @@ from rich.table import Table
 
 from glacli import __version__, metrics, store
 from glacli.app import app, err, fail, out, progress
+from glacli.devices import resolve_device
 from glacli.plots import evaluation_figure
 
 SCHEMA = "gla-evaluate"
@@ -93,17 +94,6 @@ def evaluate_command(
         evaluation_figure(plot, names, [r.class_accuracy for r in results], order, label,
                           [r.reliability for r in results])
         err.print(f"wrote {plot}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error."""
-    if device not in ("auto", "cpu", "cuda"):
-        fail(f"--device: expected auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 def parse_tags(tags: list[str]) -> dict[str, Any]:

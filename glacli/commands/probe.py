@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from glacli import store
-from glacli.app import app, err, fail, out, parse_positive_float, print_json, progress, resolve_device
+from glacli.app import app, err, fail, out, parse_positive_float, print_json, progress
+from glacli.devices import resolve_device
 from glacli.calibration import fit_temperature_confidence, fit_temperature_nll, nll
 from glacli.heads import apply_head, head_tensors
 from glacli.probe import (WD_GRID, PathPoint, ProbeData, ProbeResult, SolverOptions, chunk_rows_for,
