@@ -31,3 +31,4 @@ demo-synthetic: install
 
 clean:
 	rm -rf $(VENV) runs/demo runs/demo-synthetic build *.egg-info
+include mk/repro.mk

@@ -31,7 +31,7 @@ import torch
 from glacli import store
 from glacli.encoders import DecodeError, Encoder, resolve_device
 from glacli.errors import GlaInputError
-from glacli.sources import Locator, Rows, TarMember, read_bytes
+from glacli.sources import Locator, Rows, read_bytes
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 STATE_FILE = "state.json"
@@ -329,7 +329,7 @@ class _ChunkBuffer:
 
 def _where(rows: Rows, index: int) -> str:
     locator = rows.locators[index]
-    return rows.ids[index] if isinstance(locator, TarMember) else locator
+    return locator if isinstance(locator, str) else rows.ids[index]
 
 
 def _chunk_name(index: int) -> str:

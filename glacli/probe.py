@@ -108,15 +108,16 @@ class ProbeData:
 class SolverOptions:
     """How to run L-BFGS: where, in which precision, and when to stop.
 
-    ``tol`` bounds the largest absolute gradient entry of ``L`` at convergence; ``search_tol``
-    is the looser one used for the fits of the penalty search (only their ranking matters).
+    ``tol`` is relative: a fit stops when ``||grad L|| <= tol * wd * ||W||``, about a relative
+    distance ``tol`` from the optimum (see :func:`fit_probe`); ``search_tol`` is the looser one
+    used for the fits of the penalty search, where only the validation ranking matters.
     """
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     max_iter: int = 1000
-    tol: float = 1e-6
-    search_tol: float = 1e-5
+    tol: float = 1e-4
+    search_tol: float = 1e-2
     history: int = 20
 
 
@@ -215,12 +216,15 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
               start: tuple[torch.Tensor, torch.Tensor] | None = None,
               adjustment: torch.Tensor | None = None, tol: float | None = None,
               on_evaluation: Callable[[float], None] | None = None) -> ProbeFit:
-    """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS (strong Wolfe line search).
+    """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS.
 
     ``start`` is an initial ``(weight, bias)`` (a warm start or a zero-shot head); by default
     ``W = 0`` and ``b`` the log label frequencies minus ``adjustment`` (the optimum as ``wd -> inf``).
-    Stops when the largest gradient entry is below ``tol`` (default ``options.tol``), when the
-    loss stops changing at working precision, or after ``options.max_iter`` iterations.
+    Stops when ``||grad L|| <= tol * wd * ||W||`` (default ``options.tol``): ``L`` is
+    ``wd``-strongly convex in ``W``, so the distance to the optimum is then about ``tol * ||W||``
+    whatever the scale of the penalty -- an absolute gradient tolerance would stop warm starts at
+    small penalties before they move. Also stops when no step decreases ``L`` at working precision
+    (counted as converged) or after ``options.max_iter`` iterations (not converged).
     """
     if wd <= 0 or not math.isfinite(wd):
         raise ValueError(f"penalty must be positive, got {wd}")
@@ -234,33 +238,78 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
     else:
         weight0, bias0 = start
     theta = torch.cat([weight0.reshape(-1).to(device, dtype), bias0.reshape(-1).to(device, dtype)])
-    theta.requires_grad_(True)
     evaluations = 0
 
-    def closure() -> torch.Tensor:
+    def objective(point: torch.Tensor) -> tuple[float, torch.Tensor]:
         nonlocal evaluations
-        with torch.no_grad():
-            weight, bias = theta[: c * d].view(c, d), theta[c * d:]
-            loss, grad_w, grad_b = probe_objective(data, weight, bias, wd, adjustment)
-            theta.grad = torch.cat([grad_w.reshape(-1), grad_b])
+        loss, grad_w, grad_b = probe_objective(data, point[: c * d].view(c, d), point[c * d:], wd, adjustment)
         evaluations += 1
         if on_evaluation is not None:
             on_evaluation(loss)
-        return torch.tensor(loss, dtype=torch.float64)
+        return loss, torch.cat([grad_w.reshape(-1), grad_b])
 
-    max_eval = 2 * options.max_iter
-    optimizer = torch.optim.LBFGS([theta], lr=1.0, max_iter=options.max_iter, max_eval=max_eval,
-                                  history_size=options.history,
-                                  tolerance_grad=options.tol if tol is None else tol,
-                                  tolerance_change=1e-12 if dtype == torch.float64 else 1e-9,
-                                  line_search_fn="strong_wolfe")
-    optimizer.step(closure)
-    solution = theta.detach()
-    weight, bias = solution[: c * d].view(c, d).clone(), solution[c * d:].clone()
-    loss = probe_objective(data, weight, bias, wd, adjustment)[0]
-    iterations = int(optimizer.state[theta].get("n_iter", 0))
-    return ProbeFit(weight, bias, wd, loss, iterations, evaluations,
-                    converged=iterations < options.max_iter and evaluations < max_eval)
+    rtol = options.tol if tol is None else tol
+
+    def small_enough(point: torch.Tensor, grad: torch.Tensor) -> bool:
+        return float(grad.norm()) <= rtol * wd * float(point[: c * d].norm())
+
+    theta, loss, iterations, converged = lbfgs(objective, theta, small_enough, options.max_iter, options.history)
+    return ProbeFit(theta[: c * d].view(c, d).clone(), theta[c * d:].clone(), wd, loss, iterations,
+                    evaluations, converged)
+
+
+def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta: torch.Tensor,
+          small_enough: Callable[[torch.Tensor, torch.Tensor], bool], max_iter: int, history: int
+          ) -> tuple[torch.Tensor, float, int, bool]:
+    """Limited-memory BFGS with a backtracking (Armijo) line search, for smooth convex objectives.
+
+    ``objective(theta) -> (value, gradient)``; stops when ``small_enough(theta, gradient)``, when
+    the line search cannot decrease the value any more (working precision reached; converged), or
+    after ``max_iter`` iterations (not converged). Returns ``(theta, value, iterations, converged)``.
+    """
+    loss, grad = objective(theta)
+    steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / y.s), oldest first
+    for iteration in range(max_iter):
+        if small_enough(theta, grad):
+            return theta, loss, iteration, True
+        direction = -grad
+        coefficients = []
+        for s, y, rho in reversed(steps):
+            alpha = rho * float(s @ direction)
+            direction = direction - alpha * y
+            coefficients.append(alpha)
+        if steps:
+            s, y, rho = steps[-1]
+            direction = direction * (1.0 / (rho * float(y @ y)))
+        else:
+            direction = direction * min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30))
+        for (s, y, rho), alpha in zip(steps, reversed(coefficients)):
+            direction = direction + (alpha - rho * float(y @ direction)) * s
+        slope = float(grad @ direction)
+        if not slope < 0:  # lost descent (rounding): restart from steepest descent
+            steps.clear()
+            direction = -grad * min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30))
+            slope = float(grad @ direction)
+        step = 1.0
+        while True:
+            candidate = theta + step * direction
+            new_loss, new_grad = objective(candidate)
+            if new_loss <= loss + 1e-4 * step * slope:
+                break
+            # Minimiser of the quadratic through loss, slope and new_loss, kept within [0.1, 0.5] x step.
+            curvature = new_loss - loss - slope * step
+            guess = -slope * step * step / (2 * curvature) if curvature > 0 else 0.5 * step
+            step = min(max(guess, 0.1 * step), 0.5 * step)
+            if step < 1e-12:
+                return theta, loss, iteration, True
+        s, y = candidate - theta, new_grad - grad
+        sy = float(s @ y)
+        if sy > 1e-12 * float(y @ y):
+            steps.append((s, y, 1.0 / sy))
+            if len(steps) > history:
+                steps.pop(0)
+        theta, loss, grad = candidate, new_loss, new_grad
+    return theta, loss, max_iter, small_enough(theta, grad)
 
 
 def probe_logits(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

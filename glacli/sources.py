@@ -8,6 +8,10 @@ Listing is pure: nothing here decodes an image. Supported layouts (see docs/extr
 - a CoOp-style split JSON ``{"train": [[path, label, classname], ...], ...}`` with a split name;
 - webdataset-style ``.tar`` shards (a path or a glob): image entries with ``.cls`` label entries.
 
+Text encoders read texts instead (``input_kind="text"``): a text-folder tree (one sub-folder per
+class, ``.txt`` files; the same rules as image folders), or a ``.csv``/``.tsv`` manifest whose
+``text`` column holds the texts themselves (plus ``label`` and an optional ``id``).
+
 Rows keep a deterministic order (folders: sorted relative path; manifests and shards: file order).
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import os
 import re
@@ -28,6 +33,9 @@ import numpy as np
 from glacli.errors import GlaInputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+TEXT_EXTENSIONS = frozenset({".txt"})
+FOLDER_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}
+"""Input kind -> the file extensions a class folder of that kind lists."""
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
 SPLITS = ("train", "val", "test")
 _INTEGER = re.compile(r"^-?\d+$")
@@ -42,8 +50,15 @@ class TarMember:
     size: int
 
 
-Locator = str | TarMember
-"""What a loader reads for one row: an absolute file path or a tar member."""
+@dataclass(frozen=True)
+class InlineText:
+    """A row whose text is written in the manifest itself, not in a file."""
+
+    text: str
+
+
+Locator = str | TarMember | InlineText
+"""What a loader reads for one row: an absolute file path, a tar member or an inline text."""
 
 
 @dataclass
@@ -70,16 +85,32 @@ class Rows:
                     self.classnames, self.kind, dict(self.attrs), list(self.warnings), self.input_kind)
 
     def digest(self) -> str:
-        """A fingerprint of ids, labels and classes: two listings with the same digest are the same rows."""
+        """A fingerprint of ids, labels and classes (and inline texts, whose ids may be bare row
+        numbers): two listings with the same digest are the same rows."""
         h = hashlib.sha256()
         h.update("\n".join([*self.classnames, "\0", *self.ids]).encode("utf-8"))
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        for locator in self.locators:
+            if isinstance(locator, InlineText):
+                h.update(hashlib.sha256(locator.text.encode("utf-8", errors="replace")).digest())
         return h.hexdigest()
 
 
 def open_source(source: str, *, split: str | None = None, root: str | None = None,
-                classnames_file: str | None = None) -> Rows:
-    """List the rows of ``source`` (folder, manifest, split JSON, or tar shards/glob)."""
+                classnames_file: str | None = None, input_kind: str = "image", download: bool = False) -> Rows:
+    """List the rows of ``source`` (folder, manifest, split JSON, tar shards/glob, or ``torchvision:NAME``).
+
+    ``input_kind`` is what the encoder reads (``"image"`` or ``"text"``): it picks which files a
+    class folder lists and which column a manifest reads; a source of the other kind is refused.
+    """
+    if input_kind not in FOLDER_EXTENSIONS:
+        raise ValueError(f"input_kind must be one of {sorted(FOLDER_EXTENSIONS)}, got {input_kind!r}")
+    if source.startswith("torchvision:"):  # torchvision datasets: glacli/tv_sources.py
+        from glacli.tv_sources import torchvision_rows
+        return torchvision_rows(source, split=split, root=root, classnames_file=classnames_file,
+                                download=download, input_kind=input_kind)
+    if download:
+        raise GlaInputError("--download applies to torchvision: sources only", source)
     path = Path(source)
     if split is not None and path.suffix != ".json":
         raise GlaInputError("--split applies to CoOp split JSON files only", source)
@@ -91,10 +122,16 @@ def open_source(source: str, *, split: str | None = None, root: str | None = Non
     elif not path.exists():
         raise GlaInputError("no such file or folder", source)
     elif path.is_dir():
-        if given_names is not None:
-            raise GlaInputError("--classnames does not apply to an image folder (classes are its sub-folders)",
-                                source)
-        rows = _folder_rows(path, IMAGE_EXTENSIONS)
+        rows = _folder_rows(path, input_kind)
+        if given_names is not None:  # line k names the k-th sub-folder (e.g. ImageNet's wnid folders)
+            if len(given_names) != len(rows.classnames):
+                raise GlaInputError(f"--classnames names {len(given_names)} classes, but the folder has "
+                                    f"{len(rows.classnames)} class sub-folders", source)
+            rows.classnames = given_names
+    elif path.suffix in MANIFEST_SUFFIXES and input_kind == "text":
+        if root is not None:
+            raise GlaInputError("--root does not apply to a text manifest (it holds the texts)", source)
+        rows = _text_manifest_rows(path, given_names)
     elif path.suffix in MANIFEST_SUFFIXES:
         rows = _manifest_rows(path, Path(root) if root else path.parent, given_names)
     elif path.suffix == ".json":
@@ -104,8 +141,10 @@ def open_source(source: str, *, split: str | None = None, root: str | None = Non
     else:
         raise GlaInputError("unrecognised source: expected an image folder, a .csv/.tsv/.txt manifest, "
                             "a split .json or .tar shards", source)
+    if rows.input_kind != input_kind:
+        raise GlaInputError(f"this source lists {rows.input_kind}s, but the encoder reads {input_kind}s", source)
     if not len(rows):
-        raise GlaInputError("source lists no images", source)
+        raise GlaInputError(f"source lists no {input_kind}s", source)
     if classnames_file:
         rows.attrs["classnames_file"] = str(Path(classnames_file).resolve())
     return rows
@@ -161,6 +200,10 @@ def select_shots(rows: Rows, shots: int, seed: int) -> Rows:
 
 def read_bytes(locator: Locator) -> bytes:
     """The raw bytes of one row (runs in DataLoader workers)."""
+    if hasattr(locator, "read_bytes"):  # a locator that reads itself (glacli.tv_sources.DatasetItem)
+        return locator.read_bytes()
+    if isinstance(locator, InlineText):
+        return locator.text.encode("utf-8", errors="replace")
     if isinstance(locator, TarMember):
         with open(locator.shard, "rb") as f:
             f.seek(locator.offset)
@@ -175,28 +218,35 @@ def read_bytes(locator: Locator) -> bytes:
 # --------------------------------------------------------------------------- folders
 
 
-def _folder_rows(root: Path, extensions: frozenset[str]) -> Rows:
-    """One sub-folder per class; files below it (any depth) with a known extension, sorted."""
+def _folder_rows(root: Path, input_kind: str) -> Rows:
+    """One sub-folder per class; files below it (any depth) with an extension of ``input_kind``, sorted.
+
+    A folder with no such files but files of another kind lists those instead, so that
+    :func:`open_source` can say which kind the folder holds.
+    """
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
-        raise GlaInputError("image folder has no class sub-folders", root)
-    ids: list[str] = []
-    labels: list[int] = []
+        raise GlaInputError(f"{input_kind} folder has no class sub-folders", root)
+    found: dict[str, tuple[list[str], list[int]]] = {kind: ([], []) for kind in FOLDER_EXTENSIONS}
     for label, class_dir in enumerate(class_dirs):
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = Path(dirpath).relative_to(root)
             for name in filenames:
-                if not name.startswith(".") and Path(name).suffix.lower() in extensions:
-                    ids.append((rel_dir / name).as_posix())
-                    labels.append(label)
+                suffix = Path(name).suffix.lower()
+                kind = next((k for k, extensions in FOLDER_EXTENSIONS.items() if suffix in extensions), None)
+                if kind is not None and not name.startswith("."):
+                    found[kind][0].append((rel_dir / name).as_posix())
+                    found[kind][1].append(label)
+    listed = input_kind if found[input_kind][0] else next((k for k in found if found[k][0]), input_kind)
+    ids, labels = found[listed]
     order = sorted(range(len(ids)), key=ids.__getitem__)
     ids = [ids[i] for i in order]
     base = str(root.resolve())
     classnames = [d.name.replace("_", " ") for d in class_dirs]
     _check_unique(classnames, root)
     return Rows([os.path.join(base, i) for i in ids], ids, np.asarray(labels, np.int64)[order], classnames,
-                "folder", {"source": base, "source_kind": "folder"})
+                "folder", {"source": base, "source_kind": "folder"}, input_kind=listed)
 
 
 # --------------------------------------------------------------------------- manifests
@@ -234,6 +284,8 @@ def _parse_txt_manifest(text: str, path: Path) -> tuple[list[str], list[str | No
 def _parse_delimited_manifest(text: str, path: Path, delimiter: str) -> tuple[list[str], list[str | None]]:
     reader = csv.reader(text.splitlines(), delimiter=delimiter)
     header = [h.strip().lower() for h in next(reader, [])]
+    if "path" not in header and "text" in header:
+        raise GlaInputError("this manifest lists texts (a 'text' column), but the encoder reads images", path)
     if "path" not in header:
         raise GlaInputError(f"manifest needs a header with a 'path' column (and optionally 'label'), "
                             f"got {header[:4]}", path)
@@ -250,6 +302,48 @@ def _parse_delimited_manifest(text: str, path: Path, delimiter: str) -> tuple[li
         label = record[label_col].strip() if label_col is not None else ""
         labels.append(label or None)
     return paths, labels
+
+
+def _text_manifest_rows(path: Path, given_names: list[str] | None) -> Rows:
+    """A ``.csv``/``.tsv`` whose ``text`` column holds the texts (quoted cells may span lines),
+    with optional ``label`` and ``id`` columns; ids default to the row number (0, 1, ...)."""
+    if path.suffix not in (".csv", ".tsv"):
+        raise GlaInputError("a text manifest is a .csv or .tsv file with a 'text' column", path)
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GlaInputError(f"manifest is not UTF-8 text ({exc.reason})", path) from exc
+    previous_limit = csv.field_size_limit(2**31 - 1)  # documents may be longer than csv's 128 KiB default
+    try:
+        records = list(csv.reader(io.StringIO(content, newline=""), delimiter="\t" if path.suffix == ".tsv" else ","))
+    except csv.Error as exc:
+        raise GlaInputError(f"manifest is not valid {path.suffix[1:].upper()} ({exc})", path) from exc
+    finally:
+        csv.field_size_limit(previous_limit)
+    header = [h.strip().lower() for h in (records[0] if records else [])]
+    if "text" not in header:
+        if "path" in header:
+            raise GlaInputError("this manifest lists image paths, but the encoder reads texts "
+                                "(give a 'text' column)", path)
+        raise GlaInputError(f"text manifest needs a header with a 'text' column (and optionally 'label', 'id'), "
+                            f"got {header[:4]}", path)
+    columns = {name: header.index(name) for name in ("text", "label", "id") if name in header}
+    texts: list[str] = []
+    ids: list[str] = []
+    raw_labels: list[str | None] = []
+    for record_no, record in enumerate(records[1:], start=1):
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(record) <= max(columns.values()):
+            raise GlaInputError(f"record {record_no} has {len(record)} fields, expected {len(header)}", path)
+        given_id = record[columns["id"]].strip() if "id" in columns else ""
+        ids.append(given_id or str(len(texts)))
+        texts.append(record[columns["text"]])
+        label = record[columns["label"]].strip() if "label" in columns else ""
+        raw_labels.append(label or None)
+    labels, classnames, warnings = _resolve_labels(raw_labels, given_names, path)
+    return Rows([InlineText(t) for t in texts], ids, labels, classnames, "manifest",
+                {"source": str(path.resolve()), "source_kind": "text_manifest"}, warnings, input_kind="text")
 
 
 def _resolve_labels(raw: list[str | None], given_names: list[str] | None, path: Path | str

@@ -28,17 +28,23 @@ from rich.text import Text
 
 from glacli import store
 from glacli.app import app, err, fail, out, print_json
-from glacli.encoders import BACKENDS, DEFAULT_BACKEND, load_encoder
+from glacli.encoders import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    Encoder,
+    encoder_class,
+    load_encoder,
+)
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
 class RateColumn(ProgressColumn):
-    """Rows per second of the task (images/s)."""
+    """Rows per second of the task, in the task's ``unit`` (img/s, text/s)."""
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} img/s")
+        return Text("" if speed is None else f"{speed:,.0f} {task.fields.get('unit', 'img')}/s")
 
 
 def _progress() -> Progress:
@@ -48,23 +54,29 @@ def _progress() -> Progress:
                     transient=True)
 
 
-def _check_backend(backend: str) -> None:
+def _encoder_class(backend: str, pretrained: str | None) -> type[Encoder]:
+    """The backend's encoder class, once ``--backend`` and ``--pretrained`` agree with it (before any
+    model is loaded, so a wrong option costs nothing)."""
     if backend not in BACKENDS:
-        fail(f"--encoder: unknown backend {backend!r} (known: {', '.join(sorted(BACKENDS))})")
-
-
-def _check_pretrained(pretrained: str) -> None:
-    if not pretrained.strip():
-        fail("--pretrained: give an open_clip tag, an hf-hub: name or a checkpoint path")
+        fail(f"--backend: unknown backend {backend!r} (known: {', '.join(sorted(BACKENDS))})")
+    cls = encoder_class(backend)
+    if cls.needs_pretrained and not (pretrained or "").strip():
+        fail(f"--pretrained: the {backend} backend needs weights: an open_clip tag, an hf-hub: name "
+             f"or a checkpoint path")
+    if not cls.needs_pretrained and pretrained:
+        fail(f"--pretrained does not apply to the {backend} backend (--model names the model and its weights)")
+    return cls
 
 
 ModelOption = Annotated[str, typer.Option(
-    "--model", help="open_clip architecture (e.g. ViT-B-16), or the path of an open_clip model-config .json.",
+    "--model", help="open_clip: an architecture (e.g. ViT-B-16) or the path of a model-config .json; "
+                    "sentence-transformers: a model folder or a hub name.",
     show_default=False)]
-PretrainedOption = Annotated[str, typer.Option(
-    "--pretrained", help="Weights: an open_clip tag (openai, laion2b_s34b_b79k), an hf-hub: name, "
-                         "or a local checkpoint path.", show_default=False)]
-EncoderOption = Annotated[str, typer.Option("--encoder", help="Encoder backend.")]
+PretrainedOption = Annotated[str | None, typer.Option(
+    "--pretrained", help="open_clip weights: a tag (openai, laion2b_s34b_b79k), an hf-hub: name, or a local "
+                         "checkpoint path (sentence-transformers takes none).", show_default=False)]
+BackendOption = Annotated[str, typer.Option(
+    "--backend", "--encoder", help=f"Encoder backend: {', '.join(sorted(BACKENDS))}.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 
 
@@ -72,16 +84,20 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:
 def extract_command(
     source: Annotated[str, typer.Argument(
         help="Image folder (one sub-folder per class), manifest (.csv/.tsv with path,label columns; .txt lines "
-             "'path label'), CoOp split .json (with --split), or .tar shards (a path or a quoted glob).",
+             "'path label'), CoOp split .json (with --split), .tar shards (a path or a quoted glob), "
+             "or torchvision:NAME (e.g. torchvision:CIFAR100, with --root, --split and --download). "
+             "Text encoders: a folder of .txt files per class, or a .csv/.tsv with text,label[,id] columns.",
         metavar="SOURCE", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Features file to write (.h5).",
                                          show_default=False)],
     model: ModelOption,
-    pretrained: PretrainedOption,
-    split: Annotated[str | None, typer.Option("--split", help="Split of a CoOp split JSON: train, val or test.")
+    pretrained: PretrainedOption = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="Split of a CoOp split JSON (train, val or test) or of a torchvision: dataset.")
                      ] = None,
     root: Annotated[Path | None, typer.Option(
-        "--root", help="Folder that relative manifest/split paths start from (default: the manifest's folder).")
+        "--root", help="Folder that relative manifest/split paths start from (default: the manifest's folder); "
+                       "for torchvision: sources, the data folder.")
                     ] = None,
     classnames: Annotated[Path | None, typer.Option(
         "--classnames", help="Class names, one per line: names integer labels, or fixes the class order.")] = None,
@@ -106,10 +122,12 @@ def extract_command(
     )] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing output, or discard an unfinished run of something else.")] = False,
-    encoder: EncoderOption = DEFAULT_BACKEND,
+    download: Annotated[bool, typer.Option(
+        "--download", help="torchvision: sources: let torchvision download the dataset into --root.")] = False,
+    backend: BackendOption = DEFAULT_BACKEND,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
-    """Encode images once into a features file (L2-normalised rows, labels, ids, class names).
+    """Encode images (or texts) once into a features file (L2-normalised rows, labels, ids, class names).
 
     Safe to kill: the same command resumes from the last committed chunk. Under torchrun each
     rank encodes its own share and rank 0 writes the same file a single process would.
@@ -123,26 +141,29 @@ def extract_command(
 
         torchrun --nproc-per-node 8 -m glacli extract 'shards/train-*.tar' -o train.h5 \\
             --model ViT-B-16 --pretrained openai --classnames classnames.txt
+
+        gla extract bbcnews/data -o news.h5 --backend sentence-transformers --model models/all-MiniLM-L6-v2
     """
     from glacli import extraction, sources
 
-    _check_backend(encoder)
-    _check_pretrained(pretrained)
+    input_kind = _encoder_class(backend, pretrained).input_kind
     dist = extraction.init_distributed(device)
     try:
         rows = sources.open_source(source, split=split, root=None if root is None else str(root),
-                                   classnames_file=None if classnames is None else str(classnames))
+                                   classnames_file=None if classnames is None else str(classnames),
+                                   input_kind=input_kind, download=download)
         if shots is not None:
             rows = sources.select_shots(rows, shots, seed)
         if dist.is_main:
             for warning in rows.warnings:
                 err.print(f"warning: {warning}")
-        model_encoder = load_encoder(encoder, model, pretrained, dist.device, autocast=autocast)
+        model_encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast)
         options = extraction.ExtractOptions(batch_size=batch_size, workers=workers, dtype=dtype,
                                             commit_rows=commit_every, skip_bad=skip_bad, overwrite=overwrite,
                                             decode_on_device=gpu_decode)
         with _progress() as bar:
-            task = bar.add_task("extract", total=None, visible=dist.is_main)
+            task = bar.add_task("extract", total=None, visible=dist.is_main,
+                                unit="img" if input_kind == "image" else input_kind)
             report = extraction.Reporter(message=lambda text: err.print(text, soft_wrap=True),
                                          start=lambda total: bar.update(task, total=total),
                                          advance=lambda n: bar.advance(task, n))
@@ -167,32 +188,40 @@ def extract_command(
 def zeroshot_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Head file to write (.h5).", show_default=False)],
     model: ModelOption,
-    pretrained: PretrainedOption,
+    pretrained: PretrainedOption = None,
     classnames: Annotated[Path | None, typer.Option("--classnames", help="Class names, one per line.")] = None,
     like: Annotated[Path | None, typer.Option(
         "--like", help="Take the class names (and check the model) from this features file.")] = None,
     templates: Annotated[str, typer.Option(
         "--templates", help="Prompt set: imagenet (80 CLIP prompts), simple, a dataset name (caltech101, "
                             "oxfordpets, stanfordcars, oxfordflowers, food101, fgvcaircraft, sun397, dtd, eurosat, "
-                            "ucf101), or a file with one template per line, '{}' for the class name.")] = "imagenet",
+                            "ucf101), news (text encoders), or a file with one template per line, '{}' for the "
+                            "class name.")] = "imagenet",
+    logit_scale: Annotated[str | None, typer.Option(
+        "--logit-scale", help="Multiplier of the cosine similarities (default: the model's; CLIP's learnt "
+                              "logit_scale.exp(), 100 for sentence-transformers).", show_default=False)] = None,
     device: DeviceOption = "auto",
-    encoder: EncoderOption = DEFAULT_BACKEND,
+    backend: BackendOption = DEFAULT_BACKEND,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Build a zero-shot head: prompt-ensembled class text embeddings times CLIP's logit scale.
 
     weight[c] = normalise(mean over templates of normalise(text(template(c)))) * logit_scale.exp(),
-    bias 0, head_type zeroshot.
+    bias 0, head_type zeroshot. Text encoders use the same formula with logit scale 100.
 
     Example:
 
         gla zeroshot --model ViT-B-16 --pretrained openai --like val.h5 --templates imagenet -o zs_head.h5
+
+        gla zeroshot --backend sentence-transformers --model models/all-MiniLM-L6-v2 --like news.h5 \\
+            --templates news -o news_head.h5
     """
     from glacli import sources, zeroshot
+    from glacli.app import parse_positive_float
     from glacli.encoders import resolve_device
 
-    _check_backend(encoder)
-    _check_pretrained(pretrained)
+    _encoder_class(backend, pretrained)
+    scale_option = None if logit_scale is None else parse_positive_float(logit_scale, "--logit-scale")
     if (classnames is None) == (like is None):
         fail("give exactly one of --classnames FILE or --like FEATURES.h5")
     template_name, template_list = zeroshot.load_templates(templates)
@@ -204,8 +233,9 @@ def zeroshot_command(
             fail("has no class names to build a head for", str(like))
     else:
         names, recorded = sources.read_classnames(str(classnames)), {}
-    text_encoder = load_encoder(encoder, model, pretrained, resolve_device(device), autocast="off")
+    text_encoder = load_encoder(backend, model, pretrained, resolve_device(device), autocast="off")
     described = text_encoder.describe()
+    scale = text_encoder.logit_scale if scale_option is None else scale_option
     if recorded.get("model") not in (None, described["model"]):
         fail(f"was extracted with model {recorded['model']!r}, not {described['model']!r}", str(like))
     if recorded.get("pretrained") not in (None, described["pretrained"]):
@@ -213,16 +243,15 @@ def zeroshot_command(
                   f"this head uses {described['pretrained']!r}", soft_wrap=True)
     with _progress() as bar:
         task = bar.add_task("zeroshot", total=len(names))
-        weight = zeroshot.zeroshot_weights(text_encoder.encode_text, names, template_list,
-                                           text_encoder.logit_scale, lambda n: bar.advance(task, n))
-    attrs = {**described, "templates": template_name, "n_templates": len(template_list),
-             "logit_scale": text_encoder.logit_scale}
+        weight = zeroshot.zeroshot_weights(text_encoder.encode_text, names, template_list, scale,
+                                           lambda n: bar.advance(task, n))
+    attrs = {**described, "templates": template_name, "n_templates": len(template_list), "logit_scale": scale}
     store.write_head(output, store.Head(weight=weight.numpy().astype(np.float32),
                                         bias=np.zeros(len(names), np.float32), classnames=list(names),
                                         head_type="zeroshot", temperature=1.0, attrs=attrs), parents)
     _report({"output": str(output), "classes": len(names), "dim": int(weight.shape[1]),
              "templates": template_name, "n_templates": len(template_list),
-             "logit_scale": round(text_encoder.logit_scale, 4)}, as_json, "zeroshot")
+             "logit_scale": round(scale, 4)}, as_json, "zeroshot")
 
 
 def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:

@@ -20,6 +20,7 @@ from glacli.errors import GlaInputError
 
 BACKENDS: dict[str, str] = {
     "open_clip": "glacli.encoders.openclip:OpenClipEncoder",
+    "sentence-transformers": "glacli.encoders.sbert:SentenceTransformerEncoder",
 }
 """Backend name -> ``module:class``; imported on use so ``gla --help`` stays fast."""
 
@@ -36,6 +37,8 @@ class Encoder(abc.ABC):
     backend: ClassVar[str]
     input_kind: ClassVar[str]
     """``"image"`` or ``"text"``: which kind of source rows this encoder reads."""
+    needs_pretrained: ClassVar[bool] = True
+    """Whether ``--pretrained`` must name weights (False where ``--model`` alone holds them)."""
 
     model_name: str
     pretrained: str | None

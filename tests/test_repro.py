@@ -1,0 +1,185 @@
+"""The Makefile reproductions (mk/repro.mk) end to end on generated data in each setting's layout.
+
+Every target runs with the tiny open_clip model on a few images per class: ImageFolder trees
+(ImageNet), a CoOp split JSON with its image folder (few-shot), ImageNet-LT txt lists, and
+CIFAR-100 in torchvision's on-disk format (quick start). Each gla process costs seconds to
+start, so the variables are small (HOLDOUT_SHOTS=2, SHOTS="1 2", SEEDS=1) and make runs with -j2.
+The random tiny model is near chance, where no temperature matches confidence to accuracy
+(the default Q_TEMPERATURE=confidence), so q is fitted with Q_TEMPERATURE=nll here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from tiny_clip import tiny_clip_fixture, write_jpeg  # noqa: F401
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+NAMES = ["tench", "goldfish", "great white shark"]
+PETS = ["abyssinian", "beagle", "pug"]
+CIFAR_NAMES = ["apple", "aquarium_fish", "baby"]
+
+# quickstart-clip reads CIFAR-100 through torchvision, which checks the md5 of the official files;
+# generated pickles cannot match it, so this test-only wrapper accepts any existing file.
+GLA_WITHOUT_CIFAR_CHECKSUMS = """
+import os, sys
+import torchvision.datasets.cifar as cifar
+cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
+from glacli.cli import main
+sys.exit(main())
+"""
+
+
+def write_data(root: Path) -> dict[str, str]:
+    """Every data set in its expected layout under ``root``; returns the make variables naming them."""
+    imagenet = root / "imagenet"
+    for c, wnid in enumerate(WNIDS):
+        for k in range(6):
+            write_jpeg(imagenet / "train" / wnid / f"{wnid}_{k}.JPEG", seed=100 * c + k)
+        for k in range(3):
+            write_jpeg(imagenet / "val" / wnid / f"val_{c}{k}.JPEG", seed=10_000 + 100 * c + k)
+    names = root / "imagenet_classnames.txt"
+    names.write_text("\n".join(NAMES) + "\n")
+
+    lists = root / "ImageNet_LT"  # long-tailed train (4 / 2 / 1), balanced val and test
+    lists.mkdir()
+    train = [f"train/{w}/{w}_{k}.JPEG {c}" for c, w in enumerate(WNIDS) for k in range(4 >> c)]
+    val = [f"train/{w}/{w}_5.JPEG {c}" for c, w in enumerate(WNIDS)]
+    test = [f"val/{w}/val_{c}{k}.JPEG {c}" for c, w in enumerate(WNIDS) for k in range(3)]
+    for split, lines in (("train", train), ("val", val), ("test", test)):
+        (lists / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")
+
+    pets = root / "coop" / "oxford_pets"
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for c, name in enumerate(PETS):
+        for part, count in (("train", 3), ("val", 2), ("test", 2)):
+            for k in range(count):
+                rel = f"{name}_{part}_{k}.jpg"
+                write_jpeg(pets / "images" / rel, seed=50_000 + 1000 * c + 10 * len(split[part]) + k)
+                split[part].append([rel, c, name])
+    (pets / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
+
+    cifar = root / "torchvision" / "cifar-100-python"
+    cifar.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for part, per_class in (("train", 6), ("test", 2)):
+        labels = [c for c in range(len(CIFAR_NAMES)) for _ in range(per_class)]
+        with open(cifar / part, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8),
+                         "fine_labels": labels}, f)
+    with open(cifar / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": CIFAR_NAMES}, f)
+    return {"IMAGENET": str(imagenet), "IMAGENET_CLASSNAMES": str(names), "IMAGENET_LT_LISTS": str(lists),
+            "IMAGENET_LT_ROOT": str(imagenet), "COOP_DATA": str(root / "coop"), "TV_DATA": str(root / "torchvision")}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_clip) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("repro")
+    wrapper = root / "gla_test_cifar.py"
+    wrapper.write_text(GLA_WITHOUT_CIFAR_CHECKSUMS)
+    return {**write_data(root / "data"), "RUNS": str(root / "runs"), "GLA": f"{sys.executable} -m glacli",
+            "GLA_PYTHON": sys.executable, "MODEL": str(tiny_clip.config), "PRETRAINED": str(tiny_clip.checkpoint),
+            "QUICKSTART_MODEL": str(tiny_clip.config), "QUICKSTART_PRETRAINED": str(tiny_clip.checkpoint),
+            "DEVICE": "cpu", "EXTRACT_FLAGS": "--workers 0", "HOLDOUT_SHOTS": "2", "SHOTS": "1 2", "SEEDS": "1", "Q_TEMPERATURE": "nll",
+            "FEWSHOT_DATASETS": "oxfordpets imagenet", "quickstart_gla": f"{sys.executable} {wrapper}"}
+
+
+def make(workspace: dict[str, str], *goals: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+    variables = {k: v for k, v in {**workspace, **extra}.items() if k.isupper()}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(["make", "-C", str(ROOT), "-j2", *goals, *(f"{k}={v}" for k, v in variables.items())],
+                            capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def report_rows(path: Path) -> dict[str, list[str]]:
+    """The Markdown table of a gla report: method -> its cells."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    header = lines[0]
+    assert header.startswith("| method |")
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+
+
+def model_dir(workspace: dict[str, str], setting: str) -> Path:
+    return Path(workspace["RUNS"]) / setting / "gla-tiny-clip_gla-tiny-clip"
+
+
+def snapshot(runs: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+
+
+def test_repro_imagenet(workspace):
+    make(workspace, "repro-imagenet")
+    out = model_dir(workspace, "imagenet")
+    rows = report_rows(out / "report.md")
+    assert list(rows) == ["zero-shot", "zero-shot-debiased", "linear-probe", "ensemble", "GLA"]
+    assert all(len(cells) == 1 and cells[0] != "-" for cells in rows.values())
+    results = json.loads((out / "results.json").read_text())
+    text = json.dumps(results)
+    assert all(group in text for group in ("q_head", "q_medium", "q_tail"))
+    assert '"setting": "imagenet"' in text
+
+
+def test_repro_lt(workspace):
+    make(workspace, "repro-lt", DATASET="imagenet_lt")
+    out = model_dir(workspace, "lt") / "imagenet_lt"
+    rows = report_rows(out / "report.md")
+    assert list(rows) == ["zero-shot", "linear-probe", "GLA"]
+    assert all(len(cells) == 1 and cells[0] != "-" for cells in rows.values())
+    assert "few_shot" in (out / "results.json").read_text()
+
+
+def test_repro_fewshot_all_and_one_dataset(workspace):
+    make(workspace, "repro-fewshot-all")
+    out = model_dir(workspace, "fewshot")
+    for report in (out / "report.md", out / "oxfordpets" / "report.md", out / "imagenet" / "report.md"):
+        rows = report_rows(report)
+        assert list(rows) == ["zero-shot", "linear-probe", "GLA"], report
+        assert all(len(cells) == 2 and "-" not in cells for cells in rows.values()), report
+    assert "| method | shots=1 | shots=2 |" in (out / "report.md").read_text()
+    # each K-shot run drew K training and min(K, 4) validation images per class
+    from glacli.store import read_rows
+    with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "train.h5", "features") as f:
+        assert np.bincount(f.labels).tolist() == [2, 2, 2]
+    with read_rows(out / "oxfordpets" / "1shot" / "seed1" / "val.h5", "features") as f:
+        assert np.bincount(f.labels).tolist() == [1, 1, 1]
+    # repro-fewshot of one dataset is the per-dataset report, already made above
+    assert make(workspace, "-q", "repro-fewshot", DATASET="oxfordpets", check=False).returncode == 0
+
+
+def test_quickstart_clip(workspace):
+    make(workspace, "quickstart-clip", GLA=workspace["quickstart_gla"])
+    out = model_dir(workspace, "quickstart")
+    rows = report_rows(out / "report.md")
+    assert list(rows) == ["zero-shot", "zero-shot-debiased", "linear-probe", "ensemble", "GLA"]
+    from glacli.store import read_rows
+    with read_rows(out / "test.h5", "features") as f:
+        assert f.ids()[:2] == ["CIFAR100/test/0", "CIFAR100/test/1"]
+        assert f.classnames == ["apple", "aquarium fish", "baby"]
+
+
+def test_a_second_run_does_no_work(workspace):
+    goals = [("repro-imagenet", {}), ("repro-lt", {"DATASET": "imagenet_lt"}), ("repro-fewshot-all", {}),
+             ("repro-fewshot", {"DATASET": "oxfordpets"}), ("quickstart-clip", {"GLA": workspace["quickstart_gla"]})]
+    before = snapshot(Path(workspace["RUNS"]))
+    assert len(before) > 50
+    for goal, extra in goals:
+        assert make(workspace, "-q", goal, check=False, **extra).returncode == 0, goal
+        result = make(workspace, goal, **extra)
+        assert sys.executable not in result.stdout, result.stdout  # no command ran
+    assert snapshot(Path(workspace["RUNS"])) == before
+
+
+def test_unknown_dataset_is_a_clear_make_error(workspace):
+    result = make(workspace, "repro-fewshot", DATASET="mnist", check=False)
+    assert result.returncode != 0 and "repro-fewshot needs DATASET=one of" in result.stderr
