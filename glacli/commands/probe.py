@@ -12,11 +12,20 @@ from rich.table import Table
 
 from glacli import store
 from glacli.app import app, err, fail, out, parse_positive_float, print_json, progress
-from glacli.devices import resolve_device
 from glacli.calibration import fit_temperature_confidence, fit_temperature_nll, nll
+from glacli.devices import resolve_device
 from glacli.heads import apply_head, head_tensors
-from glacli.probe import (WD_GRID, PathPoint, ProbeData, ProbeResult, SolverOptions, chunk_rows_for,
-                          planned_fits, train_probe, wd_to_c)
+from glacli.probe import (
+    WD_GRID,
+    PathPoint,
+    ProbeData,
+    ProbeResult,
+    SolverOptions,
+    chunk_rows_for,
+    planned_fits,
+    train_probe,
+    wd_to_c,
+)
 
 DEFAULT_MEMORY_GIB = 8.0
 CALIBRATION_METHODS = ("nll", "confidence")
@@ -44,7 +53,10 @@ def fit_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     float64: bool = typer.Option(False, "--float64", help="Compute in float64 (slower; for exact comparisons)."),
     max_iter: int = typer.Option(1000, "--max-iter", help="L-BFGS iterations at most, per fit."),
-    tol: float = typer.Option(1e-6, "--tol", help="Stop the final fit when every gradient entry is below this."),
+    tol: float = typer.Option(
+        SolverOptions.tol, "--tol",
+        help="Relative tolerance of the final fit: stop when ||grad|| <= tol * wd * ||W|| "
+             "(about tol from the optimum)."),
     memory_gib: float = typer.Option(
         DEFAULT_MEMORY_GIB, "--memory", metavar="GIB",
         help="Features larger than this (in the compute dtype) are streamed from disk on every pass "
@@ -53,7 +65,11 @@ def fit_cmd(
 ) -> None:
     """Fit a linear-probe head (multinomial logistic regression, full-batch L-BFGS) on cached features.
 
-    With --val the penalty is searched on the validation set (log-spaced, warm-started path, then a finer search around the best), the head refitted and its temperature calibrated on --val by NLL.
+    With --val the penalty is chosen on the validation set: a warm-started path, then a finer search.
+
+    This is the CLIP linear-probe protocol over a log-spaced grid.
+
+    The chosen head is refitted and its temperature calibrated on --val by NLL.
 
     Example:
 
@@ -201,7 +217,8 @@ def _print_fit(report: dict) -> None:
     summary = Table(title=f"Linear head -> {report['output']}", show_header=False)
     summary.add_column(justify="left")
     summary.add_column(justify="right")
-    summary.add_row("rows x features -> classes", f"{report['n_rows']} x {report['n_features']} -> {report['n_classes']}")
+    summary.add_row("rows x features -> classes",
+                    f"{report['n_rows']} x {report['n_features']} -> {report['n_classes']}")
     summary.add_row("penalty wd (sklearn C)", f"{report['wd']:.3g} ({report['c_equivalent']:.3g})")
     if report["val_accuracy"] is not None:
         summary.add_row("val top-1 %", f"{100 * report['val_accuracy']:.2f}")
@@ -265,7 +282,9 @@ def calibrate_cmd(
 ) -> None:
     """Temperature scaling: fit T on --val, write LOGITS / T (streamed) and record the total temperature.
 
-    The recorded temperature is the total applied: T times any temperature LOGITS already had. LOGITS and --val must have the same classnames and the same temperature already applied.
+    The recorded temperature is the total applied: T times any temperature LOGITS already had.
+
+    LOGITS and --val must have the same classnames and the same temperature already applied.
 
     Example:
 
@@ -300,7 +319,7 @@ def calibrate_cmd(
                 bar.advance(task, chunk.stop - chunk.start)
         report = {"output": str(output), "method": method, "temperature": temperature,
                   "total_temperature": total, "input_temperature": rows.temperature,
-                  "val_rows": int(len(labels)),
+                  "val_rows": len(labels),
                   "val_accuracy": float((val_logits.argmax(1) == labels).double().mean()),
                   "val_nll_before": nll(val_logits, labels), "val_nll_after": nll(val_logits, labels, temperature)}
     if json_output:
