@@ -164,3 +164,12 @@ def test_several_files_are_pooled(gla, tmp_path):
     assert len(q2.attrs["parents"]) == 2
     other = write_logits_file(tmp_path / "other.h5", z[:5], y[:5], names=["a", "b", "c", "d"])
     assert_one_line_error(gla("estimate-prior", first, other, "-o", tmp_path / "q3.h5"), "other.h5", "classnames disagree")
+
+
+def test_nll_without_a_finite_optimum_is_an_error_not_a_degenerate_prior(gla, tmp_path):
+    """Labels separable once a class bias is allowed: the joint likelihood keeps rising as T -> 0."""
+    z = np.array([[2.0, 0.0], [3.0, 0.0], [0.5, 0.0], [-1.0, 0.0]])
+    path = write_logits_file(tmp_path / "zs.h5", z, np.array([0, 0, 1, 1]))
+    assert_one_line_error(gla("estimate-prior", path, "-o", tmp_path / "q.h5"), "no finite optimum", "--temperature")
+    assert not (tmp_path / "q.h5").exists()
+    assert gla("estimate-prior", path, "-o", tmp_path / "q.h5", "-t", "1").code == 0

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from glacli import store
 from glacli.app import app, err, fail, out, parse_choice_or_float, print_json
+from glacli.calibration import T_MIN
 from glacli.devices import resolve_device
 from glacli.prior import DEFAULT_TOL, PriorEstimate, class_proportions, debiased_logits, estimate_prior
 
@@ -65,6 +66,10 @@ def estimate_prior_cmd(
                              labels=None if labels is None else labels.to(torch_device), tol=tol, max_iter=max_iter)
     except ValueError as exc:
         fail(str(exc), rows.path)
+    if method == "nll" and (not fit.converged or fit.temperature <= T_MIN * 1.0001):
+        fail(f"--temperature nll has no finite optimum here (T fell to {fit.temperature:.3g} after "
+             f"{fit.iterations} iterations): with q free, the logits separate the labels, which is common "
+             "on a few dozen rows; give a fixed --temperature or more rows", rows.path)
     q = fit.prior.cpu().numpy()
     method_name = method if isinstance(method, str) else "fixed"
     store.write_prior(output, store.Prior(
