@@ -12,8 +12,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from glacli.errors import GlaInputError
 
@@ -28,6 +35,13 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+@app.callback()
+def _group() -> None:
+    """Keeps ``gla`` a command group even when only the invoked command's module is loaded."""
+
 
 out = Console(highlight=False)
 """Tables and human-readable results (stdout)."""

@@ -1,6 +1,7 @@
 """Entry point of the ``gla`` command: registers the commands and turns user errors into one line."""
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 
@@ -14,10 +15,13 @@ except ImportError:  # pragma: no cover - older typer on top of click
 from glacli.app import app, err
 from glacli.errors import GlaInputError
 
-# Each module registers its commands on ``app`` when imported.
-from glacli.commands import combine, estimate, evaluate, extract, interchange, probe, report, subset  # noqa: F401,E402
-
 USER_ERROR = 2
+COMMAND_MODULES = {
+    "calibrate": "probe", "combine": "combine", "estimate-prior": "estimate", "evaluate": "evaluate",
+    "export": "interchange", "extract": "extract", "fit": "probe", "import": "interchange",
+    "logits": "probe", "report": "report", "subset": "subset", "zeroshot": "extract",
+}
+"""Command name -> module of ``glacli.commands`` that registers it on ``app`` when imported."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    register_commands(args[0] if args else None)
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="gla", standalone_mode=False)
@@ -44,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         return _user_error(f"{exc.filename}: permission denied", debug)
     return result if isinstance(result, int) else 0
+
+
+def register_commands(name: str | None = None) -> None:
+    """Import the module of command ``name`` only (start-up without torch where it is not needed),
+    or every command module for help, listings and unknown names."""
+    modules = {COMMAND_MODULES[name]} if name in COMMAND_MODULES else set(COMMAND_MODULES.values())
+    for module in sorted(modules):
+        importlib.import_module(f"glacli.commands.{module}")
 
 
 def _user_error(message: str, debug: bool) -> int:

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from glacli import store
-from glacli.encoders import DecodeError, Encoder, resolve_device
+from glacli.devices import resolve_device
+from glacli.encoders import DecodeError, Encoder
 from glacli.errors import GlaInputError
 from glacli.sources import Locator, Rows, read_bytes
 

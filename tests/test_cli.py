@@ -4,11 +4,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from synth import biased_logits, write_logits_file
 
 from glacli.app import app
-from synth import write_logits_file
+from glacli.cli import COMMAND_MODULES, register_commands
 
 GLA = [sys.executable, "-m", "glacli"]
 
@@ -35,8 +35,8 @@ def test_usage_errors_are_one_line_too(tmp_path):
 
 
 def test_json_goes_to_stdout_alone(tmp_path):
-    z = np.random.default_rng(0).normal(size=(30, 3))
-    path = write_logits_file(tmp_path / "zs.h5", z, np.arange(30) % 3)
+    z, y, _ = biased_logits(10, 3, seed=0)
+    path = write_logits_file(tmp_path / "zs.h5", z, y)
     r = run("estimate-prior", path, "-o", tmp_path / "q.h5", "--json")
     assert r.returncode == 0, r.stderr
     import json
@@ -44,7 +44,7 @@ def test_json_goes_to_stdout_alone(tmp_path):
 
 
 def registered_commands() -> list[str]:
-    import glacli.cli  # noqa: F401  (registers every command)
+    register_commands()
     return sorted(c.name for c in app.registered_commands)
 
 
@@ -58,5 +58,13 @@ def test_every_command_has_help_with_an_example(gla, command):
 def test_top_level_help_lists_the_commands(gla):
     r = gla("--help")
     assert r.code == 0
-    for name in ("estimate-prior", "combine"):
+    for name in COMMAND_MODULES:
         assert name in r.out
+    assert sorted(COMMAND_MODULES) == registered_commands()
+
+
+def test_commands_that_need_no_torch_start_without_it():
+    code = ("import sys; from glacli.cli import main; main(['combine', '--help']); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().endswith("False"), r.stdout[-200:]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error
-from glacli import store
 from real import balanced_split, clip_cifar10, wideresnet_cifar10, write_rows
 from synth import classnames, write_logits_file
+
+from glacli import store
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error
-from glacli import store
 from real import balanced_split, clip_cifar10, write_rows
 from synth import biased_logits, classnames, write_logits_file
+
+from glacli import store
 
 
 @pytest.fixture
@@ -173,3 +173,5 @@ def test_nll_without_a_finite_optimum_is_an_error_not_a_degenerate_prior(gla, tm
     assert_one_line_error(gla("estimate-prior", path, "-o", tmp_path / "q.h5"), "no finite optimum", "--temperature")
     assert not (tmp_path / "q.h5").exists()
     assert gla("estimate-prior", path, "-o", tmp_path / "q.h5", "-t", "1").code == 0
+    noise = write_logits_file(tmp_path / "noise.h5", np.random.default_rng(0).normal(size=(30, 3)), np.arange(30) % 3)
+    assert_one_line_error(gla("estimate-prior", noise, "-o", tmp_path / "q2.h5"), "no information")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.special import log_softmax
-
 from conftest import assert_one_line_error
-from glacli import store
+from scipy.special import log_softmax
 from synth import biased_logits, classnames, write_logits_file
+
+from glacli import store
 
 C = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

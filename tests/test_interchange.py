@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from glacli import interchange, store
 from conftest import assert_one_line_error
 from synth import biased_logits, classnames, write_logits_file
+
+from glacli import interchange, store
 
 
 def read_logits(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict]:

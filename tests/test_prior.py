@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
+from synth import biased_logits
 
 from glacli.calibration import fit_temperature_confidence, mean_confidence
 from glacli.prior import class_proportions, estimate_prior
-from synth import biased_logits
 
 
 def population_problem(n: int, c: int, temperature: float, seed: int = 0):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error
-from glacli import report
 from synth import biased_logits, write_logits_file
+
+from glacli import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

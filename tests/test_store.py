@@ -4,10 +4,10 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from synth import classnames, write_logits_file
 
 from glacli import store
 from glacli.errors import GlaInputError
-from synth import classnames, write_logits_file
 
 
 def test_logits_round_trip_keeps_values_labels_ids_and_provenance(tmp_path):

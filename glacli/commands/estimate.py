@@ -14,7 +14,13 @@ from glacli import store
 from glacli.app import app, err, fail, out, parse_choice_or_float, print_json
 from glacli.calibration import T_MIN
 from glacli.devices import resolve_device
-from glacli.prior import DEFAULT_TOL, PriorEstimate, class_proportions, debiased_logits, estimate_prior
+from glacli.prior import (
+    DEFAULT_TOL,
+    PriorEstimate,
+    class_proportions,
+    debiased_logits,
+    estimate_prior,
+)
 
 TEMPERATURE_METHODS = ("nll", "confidence")
 
@@ -67,9 +73,10 @@ def estimate_prior_cmd(
     except ValueError as exc:
         fail(str(exc), rows.path)
     if method == "nll" and (not fit.converged or fit.temperature <= T_MIN * 1.0001):
-        fail(f"--temperature nll has no finite optimum here (T fell to {fit.temperature:.3g} after "
-             f"{fit.iterations} iterations): with q free, the logits separate the labels, which is common "
-             "on a few dozen rows; give a fixed --temperature or more rows", rows.path)
+        why = ("the logits carry almost no information about these labels" if fit.temperature > 1 else
+               "with q free, the logits separate the labels, which is common on a few dozen rows")
+        fail(f"--temperature nll has no finite optimum here (T went to {fit.temperature:.3g} in "
+             f"{fit.iterations} iterations): {why}; give a fixed --temperature", rows.path)
     q = fit.prior.cpu().numpy()
     method_name = method if isinstance(method, str) else "fixed"
     store.write_prior(output, store.Prior(

@@ -218,7 +218,7 @@ def zeroshot_command(
     """
     from glacli import sources, zeroshot
     from glacli.app import parse_positive_float
-    from glacli.encoders import resolve_device
+    from glacli.devices import resolve_device
 
     _encoder_class(backend, pretrained)
     scale_option = None if logit_scale is None else parse_positive_float(logit_scale, "--logit-scale")

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from glacli.devices import resolve_device
 from glacli.errors import GlaInputError
 
 BACKENDS: dict[str, str] = {
@@ -74,21 +75,6 @@ class Encoder(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Attributes that record which model produced a file."""
         return {"encoder": self.backend, "model": self.model_name, "pretrained": self.pretrained or ""}
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise GlaInputError(f"--device: expected auto, cpu or cuda[:N], got {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GlaInputError("--device cuda: no CUDA device is available (use --device cpu)")
-    if resolved.type not in ("cpu", "cuda"):
-        raise GlaInputError(f"--device: expected auto, cpu or cuda[:N], got {device!r}")
-    return resolved
 
 
 def encoder_class(backend: str) -> type[Encoder]:
