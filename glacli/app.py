@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from glacli.errors import GlaInputError
 
@@ -87,6 +88,16 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def print_fields(title: str, fields: list[tuple[str, str]]) -> None:
+    """A two-column summary table (name, value): the one look of every command's result summary."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in fields:
+        table.add_row(name, value)
+    out.print(table)
 
 
 def progress(transient: bool = False) -> Progress:

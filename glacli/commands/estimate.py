@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-from rich.table import Table
 
 from glacli import store
-from glacli.app import app, err, fail, out, parse_choice_or_float, print_json
+from glacli.app import app, err, fail, parse_choice_or_float, print_fields, print_json
 from glacli.calibration import T_MIN
 from glacli.devices import resolve_device
 from glacli.prior import (
@@ -208,20 +207,21 @@ def _report(z: torch.Tensor, labels: torch.Tensor | None, fit: PriorEstimate, q:
 
 
 def _print_report(report: dict) -> None:
-    table = Table(title=f"Label prior of {report['input']}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("rows x classes", f"{report['n_rows']} x {report['n_classes']}")
-    table.add_row("temperature", f"{report['temperature']:.4f} ({report['temperature_method']})")
-    table.add_row("iterations", str(report["iterations"]))
     status = "[green]converged[/]" if report["converged"] else "[red]not converged[/]"
-    table.add_row("max moment gap", f"{report['max_moment_gap']:.2e} {status}")
+    fields = [
+        ("rows x classes", f"{report['n_rows']} x {report['n_classes']}"),
+        ("temperature", f"{report['temperature']:.4f} ({report['temperature_method']})"),
+        ("iterations", str(report["iterations"])),
+        ("max moment gap", f"{report['max_moment_gap']:.2e} {status}"),
+    ]
     if "top1_before" in report:
         gain = report["top1_after"] - report["top1_before"]
-        table.add_row("top-1 (estimation set)",
-                      f"{report['top1_before']:.2f} -> {report['top1_after']:.2f} ({gain:+.2f} pp)")
-    table.add_row("effective classes exp(H(q))", f"{report['effective_classes']:.1f}")
-    table.add_row("most likely", ", ".join(f"{c['class']} {c['q']:.4f}" for c in report["most_likely"]))
-    table.add_row("least likely", ", ".join(f"{c['class']} {c['q']:.2e}" for c in report["least_likely"]))
-    table.add_row("written", report["output"])
-    out.print(table)
+        fields.append(("top-1 (estimation set)",
+                       f"{report['top1_before']:.2f} -> {report['top1_after']:.2f} ({gain:+.2f} pp)"))
+    fields += [
+        ("effective classes exp(H(q))", f"{report['effective_classes']:.1f}"),
+        ("most likely", ", ".join(f"{c['class']} {c['q']:.4f}" for c in report["most_likely"])),
+        ("least likely", ", ".join(f"{c['class']} {c['q']:.2e}" for c in report["least_likely"])),
+        ("written", report["output"]),
+    ]
+    print_fields(f"Label prior of {report['input']}", fields)

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich import box
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,11 +22,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from glacli import store
-from glacli.app import app, err, fail, out, print_json
+from glacli.app import app, err, fail, print_fields, print_json
 from glacli.encoders import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -258,10 +256,5 @@ def _report(summary: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
         print_json(summary)
         return
-    table = Table(title=f"gla {title}", box=box.SIMPLE, show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in summary.items():
-        if value is not None:
-            table.add_row(key.replace("_", " "), str(value))
-    out.print(table)
+    print_fields(f"gla {title}", [(key.replace("_", " "), str(value)) for key, value in summary.items()
+                                  if value is not None])

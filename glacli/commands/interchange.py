@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from glacli import interchange
-from glacli.app import app, fail, out, parse_positive_float, print_json
+from glacli.app import app, fail, out, parse_positive_float, print_fields, print_json
 
 
 @app.command("import")
@@ -66,19 +65,15 @@ def import_cmd(
     if as_json:
         print_json(dataclasses.asdict(report))
         return
-    table = Table(title="gla import", show_header=False)
-    table.add_row("from", report.source)
-    table.add_row("to", report.output)
-    table.add_row("kind", report.kind)
-    if report.kind == "prior":
-        table.add_row("classes", str(report.n_classes))
-    else:
-        table.add_row("rows x columns", f"{report.n_rows} x {report.n_cols}")
-        table.add_row("classes", str(report.n_classes))
-        table.add_row("labels", f"{report.labelled_rows} of {report.n_rows} rows, from {report.labels_from}")
-        table.add_row("ids", report.ids_from)
-    table.add_row("class names", report.classnames_from)
-    out.print(table)
+    fields = [("from", report.source), ("to", report.output), ("kind", report.kind)]
+    if report.kind != "prior":
+        fields.append(("rows x columns", f"{report.n_rows} x {report.n_cols}"))
+    fields.append(("classes", str(report.n_classes)))
+    if report.kind != "prior":
+        fields += [("labels", f"{report.labelled_rows} of {report.n_rows} rows, from {report.labels_from}"),
+                   ("ids", report.ids_from)]
+    fields.append(("class names", report.classnames_from))
+    print_fields("gla import", fields)
     for note in report.notes:
         out.print(f"note: {note}", soft_wrap=True)
 
@@ -105,10 +100,7 @@ def export_cmd(
     if as_json:
         print_json(dataclasses.asdict(report))
         return
-    table = Table(title="gla export", show_header=False)
-    table.add_row("from", report.source)
-    table.add_row("to", report.output)
-    table.add_row("kind", report.kind)
-    table.add_row("shape", " x ".join(str(n) for n in report.shape))
-    table.add_row("entries", ", ".join(report.entries[:12]) + (" ..." if len(report.entries) > 12 else ""))
-    out.print(table)
+    print_fields("gla export", [
+        ("from", report.source), ("to", report.output), ("kind", report.kind),
+        ("shape", " x ".join(str(n) for n in report.shape)),
+        ("entries", ", ".join(report.entries[:12]) + (" ..." if len(report.entries) > 12 else ""))])

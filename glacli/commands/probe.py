@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 
 from glacli import store
-from glacli.app import app, err, fail, out, parse_positive_float, print_json, progress
+from glacli.app import (
+    app,
+    err,
+    fail,
+    out,
+    parse_positive_float,
+    print_fields,
+    print_json,
+    progress,
+)
 from glacli.calibration import fit_temperature_confidence, fit_temperature_nll, nll
 from glacli.devices import resolve_device
 from glacli.heads import apply_head, head_tensors
@@ -214,22 +223,17 @@ def _print_fit(report: dict) -> None:
                           f"{100 * point['val_accuracy']:.2f}", f"{point['val_nll']:.4f}", str(point["iterations"]),
                           point["stage"] + (" (chosen)" if chosen else ""), style=style)
         out.print(table)
-    summary = Table(title=f"Linear head -> {report['output']}", show_header=False)
-    summary.add_column(justify="left")
-    summary.add_column(justify="right")
-    summary.add_row("rows x features -> classes",
-                    f"{report['n_rows']} x {report['n_features']} -> {report['n_classes']}")
-    summary.add_row("penalty wd (sklearn C)", f"{report['wd']:.3g} ({report['c_equivalent']:.3g})")
+    fields = [("rows x features -> classes", f"{report['n_rows']} x {report['n_features']} -> {report['n_classes']}"),
+              ("penalty wd (sklearn C)", f"{report['wd']:.3g} ({report['c_equivalent']:.3g})")]
     if report["val_accuracy"] is not None:
-        summary.add_row("val top-1 %", f"{100 * report['val_accuracy']:.2f}")
-        summary.add_row("val NLL (T = 1 -> calibrated)",
-                        f"{report['val_nll_uncalibrated']:.4f} -> {report['val_nll']:.4f}")
-    summary.add_row("temperature", f"{report['temperature']:.4g}")
-    summary.add_row("final loss", f"{report['final_loss']:.6g}")
-    summary.add_row("iterations", f"{report['iterations']}{'' if report['converged'] else ' (not converged)'}")
-    summary.add_row("balanced loss", "yes" if report["balanced"] else "no")
-    summary.add_row("device", report["device"])
-    out.print(summary)
+        fields += [("val top-1 %", f"{100 * report['val_accuracy']:.2f}"),
+                   ("val NLL (T = 1 -> calibrated)", f"{report['val_nll_uncalibrated']:.4f} -> {report['val_nll']:.4f}")]
+    fields += [("temperature", f"{report['temperature']:.4g}"),
+               ("final loss", f"{report['final_loss']:.6g}"),
+               ("iterations", f"{report['iterations']}{'' if report['converged'] else ' (not converged)'}"),
+               ("balanced loss", "yes" if report["balanced"] else "no"),
+               ("device", report["device"])]
+    print_fields(f"Linear head -> {report['output']}", fields)
 
 
 # --------------------------------------------------------------------------- gla logits
@@ -325,11 +329,8 @@ def calibrate_cmd(
     if json_output:
         print_json(report)
         return
-    table = Table(title=f"Temperature scaling ({method}) -> {output}", show_header=False)
-    table.add_column(justify="left")
-    table.add_column(justify="right")
-    table.add_row("fitted T (on --val)", f"{temperature:.4g}")
-    table.add_row("total temperature recorded", f"{total:.4g}")
-    table.add_row("val top-1 %", f"{100 * report['val_accuracy']:.2f}")
-    table.add_row("val NLL before -> after", f"{report['val_nll_before']:.4f} -> {report['val_nll_after']:.4f}")
-    out.print(table)
+    print_fields(f"Temperature scaling ({method}) -> {output}", [
+        ("fitted T (on --val)", f"{temperature:.4g}"),
+        ("total temperature recorded", f"{total:.4g}"),
+        ("val top-1 %", f"{100 * report['val_accuracy']:.2f}"),
+        ("val NLL before -> after", f"{report['val_nll_before']:.4f} -> {report['val_nll_after']:.4f}")])
