@@ -174,7 +174,7 @@ def extract_command(
         "output": str(output), "rows": result.n_rows, "skipped": result.n_skipped, "dim": model_encoder.dim,
         "classes": len(rows.classnames), "resumed_from_row": result.resumed_from, "encoded": result.encoded,
         "seconds": round(result.seconds, 3), "already_complete": result.already_complete,
-        "images_per_second": round(result.encoded / result.seconds, 1) if result.seconds > 0 else None,
+        f"{rows.input_kind}s_per_second": round(result.encoded / result.seconds, 1) if result.seconds > 0 else None,
         "ranks": dist.world_size,
     }
     if result.n_skipped:
