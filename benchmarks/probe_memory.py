@@ -1,0 +1,73 @@
+"""Peak memory of ``gla fit`` streaming features from disk, at growing row counts.
+
+Writes CLIP-sized synthetic features (768-d, 1,000 classes, float16) with N rows, runs
+``gla fit --memory 0.05`` (features larger than 50 MB are streamed from the file on every pass,
+as they are on a CPU at ImageNet scale) for a few L-BFGS iterations, each N in a fresh process,
+and reports peak resident memory and wall time against the smallest N.
+
+    .venv/bin/python benchmarks/probe_memory.py [--rows 50000 200000] [--iterations 3]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from glacli import store
+
+DIM, CLASSES = 768, 1000
+
+
+def write_features(path: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(CLASSES, DIM)).astype(np.float32)
+    labels = np.arange(n) % CLASSES
+    with store.write_rows(path, "features", n_rows=n, n_cols=DIM, classnames=[f"class {k}" for k in range(CLASSES)],
+                          dtype=np.float16) as sink:
+        for start in range(0, n, 20000):
+            y = labels[start:start + 20000]
+            x = means[y] * 0.2 + rng.normal(size=(len(y), DIM)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            sink.write(start, x.astype(np.float16), y, [str(i) for i in range(start, start + len(y))])
+
+
+def peak_fit(features: Path, head: Path, iterations: int) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of one ``gla fit`` in a child process."""
+    code = ("import resource, sys; from glacli.cli import main; code = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code, "fit", str(features), "--wd", "1e-4", "--max-iter",
+                             str(iterations), "--memory", "0.05", "--device", "cpu", "-o", str(head), "--json"],
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[50000, 200000])
+    parser.add_argument("--iterations", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sorted(args.rows):
+            path = Path(tmp) / f"features_{n}.h5"
+            write_features(path, n)
+            rows.append((n, *peak_fit(path, Path(tmp) / f"head_{n}.h5", args.iterations), n * DIM * 4 / 2**20))
+            path.unlink()
+    print(f"{DIM}-d features, {CLASSES} classes, "
+          f"{args.iterations} L-BFGS iterations, --memory 0.05\n")
+    print("| rows | features as float32 (MB) | peak RSS (MB) | vs smallest | wall time (s) | vs smallest |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    base_rss, base_time = rows[0][1], rows[0][2]
+    for n, rss, seconds, size in rows:
+        print(f"| {n:,} | {size:,.0f} | {rss:,.0f} | {rss / base_rss:.2f}x | {seconds:.1f} | {seconds / base_time:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
