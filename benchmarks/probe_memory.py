@@ -10,7 +10,6 @@ and reports peak resident memory and wall time against the smallest N.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
