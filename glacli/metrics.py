@@ -95,7 +95,7 @@ class MetricAccumulator:
         self.device = torch.device(device)
         self.edges = np.linspace(0.0, 1.0, n_bins + 1)
         self._inner_edges = torch.as_tensor(self.edges[1:-1], device=self.device)
-        zeros = lambda n, dtype: torch.zeros(n, dtype=dtype, device=self.device)  # noqa: E731
+        zeros = lambda n, dtype: torch.zeros(n, dtype=dtype, device=self.device)
         self._class_correct = zeros(n_classes, torch.int64)
         self._class_count = zeros(n_classes, torch.int64)
         self._bin_count = zeros(n_bins, torch.int64)

@@ -79,7 +79,7 @@ def test_debiasing_raises_held_out_top1_on_real_clip_logits(gla, shared_fixtures
         before = (z[held_out].argmax(1) == y[held_out]).mean()
         after = ((z[held_out] - np.log(q)).argmax(1) == y[held_out]).mean()
         gains.append(after - before)
-    assert np.mean(gains) > 0.01, gains  # measured: about +1.6 pp (88.9 -> 90.5)
+    assert np.mean(gains) > 0.01, gains  # measured: +1.5 pp (88.98 -> 90.50, mean of the 5 splits)
     assert min(gains) > 0
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,20 +15,20 @@ def import_cmd(
     source: Path = typer.Argument(..., help="A .npy, .npz, .csv, .tsv, .pt or .json file written by another tool."),
     kind: str = typer.Option(..., "--kind", help="What the file holds: logits, features or prior."),
     output: Path = typer.Option(..., "-o", "--output", help="The gla HDF5 file to write."),
-    key: Optional[str] = typer.Option(None, "--key", help=".npz/.pt: the entry holding the values "
+    key: str | None = typer.Option(None, "--key", help=".npz/.pt: the entry holding the values "
                                       "(default: logits, features, predictions, probs, q, prior, ...)."),
-    labels_key: Optional[str] = typer.Option(None, "--labels-key", help=".npz/.pt: the entry holding the labels "
+    labels_key: str | None = typer.Option(None, "--labels-key", help=".npz/.pt: the entry holding the labels "
                                              "(default: labels, ground_truth, targets, y)."),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="CSV: the label column "
+    label_column: str | None = typer.Option(None, "--label-column", help="CSV: the label column "
                                                "(default: label, labels, target, target-0, y)."),
-    id_column: Optional[str] = typer.Option(None, "--id-column", help="CSV: the sample-id column "
+    id_column: str | None = typer.Option(None, "--id-column", help="CSV: the sample-id column "
                                             "(default: id, ids, instance_id)."),
-    classnames: Optional[Path] = typer.Option(None, "--classnames", help="Class names, one per line or a JSON "
+    classnames: Path | None = typer.Option(None, "--classnames", help="Class names, one per line or a JSON "
                                               "list, when the file has none (else class_0, class_1, ...)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="A .npy of class indices kept apart from the values."),
+    labels: Path | None = typer.Option(None, "--labels", help="A .npy of class indices kept apart from the values."),
     probabilities: bool = typer.Option(False, "--probabilities", help="The values are probabilities: store "
                                        "their log as logits."),
-    temperature: Optional[str] = typer.Option(None, "--temperature", help="Priors: the T the zero-shot logits "
+    temperature: str | None = typer.Option(None, "--temperature", help="Priors: the T the zero-shot logits "
                                               "were divided by when q was estimated (default: the file's, else 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -21,8 +20,8 @@ def subset_cmd(
     seed: int = typer.Option(..., "--seed", help="Seed of the random order within each class."),
     output: Path = typer.Option(..., "-o", "--output", help="The training split."),
     val_shots: int = typer.Option(0, "--val-shots", help="Validation rows per class (needs --val-out)."),
-    val_out: Optional[Path] = typer.Option(None, "--val-out", help="The validation split."),
-    rest_out: Optional[Path] = typer.Option(None, "--rest-out", help="Every row in neither split (e.g. the test set)."),
+    val_out: Path | None = typer.Option(None, "--val-out", help="The validation split."),
+    rest_out: Path | None = typer.Option(None, "--rest-out", help="Every row in neither split (e.g. the test set)."),
     allow_fewer: bool = typer.Option(False, "--allow-fewer", help="A class with too few rows gives what it has "
                                      "(validation first) instead of stopping with an error."),
     as_json: bool = typer.Option(False, "--json", help="Print the split sizes as JSON on stdout."),
