@@ -3,7 +3,7 @@
 Every target runs with the tiny open_clip model on a few images per class: ImageFolder trees
 (ImageNet), a CoOp split JSON with its image folder (few-shot), ImageNet-LT txt lists, and
 CIFAR-100 in torchvision's on-disk format (quick start). Each gla process costs seconds to
-start, so the variables are small (HOLDOUT_SHOTS=2, SHOTS=2, SEEDS=1) and make runs with -j2.
+start, so the variables are small (HOLDOUT_SHOTS=2, SHOTS=2, SEEDS=1 2) and make runs with -j2.
 The random tiny model is near chance, where no temperature matches confidence to accuracy
 (the default Q_TEMPERATURE=confidence), and where the logits carry no signal the
 maximum-likelihood T has no finite optimum either, so q is fitted at a fixed T (Q_TEMPERATURE=1) here.
@@ -89,7 +89,7 @@ def workspace(tmp_path_factory, tiny_clip) -> dict[str, str]:
     return {**write_data(root / "data"), "RUNS": str(root / "runs"), "GLA": f"{sys.executable} -m glacli",
             "GLA_PYTHON": sys.executable, "MODEL": str(tiny_clip.config), "PRETRAINED": str(tiny_clip.checkpoint),
             "QUICKSTART_MODEL": str(tiny_clip.config), "QUICKSTART_PRETRAINED": str(tiny_clip.checkpoint),
-            "DEVICE": "cpu", "EXTRACT_FLAGS": "--workers 0", "HOLDOUT_SHOTS": "2", "SHOTS": "2", "SEEDS": "1", "Q_TEMPERATURE": "1",
+            "DEVICE": "cpu", "EXTRACT_FLAGS": "--workers 0", "HOLDOUT_SHOTS": "2", "SHOTS": "2", "SEEDS": "1 2", "Q_TEMPERATURE": "1",
             "FEWSHOT_DATASETS": "oxfordpets imagenet", "quickstart_gla": f"{sys.executable} {wrapper}"}
 
 
@@ -148,6 +148,9 @@ def test_repro_fewshot_all_and_one_dataset(workspace):
         assert list(rows) == ["zero-shot", "linear-probe", "GLA"], report
         assert all(len(cells) == 1 and "-" not in cells for cells in rows.values()), report
     assert "| method | shots=2 |" in (out / "report.md").read_text()
+    # two seeds per setting: every per-dataset cell is a mean ± std over them
+    assert all("±" in cells[0] for cells in report_rows(out / "oxfordpets" / "report.md").values())
+    assert (out / "oxfordpets" / "2shot" / "seed2" / "results.json").exists()
     # each K-shot run drew K training and min(K, 4) validation images per class
     from glacli.store import read_rows
     with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "train.h5", "features") as f:
