@@ -37,7 +37,6 @@ TEXT_EXTENSIONS = frozenset({".txt"})
 FOLDER_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS}
 """Input kind -> the file extensions a class folder of that kind lists."""
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
-SPLITS = ("train", "val", "test")
 _INTEGER = re.compile(r"^-?\d+$")
 
 

@@ -352,15 +352,11 @@ class RowFile:
 
     @property
     def has_labels(self) -> bool:
-        return bool(self.n_rows) and bool((self.labels >= 0).all())
+        return labels_complete(self.labels)
 
     def require_labels(self, purpose: str) -> np.ndarray:
         """All labels, or a one-line error saying what needed them."""
-        unknown = int((self.labels < 0).sum())
-        if unknown or not self.n_rows:
-            what = "has no rows" if not self.n_rows else f"has {unknown} of {self.n_rows} rows without labels"
-            raise GlaInputError(f"{what}; labels are needed {purpose}", self.path)
-        return self.labels
+        return require_labels(self.labels, self.path, purpose)
 
     def ids(self, start: int = 0, stop: int | None = None) -> list[str]:
         return read_strings(self._ids, start, stop)
@@ -378,6 +374,20 @@ class RowFile:
             stop = min(start + rows, self.n_rows)
             yield RowChunk(start, stop, self.read(start, stop, dtype), self.labels[start:stop],
                            self.ids(start, stop) if with_ids else None)
+
+
+def labels_complete(labels: np.ndarray) -> bool:
+    """True when there are rows and every one has a known label (none is -1)."""
+    return bool(len(labels)) and bool((labels >= 0).all())
+
+
+def require_labels(labels: np.ndarray, path: str | Path, purpose: str) -> np.ndarray:
+    """``labels`` if all are known, else a one-line error naming ``path`` and what needed them."""
+    unknown = int((labels < 0).sum())
+    if unknown or not len(labels):
+        what = "has no rows" if not len(labels) else f"has {unknown} of {len(labels)} rows without labels"
+        raise GlaInputError(f"{what}; labels are needed {purpose}", path)
+    return labels
 
 
 def read_rows(path: str | Path, kind: str) -> RowFile:

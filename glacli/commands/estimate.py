@@ -109,13 +109,10 @@ class _PooledRows:
 
     @property
     def has_labels(self) -> bool:
-        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+        return store.labels_complete(self.labels)
 
     def require_labels(self, purpose: str) -> np.ndarray:
-        unknown = int((self.labels < 0).sum())
-        if unknown:
-            fail(f"has {unknown} of {len(self.labels)} rows without labels; labels are needed {purpose}", self.path)
-        return self.labels
+        return store.require_labels(self.labels, self.path, purpose)
 
 
 def _read_pooled(paths: list[Path]) -> _PooledRows:
