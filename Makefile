@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo demo-synthetic clean
+.PHONY: install test demo demo-synthetic device-wheels clean
 
 install: $(STAMP)
 
@@ -28,6 +28,15 @@ demo: install
 # The core commands on generated logits imported from CSV (no model at all).
 demo-synthetic: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo_synthetic.sh runs/demo-synthetic
+
+# The packages that benchmarks/gpu_check.sh needs and a GPU machine without a package registry
+# lacks (its image has torch, torchvision, h5py, numpy, pytest): downloaded here into .whl/, carried
+# there and installed into a temporary folder by the script. typer 0.28 is the newest release that
+# does not need pydantic.
+DEVICE_WHEELS := open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 typer==0.28.0 rich==15.0.0
+device-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(VENV) runs/demo runs/demo-synthetic build *.egg-info

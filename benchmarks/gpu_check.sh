@@ -1,39 +1,96 @@
 #!/usr/bin/env bash
-# GPU check of gla extract, for a machine with an NVIDIA GPU (one or more). Under 8 minutes on one
-# modern GPU: runs the GPU tests (CUDA extraction vs CPU, autocast, --gpu-decode), then the
-# throughput benchmark with a ViT-B-16 architecture (random weights from its config) on a few
-# thousand generated JPEGs, with CPU and with GPU JPEG decoding, and prints the tables.
-# With two or more GPUs it also checks that torchrun (NCCL) writes the single-process file.
+# The GPU checks of gla in one run, for a machine with an NVIDIA GPU; about 6 minutes on one H200:
+#   1. the CUDA tests (tests/test_cuda.py: extraction on the GPU with autocast and --gpu-decode against
+#      the CPU; fit, estimate-prior and evaluate on the GPU against the CPU)
+#   2. extract throughput, ViT-B-16 (random weights from its config) on generated JPEGs, with CPU
+#      and with GPU JPEG decoding (benchmarks/extract_throughput.py)
+#   3. gla fit at ImageNet scale, 1,281,167 x 768 features and 1,000 classes, on the GPU against the
+#      same fit on the CPU, then the whole --val penalty search on the GPU (benchmarks/probe_scale.py)
+#   4. with two or more GPUs: torchrun over all of them (NCCL) against one process
+# Every step runs even when an earlier one failed; the exit status says whether all passed. The log,
+# the JSON of each step and summary.md go to $RESULTS (default: $OUT where that is set, else a new
+# temporary folder); scratch files go to a temporary folder that is removed at the end.
 #
-#   bash benchmarks/gpu_check.sh            # from the repository root, after `make install`
-#   IMAGES=5000 WORKERS=16 bash benchmarks/gpu_check.sh
-set -euo pipefail
+# Python: $PYTHON, else .venv/bin/python (after `make install`), else python3 with the wheels that
+# `make device-wheels` puts in .whl/ installed into a temporary folder: that is how it runs on a
+# machine that has torch but reaches no package registry.
+#
+#   bash benchmarks/gpu_check.sh
+#   IMAGES=5000 WORKERS=16 BUDGET=900 bash benchmarks/gpu_check.sh
+#   SMOKE=1 bash benchmarks/gpu_check.sh     # the same steps on the CPU, small: checks this script
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-IMAGES=${IMAGES:-3000}
-BATCH=${BATCH:-256}
+started=$SECONDS
+SMOKE=${SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then
+    DEVICE=cpu MODEL=tiny IMAGES=${IMAGES:-64} BATCH=${BATCH:-32} FIT_ROWS=${FIT_ROWS:-20000}
+    VAL_ROWS=${VAL_ROWS:-5000} BUDGET=${BUDGET:-300}
+else
+    DEVICE=cuda MODEL=ViT-B-16 IMAGES=${IMAGES:-3000} BATCH=${BATCH:-256} FIT_ROWS=${FIT_ROWS:-1281167}
+    VAL_ROWS=${VAL_ROWS:-50000} BUDGET=${BUDGET:-480}
+fi
 WORKERS=${WORKERS:-$(( $(nproc) < 12 ? $(nproc) : 12 ))}
-OUT=${OUT:-$(mktemp -d -t gla-gpu-check-XXXX)}
+RESULTS=${RESULTS:-${OUT:-$(mktemp -d -t gla-gpu-check-XXXX)}}
+SCRATCH=$(mktemp -d -t gla-gpu-scratch-XXXX)
+trap 'rm -rf "$SCRATCH"' EXIT
+mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/gpu_check.log") 2>&1
+
+if [ -n "${PYTHON:-}" ]; then
+    PY=$PYTHON
+elif [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+else
+    PY=python3
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SCRATCH/site" .whl/*.whl \
+            || exit 1
+        export PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c "import glacli.cli, open_clip, h5py, typer, rich, torch" \
+    || { echo "gla or its dependencies are missing: run make install, or carry the wheels of make device-wheels in .whl/"; exit 1; }
+
+failed=()
+remaining() { echo $(( BUDGET - (SECONDS - started) )); }
+# step NAME CAP COMMAND...: runs COMMAND with at most CAP seconds (and no more than the budget left).
+step() {
+    local name=$1 cap=$2 left
+    shift 2
+    left=$(remaining)
+    (( left < cap )) && cap=$left
+    echo "== $name (at most ${cap} s)"
+    if (( cap <= 0 )); then echo "skipped: the ${BUDGET} s budget is spent"; failed+=("$name"); return; fi
+    timeout --kill-after=10 "$cap" "$@"
+    local status=$?
+    (( status == 0 )) || { echo "$name: failed (exit $status)"; failed+=("$name"); }
+}
 
 echo "== machine"
-nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
-echo "$(nproc) CPU cores; results in $OUT"
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')"
+if [ "$SMOKE" = 1 ]; then echo "SMOKE=1: CPU only"; else nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader; fi
+"$PY" -c "import sys, torch, torchvision, open_clip, typer; print(f'python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__}, open_clip {open_clip.__version__}, typer {typer.__version__}')"
+echo "$(nproc) CPU cores; results in $RESULTS"
+if [ "$SMOKE" != 1 ]; then
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')" || exit 1
+fi
 
-echo "== GPU tests"
-"$PY" -m pytest -q -rs tests/test_extract.py -k "gpu or device_decoding or features_equal"
+step "CUDA tests" 180 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+THROUGHPUT=(benchmarks/extract_throughput.py --model "$MODEL" --images "$IMAGES" --batch-size "$BATCH"
+            --workers "$WORKERS" --device "$DEVICE" --repeats 2 --json)
+step "throughput, $MODEL, CPU JPEG decoding" 120 \
+    bash -c '"$@" > "$0"' "$RESULTS/cpu_decode.json" "$PY" "${THROUGHPUT[@]}"
+step "throughput, $MODEL, GPU JPEG decoding" 120 \
+    bash -c '"$@" > "$0"' "$RESULTS/gpu_decode.json" "$PY" "${THROUGHPUT[@]}" --gpu-decode
+left=$(remaining)
+step "gla fit at $FIT_ROWS rows: $DEVICE against cpu, then the --val search" "$left" \
+    "$PY" benchmarks/probe_scale.py --rows "$FIT_ROWS" --val-rows "$VAL_ROWS" --device "$DEVICE" \
+    --workdir "$SCRATCH" --budget $(( left - 20 )) --json "$RESULTS/probe_scale.json"
 
-echo "== throughput, ViT-B-16, CPU JPEG decoding"
-"$PY" benchmarks/extract_throughput.py --model ViT-B-16 --images "$IMAGES" --batch-size "$BATCH" \
-    --workers "$WORKERS" --device cuda --repeats 2 --json > "$OUT/cpu_decode.json"
-echo "== throughput, ViT-B-16, GPU JPEG decoding"
-"$PY" benchmarks/extract_throughput.py --model ViT-B-16 --images "$IMAGES" --batch-size "$BATCH" \
-    --workers "$WORKERS" --device cuda --repeats 2 --gpu-decode --json > "$OUT/gpu_decode.json"
-
-GPUS=$(nvidia-smi --list-gpus | wc -l)
+GPUS=0
+[ "$SMOKE" = 1 ] || GPUS=$(nvidia-smi --list-gpus | wc -l)
 if [ "$GPUS" -ge 2 ]; then
-    echo "== torchrun over $GPUS GPUs (NCCL) vs one process"
-    "$PY" - "$OUT" <<'PY'
+    "$PY" - "$SCRATCH" <<'PY'
 import sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
@@ -42,39 +99,45 @@ generate_images(Path(sys.argv[1]) / "images", 512, 320, 240)
 PY
     # One random-init checkpoint, so that every rank loads the same weights.
     "$PY" -c "import open_clip, torch, sys; torch.save(open_clip.create_model('ViT-B-16').state_dict(), sys.argv[1])" \
-        "$OUT/vit-b-16-random.pt"
-    COMMON=(--model ViT-B-16 --pretrained "$OUT/vit-b-16-random.pt" --batch-size 64 --commit-every 64
+        "$SCRATCH/vit-b-16-random.pt"
+    COMMON=(--model ViT-B-16 --pretrained "$SCRATCH/vit-b-16-random.pt" --batch-size 64 --commit-every 64
             --dtype float32 --autocast off --device cuda)
-    "$PY" -m glacli extract "$OUT/images" -o "$OUT/single.h5" "${COMMON[@]}"
-    "$PY" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m glacli extract "$OUT/images" \
-        -o "$OUT/sharded.h5" "${COMMON[@]}"
+    step "one process" 120 "$PY" -m glacli extract "$SCRATCH/images" -o "$SCRATCH/single.h5" "${COMMON[@]}"
+    step "torchrun over $GPUS GPUs (NCCL)" 120 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" \
+        -m glacli extract "$SCRATCH/images" -o "$SCRATCH/sharded.h5" "${COMMON[@]}"
 fi
 
 echo "== summary"
-"$PY" - "$OUT" <<'PY'
+"$PY" - "$RESULTS" "$SCRATCH" <<'PY' | tee "$RESULTS/summary.md"
 import json, sys
 from pathlib import Path
-from rich.console import Console
-from rich.table import Table
-out = Path(sys.argv[1])
-table = Table(title="gla extract on the GPU (ViT-B-16, random weights)")
-for column in ("decoding", "extract img/s", "model img/s", "loading img/s", "bound by", "extract / bound"):
-    table.add_column(column, justify="right")
-machine = ""
+sys.path.insert(0, "benchmarks")
+from probe_scale import markdown
+results, scratch = Path(sys.argv[1]), Path(sys.argv[2])
+print("| decoding | extract img/s | model img/s | loading img/s | bound by | extract / bound |")
+print("| --- | ---: | ---: | ---: | --- | ---: |")
+last = None
 for name in ("cpu_decode", "gpu_decode"):
-    r = json.loads((out / f"{name}.json").read_text())
-    rate = r["images_per_second"]
-    machine = r["machine"]
-    table.add_row(name.replace("_decode", ""), f"{rate['extract']:,.0f}", f"{rate['model']:,.0f}",
-                  f"{rate['loading']:,.0f}", r["bound_by"], f"{r['extract_vs_bound']:.0%}")
-console = Console()
-console.print(table)
-console.print(f"{r['images']} images, batch {r['batch_size']}, {r['workers']} workers, autocast {r['autocast']}; {machine}")
-if (out / "sharded.h5").exists() and (out / "single.h5").exists():
+    path = results / f"{name}.json"
+    if not path.exists() or not path.stat().st_size:
+        print(f"| {name.replace('_decode', '')} | not measured | | | | |")
+        continue
+    last = json.loads(path.read_text())
+    rate = last["images_per_second"]
+    print(f"| {name.replace('_decode', '')} | {rate['extract']:,.0f} | {rate['model']:,.0f} | {rate['loading']:,.0f} "
+          f"| {last['bound_by']} | {last['extract_vs_bound']:.0%} |")
+if last:
+    print(f"\n{last['model']}, {last['images']} images, batch {last['batch_size']}, {last['workers']} workers, "
+          f"autocast {last['autocast']}; {last['machine']}")
+if (results / "probe_scale.json").exists():
+    print("\n" + markdown(json.loads((results / "probe_scale.json").read_text())))
+if (scratch / "sharded.h5").exists() and (scratch / "single.h5").exists():
     import h5py, numpy as np
-    with h5py.File(out / "single.h5") as a, h5py.File(out / "sharded.h5") as b:
+    with h5py.File(scratch / "single.h5") as a, h5py.File(scratch / "sharded.h5") as b:
         same = all(np.array_equal(a[k][()], b[k][()]) for k in ("ids", "labels", "classnames"))
         gap = float(np.abs(a["features"][()] - b["features"][()]).max())
-    console.print(f"torchrun vs one process: ids/labels/classnames {'identical' if same else 'DIFFER'}, "
-                  f"max feature difference {gap:.2e}")
+    print(f"\ntorchrun vs one process: ids/labels/classnames {'identical' if same else 'DIFFER'}, "
+          f"max feature difference {gap:.2e}")
 PY
+echo "== done in $(( SECONDS - started )) s; ${#failed[@]} step(s) failed${failed[*]:+: ${failed[*]}}"
+[ ${#failed[@]} -eq 0 ]

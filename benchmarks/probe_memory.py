@@ -23,9 +23,11 @@ from glacli import store
 DIM, CLASSES = 768, 1000
 
 
-def write_features(path: Path, n: int, seed: int = 0) -> None:
+def write_features(path: Path, n: int, seed: int = 1, means_seed: int = 0) -> None:
+    """``n`` rows, labels cycling over the classes: a class mean (fixed by ``means_seed``, so train and
+    validation sets share it) at a fifth of the noise, L2-normalised, stored as float16 as ``gla extract`` does."""
+    means = np.random.default_rng(means_seed).normal(size=(CLASSES, DIM)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    means = rng.normal(size=(CLASSES, DIM)).astype(np.float32)
     labels = np.arange(n) % CLASSES
     with store.write_rows(path, "features", n_rows=n, n_cols=DIM, classnames=[f"class {k}" for k in range(CLASSES)],
                           dtype=np.float16) as sink:

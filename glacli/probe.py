@@ -26,8 +26,13 @@ pass; this module does no I/O itself.
 Penalty search (:func:`search_penalty`), as the CLIP paper's linear-probe protocol: a log-spaced
 grid of penalties, 8 per decade from 1 down to 1e-7. First every 8th (one per decade), from the
 strongest penalty down, each fit warm-started from the previous solution; the walk stops at the
-first decade that validates worse than the best so far (``patience``; validation accuracy is
-unimodal in the penalty in practice, and the weakest penalties are the costliest fits).
+first decade (``patience``) that validates worse than the best so far, counted once the path
+has left the plateau of the strongest penalties. On that plateau the head is still close to zero
+(``W`` is about the gradient at zero over ``wd``): every fit ranks the classes alike, so
+validation accuracy moves only by noise, and an early stop there misses the optimum. The path
+has left it once the validation NLL has fallen by ``PLATEAU_NLL_DROP`` of its value at the
+strongest penalty. Beyond, validation accuracy is unimodal in the penalty in practice, and the
+weakest penalties are the costliest fits.
 Then a finer search around the best:
 its neighbours at half, quarter and eighth decades, each level re-centred on the best so far.
 The chosen penalty is the best evaluated one by validation accuracy (ties: lower validation
@@ -53,6 +58,8 @@ COARSE_STRIDE = 8
 CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
 """Working memory for one chunk of features and logits (CPU: cache friendly; GPU: large matmuls)."""
 
+PLATEAU_NLL_DROP = 0.1
+"""Relative fall of the validation NLL (from the strongest penalty's) that ends the near-zero plateau."""
 FLAT_STEPS = 3
 """Consecutive steps without a decrease beyond working precision after which L-BFGS stops."""
 
@@ -375,7 +382,8 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
         fit = evaluate(index, warm, "coarse")
         warm = (fit.weight, fit.bias)
         assert best_index is not None
-        if (index - best_index) // coarse_stride >= patience:
+        off_plateau = points[index].val_nll < (1 - PLATEAU_NLL_DROP) * points[0].val_nll
+        if off_plateau and (index - best_index) // coarse_stride >= patience:
             break
     span = coarse_stride // 2
     while span >= 1:

@@ -7,6 +7,10 @@ import numpy as np
 
 from glacli import store
 
+N_CLASSES = 5
+DIM = 24
+"""Default shape of :func:`class_features` problems."""
+
 
 def classnames(c: int) -> list[str]:
     return [f"class {k}" for k in range(c)]
@@ -35,4 +39,22 @@ def write_logits_file(path: Path, logits: np.ndarray, labels: np.ndarray | None 
     labels = np.full(n, -1, np.int64) if labels is None else labels
     store.write_logits(path, logits, labels, ids or [f"img/{i:06d}.jpg" for i in range(n)],
                        names or classnames(c), attrs=attrs)
+    return path
+
+
+def class_features(n: int, separation: float, seed: int, n_classes: int = N_CLASSES, dim: int = DIM,
+                   class_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised rows: a fixed class mean per class (scaled by ``separation``) plus isotropic noise."""
+    means = np.random.default_rng(1000).normal(size=(n_classes, dim))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(n_classes, size=n, p=class_probs)
+    x = separation * means[labels] + rng.normal(size=(n, dim)) / np.sqrt(dim)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels.astype(np.int64)
+
+
+def write_features(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | None = None) -> Path:
+    names = names or classnames(N_CLASSES)
+    store.write_features(path, x, y, [f"img/{i:05d}.jpg" for i in range(len(y))], names,
+                         attrs={"model": "ViT-B-32", "pretrained": "synthetic"}, dtype=np.float32)
     return path

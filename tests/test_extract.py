@@ -291,20 +291,6 @@ def test_tensor_preprocessing_for_device_decoding_matches_the_pil_path(tiny_clip
     assert torch.nn.functional.cosine_similarity(features, reference).min() > 0.99
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_extraction_matches_cpu_with_autocast_and_gpu_decode(gla, tiny_clip, folder, tmp_path):
-    cpu, gpu, decoded = tmp_path / "cpu.h5", tmp_path / "gpu.h5", tmp_path / "dec.h5"
-    common = ["--model", tiny_clip.config, "--pretrained", tiny_clip.checkpoint, "--dtype", "float32", "--workers", "2"]
-    assert gla("extract", folder, "-o", cpu, *common, "--device", "cpu").code == 0
-    assert gla("extract", folder, "-o", gpu, *common, "--device", "cuda").code == 0
-    r = gla("extract", folder, "-o", decoded, *common, "--device", "cuda", "--gpu-decode")
-    assert r.code == 0, r.err
-    a, b, c = (contents(p)["features"] for p in (cpu, gpu, decoded))
-    assert (a * b).sum(1).min() > 0.999  # fp16 autocast
-    assert (a * c).sum(1).min() > 0.99  # different JPEG decoder and resampling
-    assert contents(cpu)["ids"].tolist() == contents(decoded)["ids"].tolist()
-
-
 def test_split_json_extraction_records_the_split(gla, tiny_clip, folder, tmp_path):
     split = {"train": [["dog/000.jpg", 0, "dog"]],
              "test": [["tabby_cat/001.jpg", 1, "tabby_cat"], ["dog/002.jpg", 0, "dog"]]}

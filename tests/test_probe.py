@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
+from synth import DIM, N_CLASSES, class_features, write_features
 
 from glacli import store
 from glacli.probe import (
@@ -20,27 +21,6 @@ from glacli.probe import (
     search_penalty,
     wd_to_c,
 )
-
-N_CLASSES = 5
-DIM = 24
-
-
-def class_features(n: int, separation: float, seed: int, n_classes: int = N_CLASSES, dim: int = DIM,
-                   class_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised rows: a fixed class mean per class (scaled by ``separation``) plus isotropic noise."""
-    means = np.random.default_rng(1000).normal(size=(n_classes, dim))
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(n_classes, size=n, p=class_probs)
-    x = separation * means[labels] + rng.normal(size=(n, dim)) / np.sqrt(dim)
-    return x / np.linalg.norm(x, axis=1, keepdims=True), labels.astype(np.int64)
-
-
-def write_features(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | None = None) -> Path:
-    names = names or [f"class {k}" for k in range(N_CLASSES)]
-    store.write_features(path, x, y, [f"img/{i:05d}.jpg" for i in range(len(y))], names,
-                         attrs={"model": "ViT-B-32", "pretrained": "synthetic"}, dtype=np.float32)
-    return path
 
 
 def objective64(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray, wd: float) -> float:
@@ -254,6 +234,46 @@ def test_balanced_loss_is_post_hoc_logit_adjustment(tmp_path: Path, gla) -> None
         return float(np.mean([(pred[yt == k] == k).mean() for k in range(N_CLASSES)]))
 
     assert mean_per_class(balanced) > mean_per_class(plain) + 0.02
+
+
+def search_warnings(tmp_path: Path, gla, train: tuple, val: tuple, n_classes: int) -> tuple[dict, str]:
+    names = [f"class {k}" for k in range(n_classes)]
+    paths = [write_features(tmp_path / f"{name}.h5", x, y, names) for name, (x, y) in (("train", train), ("val", val))]
+    r = gla("fit", paths[0], "--val", paths[1], "-o", tmp_path / "head.h5", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert all(f"warning: {w}" in r.err for w in report["warnings"])
+    return report, " ".join(report["warnings"])
+
+
+def test_warns_when_the_search_ends_at_the_weak_end_of_its_range(tmp_path: Path, gla) -> None:
+    # Few rows per class in many dimensions: validation accuracy still rises at wd = 1e-7.
+    train, val = (class_features(n, 0.25, seed=s, n_classes=40, dim=256) for n, s in ((400, 1), (2000, 2)))
+    report, warnings = search_warnings(tmp_path, gla, train, val, 40)
+    assert report["wd"] == pytest.approx(1e-7) and "weak end" in warnings and "strongest" not in warnings
+
+
+def test_warns_when_no_penalty_beats_the_strongest(tmp_path: Path, gla) -> None:
+    # Features without signal, a majority class, and a validation set of that class alone: the head
+    # closest to zero (the class prior in the bias) validates best; weaker penalties fit noise.
+    majority = np.array([0.6, 0.1, 0.1, 0.1, 0.1])
+    train = class_features(300, 0.0, seed=4, dim=200, class_probs=majority)
+    val = class_features(300, 0.0, seed=5, dim=200, class_probs=np.eye(N_CLASSES)[0])
+    report, warnings = search_warnings(tmp_path, gla, train, val, N_CLASSES)
+    assert report["val_accuracy"] == 1.0 and "no penalty validated better than the strongest" in warnings
+
+
+def test_warns_when_the_temperature_reaches_its_bound(tmp_path: Path, gla) -> None:
+    # Separable classes: every validation row right, so the NLL keeps falling as T -> 0.
+    train, val = class_features(300, 3.0, seed=6), class_features(200, 3.0, seed=7)
+    report, warnings = search_warnings(tmp_path, gla, train, val, N_CLASSES)
+    assert report["val_accuracy"] == 1.0 and "temperature" in warnings and "at its bound" in warnings
+
+
+def test_no_warnings_on_a_well_posed_search(tmp_path: Path, gla) -> None:
+    train, val = class_features(600, 0.6, seed=9), class_features(300, 0.6, seed=10)
+    report, _ = search_warnings(tmp_path, gla, train, val, N_CLASSES)
+    assert report["warnings"] == []
 
 
 def test_init_from_a_head_reaches_the_same_optimum(tmp_path: Path, gla) -> None:

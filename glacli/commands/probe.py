@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from glacli.app import (
     print_json,
     progress,
 )
-from glacli.calibration import fit_temperature_confidence, fit_temperature_nll, nll
+from glacli.calibration import T_MAX, T_MIN, fit_temperature_confidence, fit_temperature_nll, nll
 from glacli.devices import resolve_device
 from glacli.heads import apply_head, head_tensors
 from glacli.probe import (
@@ -95,6 +96,7 @@ def fit_cmd(
     options = SolverOptions(device=torch_device, dtype=torch.float64 if float64 else torch.float32,
                             max_iter=max_iter, tol=tol, search_tol=max(tol, SolverOptions.search_tol))
     memory_bytes = memory_gib * 2**30
+    load_start = time.perf_counter()
     with contextlib.ExitStack() as files:
         train_file = files.enter_context(store.read_rows(train, "features"))
         train_labels = train_file.require_labels("to fit a probe")
@@ -119,7 +121,9 @@ def fit_cmd(
             start = (weight / head.temperature, bias / head.temperature)
             parents.append(head.gla_id)
         train_data = _probe_data(train_file, options, memory_bytes)
+        fit_start = time.perf_counter()
         result = _run_fit(train_data, val_data, penalty, options, start, balanced, quiet=json_output)
+        fit_seconds = time.perf_counter() - fit_start
         attrs = {"wd": result.wd, "c_equivalent": wd_to_c(result.wd, train_file.n_rows),
                  "iterations": result.iterations, "final_loss": result.final_loss,
                  "converged": result.converged, "balanced": balanced, "n_rows": train_file.n_rows,
@@ -132,13 +136,34 @@ def fit_cmd(
                                             classnames=train_file.classnames, head_type="linear",
                                             temperature=result.temperature, attrs=attrs), parents)
         report = _fit_report(result, train_file, output, balanced, torch_device)
-    if not result.converged:
-        err.print(f"[yellow]warning:[/] the final fit stopped after {result.iterations} iterations "
-                  "without converging; raise --max-iter")
+        report["seconds"] = {"load": fit_start - load_start, "fit": fit_seconds}
+        report["warnings"] = fit_warnings(result, searched=penalty is None)
+    for warning in report["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if json_output:
         print_json(report)
     else:
         _print_fit(report)
+
+
+def fit_warnings(result: ProbeResult, searched: bool) -> list[str]:
+    """What a user should look at before trusting the head: no convergence, a penalty or temperature at a bound."""
+    warnings = []
+    if not result.converged:
+        warnings.append(f"the final fit stopped after {result.iterations} iterations without converging; "
+                        "raise --max-iter")
+    strongest = max(result.path, key=lambda point: point.wd, default=None)
+    if searched and strongest is not None and result.val_accuracy <= strongest.val_accuracy:
+        warnings.append(f"no penalty validated better than the strongest searched (wd {strongest.wd:g}), whose head "
+                        "is close to zero: the features carry little signal for these labels; check them")
+    if searched and result.wd <= WD_GRID[-2]:
+        warnings.append(f"the chosen penalty wd {result.wd:.3g} is at the weak end of the searched range "
+                        f"({WD_GRID[0]:g} to {WD_GRID[-1]:g}): the validation optimum may lie beyond it; "
+                        "try --wd with a smaller value")
+    if result.val_accuracy is not None and not T_MIN * 1.0001 < result.temperature < T_MAX / 1.0001:
+        warnings.append(f"the calibrated temperature {result.temperature:g} is at its bound: the validation "
+                        "rows are classified with full confidence (separable) or the logits carry no signal")
+    return warnings
 
 
 def _check_compatible(other: store.RowFile, train_file: store.RowFile) -> None:
