@@ -13,7 +13,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
 from glacli.app import app, err
-from glacli.errors import GlaInputError
+from glacli.errors import GlaInputError, one_line
 
 USER_ERROR = 2
 COMMAND_MODULES = {
@@ -22,6 +22,14 @@ COMMAND_MODULES = {
     "logits": "probe", "report": "report", "subset": "subset", "zeroshot": "extract",
 }
 """Command name -> module of ``glacli.commands`` that registers it on ``app`` when imported."""
+OUT_OF_MEMORY_HINTS = {
+    "extract": "the committed rows are kept: rerun with a smaller --batch-size to resume",
+    "zeroshot": "use --device cpu",
+    "fit": "lower --memory to stream the features from disk, or use --device cpu",
+    "estimate-prior": "use --device cpu",
+    "evaluate": "use --device cpu",
+}
+"""What to do when a command runs out of GPU memory (the message names the command's own options)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         return _user_error(f"{exc.filename}: no such file or folder", debug)
     except PermissionError as exc:
         return _user_error(f"{exc.filename}: permission denied", debug)
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch's, matched by name: torch may not be imported
+            raise
+        hint = OUT_OF_MEMORY_HINTS.get(args[0] if args else "", "use --device cpu")
+        detail = ". ".join(one_line(exc).split(". ")[:2])  # torch's first two sentences: what it tried to allocate
+        return _user_error(f"out of GPU memory ({detail}); {hint}", debug)
     return result if isinstance(result, int) else 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from glacli import store
-from glacli.errors import GlaInputError
+from glacli.errors import GlaInputError, one_line
 
 IMPORT_KINDS = ("logits", "features", "prior")
 IMPORT_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".pt", ".pth", ".json")
@@ -225,8 +225,7 @@ def _load_pt(path: Path) -> Any:
                                 "refuses to load; save plain tensors or a dict of tensors", path) from exc
         raise GlaInputError("cannot be read as a torch file (not a torch archive or a tensor pickle)", path) from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError, zip errors for corrupt files
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GlaInputError(f"cannot be read as a torch file: {detail}", path) from exc
+        raise GlaInputError(f"cannot be read as a torch file: {one_line(exc)}", path) from exc
 
 
 def _pt_entries(obj: Any, path: Path) -> dict[str, Any]:

@@ -16,7 +16,6 @@ use where torchvision's are codes or folder names (see :data:`DATASETS`).
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from glacli.errors import GlaInputError
+from glacli.errors import GlaInputError, one_line
 from glacli.sources import Rows, read_classnames
 
 PREFIX = "torchvision:"
@@ -274,17 +273,12 @@ def _construct(key: DatasetKey) -> Any:
         dataset = getattr(torchvision.datasets, spec.name)(key.root, download=key.download, **kwargs)
     except RuntimeError as exc:
         hint = "" if key.download else "; add --download to fetch it"
-        raise GlaInputError(f"torchvision cannot open it under {key.root} ({_one_line(exc)}){hint}", where) from exc
+        raise GlaInputError(f"torchvision cannot open it under {key.root} ({one_line(exc)}){hint}", where) from exc
     except (OSError, ValueError) as exc:  # network errors are OSErrors (URLError)
-        raise GlaInputError(f"torchvision cannot open or download it into {key.root} ({_one_line(exc)})",
+        raise GlaInputError(f"torchvision cannot open or download it into {key.root} ({one_line(exc)})",
                             where) from exc
     if spec.name == "SUN397":  # torchvision lists files in file-system order: sort them, so ids are stable
         order = sorted(range(len(dataset._image_files)), key=lambda k: str(dataset._image_files[k]))
         dataset._image_files = [dataset._image_files[k] for k in order]
         dataset._labels = [dataset._labels[k] for k in order]
     return dataset
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return re.sub(r"\s+", " ", text[0]) if text else type(exc).__name__

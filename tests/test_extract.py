@@ -254,6 +254,35 @@ def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, ti
     assert_same_file(out, reference)
 
 
+def test_out_of_gpu_memory_is_one_line_and_a_smaller_batch_resumes(gla, tiny_clip, tmp_path, monkeypatch):
+    """torch's OutOfMemoryError half-way (raised here by a wrapped encoder: the CPU has no GPU memory)."""
+    from glacli.encoders.openclip import OpenClipEncoder
+    images = tmp_path / "imgs"
+    write_image_folder(images, {"a": 6, "b": 6})
+    out, reference = tmp_path / "out.h5", tmp_path / "reference.h5"
+    common = [*model_args(tiny_clip), "--commit-every", "4", "--workers", "0", "--dtype", "float32"]
+    encode, batches = OpenClipEncoder.encode_batch, []
+
+    def runs_out_at_the_fifth_batch(self, inputs):
+        batches.append(len(inputs))
+        if len(batches) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                         "capacity of 79.11 GiB of which 1.50 GiB is free.\nmore details")
+        return encode(self, inputs)
+
+    monkeypatch.setattr(OpenClipEncoder, "encode_batch", runs_out_at_the_fifth_batch)
+    r = gla("extract", images, "-o", out, *common, "--batch-size", "2")
+    assert_one_line_error(r, "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)",
+                          "rerun with a smaller --batch-size to resume")
+    assert not out.exists()
+    monkeypatch.undo()
+    r = gla("extract", images, "-o", out, *common, "--batch-size", "1")
+    assert r.code == 0, r.err
+    assert "resuming from row 8 of 12" in r.err
+    assert gla("extract", images, "-o", reference, *common, "--batch-size", "2").code == 0
+    assert_same_file(out, reference)
+
+
 def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_path):
     images = tmp_path / "imgs"
     write_image_folder(images, {"a": 6, "b": 5})  # 11 rows, batches of 2, chunks of 2: 6 chunks over 2 ranks

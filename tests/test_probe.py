@@ -306,6 +306,31 @@ def test_streaming_from_disk_gives_the_same_head(tmp_path: Path, gla) -> None:
     assert np.abs(a.weight - b.weight).max() < 1e-5
 
 
+def test_features_are_held_on_a_gpu_only_within_half_its_free_memory(monkeypatch) -> None:
+    from glacli.commands.probe import hold_on_device
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert hold_on_device(4 * gib, 8 * gib, cuda)
+    assert not hold_on_device(6 * gib, 8 * gib, cuda)  # fits --memory, not half of the free 10 GiB
+    assert hold_on_device(6 * gib, 8 * gib, cpu)
+    assert not hold_on_device(9 * gib, 8 * gib, cpu)
+
+
+def test_out_of_gpu_memory_in_fit_is_one_line_naming_memory(tmp_path: Path, gla, monkeypatch) -> None:
+    from glacli.commands import probe as probe_command
+    x, y = class_features(100, 0.5, seed=17)
+    train = write_features(tmp_path / "train.h5", x, y)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.66 GiB. GPU 0 has a total capacity")
+
+    monkeypatch.setattr(probe_command, "_run_fit", out_of_memory)
+    r = gla("fit", train, "--wd", "1e-3", "-o", tmp_path / "head.h5")
+    assert_one_line_error(r, "out of GPU memory (CUDA out of memory. Tried to allocate 3.66 GiB)", "lower --memory")
+    assert not (tmp_path / "head.h5").exists()
+
+
 # --------------------------------------------------------------------------- errors
 
 

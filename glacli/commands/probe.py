@@ -179,11 +179,22 @@ def _check_head_fits(head: store.Head, head_path: Path, features: store.RowFile)
              f"{features.n_cols}", str(head_path))
 
 
+def hold_on_device(n_bytes: float, memory_bytes: float, device: torch.device) -> bool:
+    """Whether features of ``n_bytes`` are held on ``device`` rather than streamed from disk: they must fit
+    ``--memory`` and, on a GPU, half of its free memory (the rest is for logits chunks and solver state)."""
+    if n_bytes > memory_bytes:
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return n_bytes <= free / 2
+    return True
+
+
 def _probe_data(rows: store.RowFile, options: SolverOptions, memory_bytes: float) -> ProbeData:
-    """The rows in memory on the compute device when they fit ``memory_bytes``, else streamed from disk."""
+    """The rows in memory on the compute device when they fit (:func:`hold_on_device`), else streamed from disk."""
     labels = torch.from_numpy(rows.labels)
     itemsize = torch.finfo(options.dtype).bits // 8
-    if rows.n_rows * rows.n_cols * itemsize <= memory_bytes:
+    if hold_on_device(rows.n_rows * rows.n_cols * itemsize, memory_bytes, options.device):
         features = torch.empty(rows.n_rows, rows.n_cols, dtype=options.dtype, device=options.device)
         for chunk in rows.iter_chunks():
             features[chunk.start:chunk.stop] = torch.from_numpy(chunk.values).to(options.device, options.dtype)

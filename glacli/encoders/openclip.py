@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from glacli.encoders import DecodeError, Encoder
-from glacli.errors import GlaInputError
+from glacli.errors import GlaInputError, one_line
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -33,7 +33,7 @@ class PilImageLoader:
                 image.load()
                 rgb = image.convert("RGB")
         except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
-            raise DecodeError(f"cannot decode image ({_one_line(exc)})") from exc
+            raise DecodeError(f"cannot decode image ({one_line(exc)})") from exc
         return self.transform(rgb)
 
 
@@ -49,7 +49,7 @@ class RawJpegLoader:
                 warnings.simplefilter("ignore")
                 return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except Exception as exc:
-            raise DecodeError(f"cannot decode image ({_one_line(exc)})") from exc
+            raise DecodeError(f"cannot decode image ({one_line(exc)})") from exc
 
 
 class OpenClipEncoder(Encoder):
@@ -83,7 +83,7 @@ class OpenClipEncoder(Encoder):
                 net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
             except (RuntimeError, ValueError, KeyError, OSError) as exc:
                 raise GlaInputError(f"--pretrained {pretrained!r}: cannot load model {arch!r}: "
-                                    f"{_one_line(exc)}") from exc
+                                    f"{one_line(exc)}") from exc
         net.eval().requires_grad_(False)
         self.model, self.preprocess = net, preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
@@ -184,7 +184,7 @@ def _register_config(path_text: str) -> str:
     try:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GlaInputError(f"model config is not valid JSON ({_one_line(exc)})", path) from exc
+        raise GlaInputError(f"model config is not valid JSON ({one_line(exc)})", path) from exc
     if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= config.keys():
         raise GlaInputError("not an open_clip model config (needs embed_dim, vision_cfg and text_cfg)", path)
     open_clip.add_model_config(path)
@@ -201,8 +201,3 @@ def _quiet_open_clip_logging() -> Iterator[None]:
         yield
     finally:
         root.removeHandler(handler)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
