@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of gla in one run, for a machine with an NVIDIA GPU; about 6 minutes on one H200:
 #   1. the CUDA tests (tests/test_cuda.py: extraction on the GPU with autocast and --gpu-decode against
-#      the CPU; fit, estimate-prior and evaluate on the GPU against the CPU)
+#      the CPU; zeroshot, fit, estimate-prior and evaluate on the GPU against the CPU)
 #   2. extract throughput, ViT-B-16 (random weights from its config) on generated JPEGs, with CPU
 #      and with GPU JPEG decoding (benchmarks/extract_throughput.py)
 #   3. gla fit at ImageNet scale, 1,281,167 x 768 features and 1,000 classes, on the GPU against the

@@ -1,4 +1,4 @@
-"""The CUDA paths against the CPU: extraction (autocast, --gpu-decode), fit, estimate-prior, evaluate.
+"""The CUDA paths against the CPU: extract (autocast, --gpu-decode), zeroshot, fit, estimate-prior, evaluate.
 
 Skipped without a CUDA device; ``benchmarks/gpu_check.sh`` runs them on a machine with one.
 """
@@ -36,6 +36,16 @@ def test_extraction_matches_cpu_with_autocast_and_gpu_decode(gla, tiny_clip, tmp
     assert (a * b).sum(1).min() > 0.999  # fp16 autocast
     assert (a * c).sum(1).min() > 0.99  # a different JPEG decoder and resampling
     assert ids == decoded_ids
+
+
+def test_zeroshot_head_on_cuda_matches_cpu(gla, tiny_clip, tmp_path):
+    (tmp_path / "names.txt").write_text("tabby cat\ndog\nsports car\n")
+    for device in ("cpu", "cuda"):
+        r = gla("zeroshot", "--model", tiny_clip.config, "--pretrained", tiny_clip.checkpoint, "--classnames",
+                tmp_path / "names.txt", "--templates", "imagenet", "--device", device, "-o", tmp_path / f"{device}.h5")
+        assert r.code == 0, r.err
+    a, b = store.read_head(tmp_path / "cpu.h5"), store.read_head(tmp_path / "cuda.h5")
+    assert np.abs(a.weight - b.weight).max() < 1e-4 * np.abs(a.weight).max()  # text encoder in float32 on both
 
 
 def fit(gla, train: Path, out: Path, *args: object) -> dict:
