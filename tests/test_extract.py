@@ -320,6 +320,31 @@ def test_tensor_preprocessing_for_device_decoding_matches_the_pil_path(tiny_clip
     assert torch.nn.functional.cosine_similarity(features, reference).min() > 0.99
 
 
+def test_device_decoding_falls_back_to_the_cpu_decoder_per_image(tiny_clip, tmp_path, monkeypatch):
+    """nvjpeg rejects some JPEGs that libjpeg reads (CMYK); here every device decode is made to fail."""
+    import torchvision.io
+    from PIL import Image
+    rgb = write_jpeg(tmp_path / "rgb.jpg", seed=1)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(rgb).convert("CMYK").save(cmyk, format="JPEG")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(rgb.read_bytes()[:40])
+    decode = torchvision.io.decode_jpeg
+
+    def no_device_decoding(data, *args, device="cpu", **kwargs):
+        if device != "cpu" or isinstance(data, list):
+            raise RuntimeError("unsupported on the device")
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", no_device_decoding)
+    encoder = load_encoder("open_clip", str(tiny_clip.config), str(tiny_clip.checkpoint), "cpu")
+    raw, pil = encoder.loader(decode_on_device=True), encoder.loader(decode_on_device=False)
+    inputs, failed = encoder.prepare([raw(p.read_bytes()) for p in (rgb, cmyk, broken)], decode_on_device=True)
+    assert failed == [2] and inputs.shape[0] == 2
+    expected = torch.stack([pil(p.read_bytes()) for p in (rgb, cmyk)])
+    assert (inputs - expected).abs().mean() < 0.05  # decoders and resampling differ by a few grey levels
+
+
 def test_split_json_extraction_records_the_split(gla, tiny_clip, folder, tmp_path):
     split = {"train": [["dog/000.jpg", 0, "dog"]],
              "test": [["tabby_cat/001.jpg", 1, "tabby_cat"], ["dog/002.jpg", 0, "dog"]]}

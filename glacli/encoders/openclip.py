@@ -149,7 +149,8 @@ class OpenClipEncoder(Encoder):
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _decode_on_device(self, raw: list[torch.Tensor]) -> tuple[list[torch.Tensor], set[int]]:
-        """Decode the JPEGs of a batch in one call on the device; isolate the bad ones if it fails."""
+        """Decode the JPEGs of a batch in one call on the device; if that fails, one by one, each falling
+        back to the CPU decoder (nvjpeg rejects some JPEGs that libjpeg reads, such as CMYK ones)."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         images: list[torch.Tensor] = [t.to(self.device, non_blocking=True) if t.ndim == 3 else t for t in raw]
@@ -166,7 +167,10 @@ class OpenClipEncoder(Encoder):
                     try:
                         images[k] = decode_jpeg(raw[k], mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError:
-                        failed.add(k)
+                        try:
+                            images[k] = decode_jpeg(raw[k], mode=ImageReadMode.RGB).to(self.device)
+                        except RuntimeError:
+                            failed.add(k)
         return images, failed
 
 
