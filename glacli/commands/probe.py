@@ -199,7 +199,7 @@ def _probe_data(rows: store.RowFile, options: SolverOptions, memory_bytes: float
         for chunk in rows.iter_chunks():
             features[chunk.start:chunk.stop] = torch.from_numpy(chunk.values).to(options.device, options.dtype)
         return ProbeData.from_tensors(features, labels, rows.n_classes)
-    step = chunk_rows_for(rows.n_cols, rows.n_classes, "cpu")
+    step = chunk_rows_for(rows.n_cols, rows.n_classes, options.device)  # large on a GPU; memory stays one chunk
 
     def chunks():
         for chunk in rows.iter_chunks(step):
