@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of gla in one run, for a machine with an NVIDIA GPU; about 6 minutes on one H200:
+# The GPU checks of gla in one run, for a machine with an NVIDIA GPU; sized for about 6 minutes on one
+# H200 (an estimate until it has run there), stopping within BUDGET seconds:
 #   1. the CUDA tests (tests/test_cuda.py: extraction on the GPU with autocast and --gpu-decode against
 #      the CPU; zeroshot, fit, estimate-prior and evaluate on the GPU against the CPU)
 #   2. extract throughput, ViT-B-16 (random weights from its config) on generated JPEGs, with CPU
