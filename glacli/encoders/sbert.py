@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from glacli.encoders import Encoder
-from glacli.errors import GlaInputError
+from glacli.errors import GlaInputError, one_line
 
 DEFAULT_LOGIT_SCALE = 100.0
 """Sentence encoders have no learnt logit scale; 100 puts their cosine similarities on CLIP's scale."""
@@ -58,7 +58,7 @@ class SentenceTransformerEncoder(Encoder):
             with _quiet_weight_loading():
                 net = SentenceTransformer(name, device=str(device))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise GlaInputError(f"cannot load sentence-transformers model ({_one_line(exc)})", model) from exc
+            raise GlaInputError(f"cannot load sentence-transformers model ({one_line(exc)})", model) from exc
         net.eval().requires_grad_(False)
         self.model = net
         self.model_name, self.pretrained, self.device = name, None, device
@@ -120,8 +120,3 @@ def _resolve_model(model: str) -> str:
     if model.startswith((".", "~", "/", os.sep)) or model.count("/") > 1:  # hub names are ``org/name``
         raise GlaInputError("no such model folder", model)
     return model
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
