@@ -149,8 +149,8 @@ class OpenClipEncoder(Encoder):
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _decode_on_device(self, raw: list[torch.Tensor]) -> tuple[list[torch.Tensor], set[int]]:
-        """Decode the JPEGs of a batch in one call on the device; if that fails, one by one, each falling
-        back to the CPU decoder (nvjpeg rejects some JPEGs that libjpeg reads, such as CMYK ones)."""
+        """Decode the JPEGs of a batch in one call on the device; if that fails, one by one (see
+        :meth:`_decode_one`), so that only the files nothing can decode are reported."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         images: list[torch.Tensor] = [t.to(self.device, non_blocking=True) if t.ndim == 3 else t for t in raw]
@@ -160,18 +160,26 @@ class OpenClipEncoder(Encoder):
             warnings.simplefilter("ignore")
             try:
                 decoded = decode_jpeg([raw[k] for k in jpeg_positions], mode=ImageReadMode.RGB, device=self.device)
-                for k, image in zip(jpeg_positions, decoded):
-                    images[k] = image
             except RuntimeError:
-                for k in jpeg_positions:
-                    try:
-                        images[k] = decode_jpeg(raw[k], mode=ImageReadMode.RGB, device=self.device)
-                    except RuntimeError:
-                        try:
-                            images[k] = decode_jpeg(raw[k], mode=ImageReadMode.RGB).to(self.device)
-                        except RuntimeError:
-                            failed.add(k)
+                decoded = [self._decode_one(raw[k]) for k in jpeg_positions]
+        for k, image in zip(jpeg_positions, decoded):
+            if image is None:
+                failed.add(k)
+            else:
+                images[k] = image
         return images, failed
+
+    def _decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
+        """One JPEG on the device, else on the CPU (nvjpeg rejects some JPEGs libjpeg reads, such as CMYK
+        ones), moved to the device; ``None`` when neither decodes it."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        for device in (self.device, "cpu"):
+            try:
+                return decode_jpeg(data, mode=ImageReadMode.RGB, device=device).to(self.device)
+            except RuntimeError:
+                continue
+        return None
 
 
 def _to_unit_float(image: torch.Tensor) -> torch.Tensor:
