@@ -6,10 +6,14 @@ as they are on a CPU at ImageNet scale) for a few L-BFGS iterations, each N in a
 and reports peak resident memory and wall time against the smallest N.
 
     .venv/bin/python benchmarks/probe_memory.py [--rows 50000 200000] [--iterations 3]
+
+Also the shared parts of the ``gla fit`` benchmarks (``probe_scale.py`` imports them): the
+synthetic features and :func:`run_fit`, one fit in a child process with its peak memory.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -38,15 +42,46 @@ def write_features(path: Path, n: int, seed: int = 1, means_seed: int = 0) -> No
             sink.write(start, x.astype(np.float16), y, [str(i) for i in range(start, start + len(y))])
 
 
-def peak_fit(features: Path, head: Path, iterations: int) -> tuple[float, float]:
-    """(peak RSS in MB, wall seconds) of one ``gla fit`` in a child process."""
-    code = ("import resource, sys; from glacli.cli import main; code = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+PEAKS_MARK = "@@peaks "
+CHILD = f"""
+import json, resource, sys
+from glacli.cli import main
+code = main(sys.argv[1:])
+peaks = {{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
+torch = sys.modules.get("torch")
+if torch is not None and torch.cuda.is_initialized():
+    peaks["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+print({PEAKS_MARK!r} + json.dumps(peaks))
+sys.exit(code)
+"""
+
+
+def run_fit(args: list[str], timeout: float | None) -> dict:
+    """``gla fit ... --json`` in a child process: its report, peak memory and wall time (or why it stopped)."""
+    if timeout is not None and timeout <= 0:
+        return {"error": "not run: the time budget was spent"}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code, "fit", str(features), "--wd", "1e-4", "--max-iter",
-                             str(iterations), "--memory", "0.05", "--device", "cpu", "-o", str(head), "--json"],
-                            capture_output=True, text=True, check=True)
-    return int(result.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - start
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD, "fit", *args, "--json"], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after the {timeout:.0f} s limit"}
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    report_text, _, peaks = done.stdout.rpartition(PEAKS_MARK)
+    report = json.loads(report_text)
+    return {"report": report, "peaks": json.loads(peaks), "wall": wall,
+            "per_iteration": report["seconds"]["fit"] / max(report["iterations"], 1)}
+
+
+def peak_fit(features: Path, head: Path, iterations: int) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of one streamed ``gla fit`` on the CPU."""
+    run = run_fit([str(features), "--wd", "1e-4", "--max-iter", str(iterations), "--memory", "0.05",
+                   "--device", "cpu", "-o", str(head)], timeout=None)
+    if "error" in run:
+        raise SystemExit(f"gla fit failed: {run['error']}")
+    return run["peaks"]["rss_mb"], run["wall"]
 
 
 def main() -> None:

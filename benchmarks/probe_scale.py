@@ -20,45 +20,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from probe_memory import CLASSES, DIM, write_features
-
-PEAKS_MARK = "@@peaks "
-CHILD = f"""
-import json, resource, sys
-from glacli.cli import main
-code = main(sys.argv[1:])
-peaks = {{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
-torch = sys.modules.get("torch")
-if torch is not None and torch.cuda.is_initialized():
-    peaks["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-print({PEAKS_MARK!r} + json.dumps(peaks))
-sys.exit(code)
-"""
-
-
-def run_fit(args: list[str], timeout: float | None) -> dict:
-    """``gla fit ... --json`` in a child process: its report, peak memory and wall time (or why it stopped)."""
-    if timeout is not None and timeout <= 0:
-        return {"error": "not run: the time budget was spent"}
-    start = time.perf_counter()
-    try:
-        done = subprocess.run([sys.executable, "-c", CHILD, "fit", *args, "--json"], capture_output=True,
-                              text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"stopped after the {timeout:.0f} s limit"}
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    report_text, _, peaks = done.stdout.rpartition(PEAKS_MARK)
-    report = json.loads(report_text)
-    return {"report": report, "peaks": json.loads(peaks), "wall": wall,
-            "per_iteration": report["seconds"]["fit"] / max(report["iterations"], 1)}
+from probe_memory import CLASSES, DIM, run_fit, write_features
 
 
 def main() -> None:
