@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
-from synth import DIM, N_CLASSES, class_features, write_features
+from synth import DIM, N_CLASSES, class_features, classnames, write_features
 
 from glacli import store
 from glacli.probe import (
@@ -237,7 +237,7 @@ def test_balanced_loss_is_post_hoc_logit_adjustment(tmp_path: Path, gla) -> None
 
 
 def search_warnings(tmp_path: Path, gla, train: tuple, val: tuple, n_classes: int) -> tuple[dict, str]:
-    names = [f"class {k}" for k in range(n_classes)]
+    names = classnames(n_classes)
     paths = [write_features(tmp_path / f"{name}.h5", x, y, names) for name, (x, y) in (("train", train), ("val", val))]
     r = gla("fit", paths[0], "--val", paths[1], "-o", tmp_path / "head.h5", "--json")
     assert r.code == 0, r.err
@@ -284,7 +284,7 @@ def test_init_from_a_head_reaches_the_same_optimum(tmp_path: Path, gla) -> None:
     # A "zero-shot" head: the class means times a logit scale, with a temperature to divide by.
     rng = np.random.default_rng(0)
     zs = store.Head(weight=rng.normal(size=(N_CLASSES, DIM)) * 50, bias=np.zeros(N_CLASSES),
-                    classnames=[f"class {k}" for k in range(N_CLASSES)], head_type="zeroshot", temperature=2.0)
+                    classnames=classnames(N_CLASSES), head_type="zeroshot", temperature=2.0)
     store.write_head(tmp_path / "zs.h5", zs)
     r = gla("fit", train, *common, "--init", tmp_path / "zs.h5", "-o", tmp_path / "warm.h5")
     assert r.code == 0, r.err
@@ -344,10 +344,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
     made["unlabelled"] = write_features(tmp_path / "unlabelled.h5", x, np.where(np.arange(60) % 2, y, -1))
     made["missing_class"] = write_features(tmp_path / "missing.h5", x[y != 2], y[y != 2])
     store.write_logits(tmp_path / "logits.h5", x[:, :N_CLASSES], y, [str(i) for i in range(60)],
-                       [f"class {k}" for k in range(N_CLASSES)])
+                       classnames(N_CLASSES))
     made["logits"] = tmp_path / "logits.h5"
     store.write_head(tmp_path / "wide_head.h5", store.Head(np.zeros((N_CLASSES, DIM + 1)), np.zeros(N_CLASSES),
-                                                            [f"class {k}" for k in range(N_CLASSES)], "zeroshot"))
+                                                            classnames(N_CLASSES), "zeroshot"))
     made["wide_head"] = tmp_path / "wide_head.h5"
     made["out"] = tmp_path / "head.h5"
     made["out"].write_bytes(b"previous output")
