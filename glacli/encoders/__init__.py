@@ -10,6 +10,7 @@ input in DataLoader workers (:meth:`Encoder.loader`), moves a collated batch to 
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -26,6 +27,16 @@ BACKENDS: dict[str, str] = {
 """Backend name -> ``module:class``; imported on use so ``gla --help`` stays fast."""
 
 DEFAULT_BACKEND = "open_clip"
+
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
+"""``--autocast`` choices: the mixed-precision dtype on CUDA (the CPU always runs float32)."""
+
+
+def amp_dtype_for(autocast: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--autocast`` on ``device`` (None: full precision); checks the choice."""
+    if autocast not in AUTOCAST_DTYPES:
+        raise GlaInputError(f"--autocast: expected one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")
+    return AUTOCAST_DTYPES[autocast] if device.type == "cuda" else None
 
 
 class DecodeError(Exception):
@@ -45,6 +56,8 @@ class Encoder(abc.ABC):
     pretrained: str | None
     device: torch.device
     dim: int
+    amp_dtype: torch.dtype | None
+    """Autocast dtype for the model's forward passes (:func:`amp_dtype_for`)."""
 
     @property
     @abc.abstractmethod
@@ -71,6 +84,11 @@ class Encoder(abc.ABC):
     @abc.abstractmethod
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Prompts -> [N, D] float32 L2-normalised embeddings on the device."""
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def describe(self) -> dict[str, Any]:
         """Attributes that record which model produced a file."""

@@ -13,10 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from glacli.encoders import DecodeError, Encoder
+from glacli.encoders import DecodeError, Encoder, amp_dtype_for
 from glacli.errors import GlaInputError, one_line
 
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -67,8 +66,7 @@ class OpenClipEncoder(Encoder):
     def __init__(self, model: str, pretrained: str | None, device: torch.device, autocast: str = "fp16"):
         import open_clip
 
-        if autocast not in AUTOCAST_DTYPES:
-            raise GlaInputError(f"--autocast: expected one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")
+        amp_dtype = amp_dtype_for(autocast, device)
         arch = _register_config(model) if model.endswith(".json") else model
         name, weights = arch, pretrained or None
         if weights and weights.startswith("hf-hub:"):
@@ -88,7 +86,7 @@ class OpenClipEncoder(Encoder):
         self.model, self.preprocess = net, preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
         self.model_name, self.pretrained, self.device = arch, weights, device
-        self.amp_dtype = AUTOCAST_DTYPES[autocast] if device.type == "cuda" else None
+        self.amp_dtype = amp_dtype
         self.dim = int(getattr(net.visual, "output_dim", 0)) or int(self.encode_text(["a"]).shape[-1])
 
     @property
@@ -142,11 +140,6 @@ class OpenClipEncoder(Encoder):
         tokens = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _decode_on_device(self, raw: list[torch.Tensor]) -> tuple[list[torch.Tensor], set[int]]:
         """Decode the JPEGs of a batch in one call on the device; if that fails, one by one (see

@@ -15,12 +15,11 @@ from typing import Any
 
 import torch
 
-from glacli.encoders import Encoder
+from glacli.encoders import Encoder, amp_dtype_for
 from glacli.errors import GlaInputError, one_line
 
 DEFAULT_LOGIT_SCALE = 100.0
 """Sentence encoders have no learnt logit scale; 100 puts their cosine similarities on CLIP's scale."""
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
 INSTALL_HINT = "pip install 'gla[text]'"
 
 
@@ -46,8 +45,7 @@ class SentenceTransformerEncoder(Encoder):
         if pretrained:
             raise GlaInputError(f"--pretrained does not apply to the {self.backend} backend "
                                 f"(the --model folder or name holds the weights)")
-        if autocast not in AUTOCAST_DTYPES:
-            raise GlaInputError(f"--autocast: expected one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")
+        amp_dtype = amp_dtype_for(autocast, device)
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -62,7 +60,7 @@ class SentenceTransformerEncoder(Encoder):
         net.eval().requires_grad_(False)
         self.model = net
         self.model_name, self.pretrained, self.device = name, None, device
-        self.amp_dtype = AUTOCAST_DTYPES[autocast] if device.type == "cuda" else None
+        self.amp_dtype = amp_dtype
         get_dim = getattr(net, "get_embedding_dimension", None) or net.get_sentence_embedding_dimension
         self.dim = int(get_dim() or self.encode_text(["a"]).shape[-1])
 
@@ -88,11 +86,6 @@ class SentenceTransformerEncoder(Encoder):
             embeddings = self.model.encode(texts, batch_size=max(1, len(texts)), convert_to_tensor=True,
                                            normalize_embeddings=True, show_progress_bar=False)
         return torch.nn.functional.normalize(embeddings.float(), dim=-1)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 @contextlib.contextmanager
