@@ -91,11 +91,9 @@ def check_classnames(names: Sequence[str], path: str | Path) -> list[str]:
         raise GlaInputError("holds no class names", path)
     if any(not n for n in names):
         raise GlaInputError(f"class name {names.index('')} is empty", path)
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise GlaInputError(f"class name {name!r} appears twice", path)
-        seen.add(name)
+    duplicate = store.first_duplicate(names)
+    if duplicate:
+        raise GlaInputError(f"class name {duplicate[1]!r} appears twice", path)
     return names
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from glacli.errors import GlaInputError
+from glacli.store import first_duplicate
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 TEXT_EXTENSIONS = frozenset({".txt"})
@@ -161,11 +162,10 @@ def read_classnames(path_text: str) -> list[str]:
     names = [n for n in names if n]
     if not names:
         raise GlaInputError("class names file is empty", path)
-    seen: set[str] = set()
-    for k, name in enumerate(names):
-        if name in seen:
-            raise GlaInputError(f"class name {name!r} appears twice (line {k + 1})", path)
-        seen.add(name)
+    duplicate = first_duplicate(names)
+    if duplicate:
+        k, name = duplicate
+        raise GlaInputError(f"class name {name!r} appears twice (line {k + 1})", path)
     return names
 
 
@@ -472,9 +472,7 @@ def _scan_shard(shard: str) -> tuple[dict[str, tuple[str, TarMember]], dict[str,
 
 
 def _check_unique(classnames: list[str], where: Path | str) -> None:
-    seen: set[str] = set()
-    for name in classnames:
-        if name in seen:
-            raise GlaInputError(f"two classes are both named {name!r}", where)
-        seen.add(name)
+    duplicate = first_duplicate(classnames)
+    if duplicate:
+        raise GlaInputError(f"two classes are both named {duplicate[1]!r}", where)
 

@@ -264,6 +264,16 @@ def _dataset(f: h5py.File, name: str, path: str | Path, ndim: int, numeric: str 
     return ds
 
 
+def first_duplicate(names: Sequence[str]) -> tuple[int, str] | None:
+    """Position and value of the first name that appeared before it, or None when all are unique."""
+    seen: set[str] = set()
+    for k, name in enumerate(names):
+        if name in seen:
+            return k, name
+        seen.add(name)
+    return None
+
+
 def _classnames(f: h5py.File, path: str | Path, n: int) -> list[str]:
     ds = _dataset(f, "classnames", path, 1)
     if ds.dtype.kind not in "OSU":
