@@ -56,25 +56,24 @@ def fail(message: str, path: str | None = None) -> None:
 
 
 def parse_positive_float(value: str | float, option: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        fail(f"{option}: expected a positive number, got {value!r}")
-    if not (math.isfinite(number) and number > 0):
-        fail(f"{option}: expected a positive number, got {value!r}")
-    return number
+    return _positive_number(value, f"{option}: expected a positive number, got {value!r}")
 
 
 def parse_choice_or_float(value: str, choices: tuple[str, ...], option: str) -> str | float:
     """Options like ``--temperature nll|confidence|FLOAT``."""
     if value in choices:
         return value
+    return _positive_number(value, f"{option}: expected {', '.join(choices)} or a positive number, got {value!r}")
+
+
+def _positive_number(value: str | float, message: str) -> float:
+    """``value`` as a finite positive float, else the user error ``message``."""
     try:
         number = float(value)
-    except ValueError:
-        fail(f"{option}: expected {', '.join(choices)} or a positive number, got {value!r}")
+    except (TypeError, ValueError):
+        fail(message)
     if not (math.isfinite(number) and number > 0):
-        fail(f"{option}: expected {', '.join(choices)} or a positive number, got {value!r}")
+        fail(message)
     return number
 
 
