@@ -41,12 +41,21 @@ def contents(path: Path) -> dict:
     return data
 
 
-def assert_same_file(a: Path, b: Path) -> None:
+FLOAT32_ATOL = 1e-6
+"""Unit-norm float32 features encoded in batches of another shape, or with another thread count, differ
+by a few float32 ulps (BLAS splits the sums differently): 1e-6 is ten times what is seen."""
+
+
+def assert_same_file(a: Path, b: Path, exact: bool = True) -> None:
+    """Same datasets and attributes; float values bit for bit when ``exact`` (same batch shape and
+    threads), else within :data:`FLOAT32_ATOL`."""
     left, right = contents(a), contents(b)
     assert left.keys() == right.keys()
     for name in left:
         if name == "attrs":
             assert left[name] == right[name]
+        elif not exact and np.asarray(left[name]).dtype.kind == "f":
+            np.testing.assert_allclose(left[name], right[name], rtol=0, atol=FLOAT32_ATOL, err_msg=name)
         else:
             np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
@@ -251,7 +260,7 @@ def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, ti
     assert r.code == 0 and "resuming" not in r.err
     attrs_ref = contents(reference)["attrs"]
     assert attrs_ref["n_images"] == 12
-    assert_same_file(out, reference)
+    assert_same_file(out, reference, exact=False)  # rows 0-7 came from a process with OMP_NUM_THREADS=1
 
 
 def test_out_of_gpu_memory_is_one_line_and_a_smaller_batch_resumes(gla, tiny_clip, tmp_path, monkeypatch):
@@ -280,7 +289,7 @@ def test_out_of_gpu_memory_is_one_line_and_a_smaller_batch_resumes(gla, tiny_cli
     assert r.code == 0, r.err
     assert "resuming from row 8 of 12" in r.err
     assert gla("extract", images, "-o", reference, *common, "--batch-size", "2").code == 0
-    assert_same_file(out, reference)
+    assert_same_file(out, reference, exact=False)  # rows 8-11 were encoded in batches of 1, not 2
 
 
 def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_path):
@@ -295,7 +304,7 @@ def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_pat
     done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert '"ranks": 2' in done.stdout
-    assert_same_file(sharded, single)
+    assert_same_file(sharded, single, exact=False)  # ranks run with OMP_NUM_THREADS=1, the single process not
     assert not (tmp_path / ".sharded.h5.parts").exists()
 
 
