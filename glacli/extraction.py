@@ -8,6 +8,10 @@ committed chunks, says "resuming from row K of N" and encodes only the rest. Whe
 is there, the chunks are merged into the output through the store, which writes it atomically
 and marks it complete last; then the parts folder is removed.
 
+One extraction at a time writes an output: rank 0 holds an exclusive ``flock`` on a hidden
+``.NAME.lock`` beside it for the whole run (:func:`output_lock`), so a second run into the same
+output is refused at once instead of sharing, and removing, the parts folder of the first.
+
 Under torchrun every rank takes a disjoint contiguous range of chunks (its shard), so the
 merged file has exactly the rows, order and values of a single-process run. Batches never
 straddle chunks and start at the same rows whatever the number of ranks, so each image is
@@ -15,12 +19,15 @@ encoded in the same batch either way.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +141,73 @@ def init_distributed(device: str) -> Distributed:
                        device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"), backend=backend)
 
 
+# --------------------------------------------------------------------------- the output lock
+
+
+_HELD_LOCKS: set[int] = set()
+"""Descriptors of the output locks this process holds. A forked child (a DataLoader worker)
+closes its copies, so a worker that outlives a killed run (stuck reading a file) holds no lock."""
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+@contextlib.contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.NAME.lock`` beside ``output``; a second holder is refused at once.
+
+    The file names the holder (pid, host, start time) for the refusal message. The kernel drops a
+    flock when its process dies, even by SIGKILL, so a killed run leaves no stale lock: the file it
+    leaves is simply taken by the next run, which resumes. The holder removes the file when done; a
+    run that opened it just before then locks a removed file, notices, and opens the path again.
+    """
+    path = output.with_name(f".{output.name}.lock")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise GlaInputError(f"cannot create the lock file {path.name} ({exc.strerror})", output) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "starting"
+            os.close(fd)
+            raise GlaInputError(f"another extraction is writing this output ({holder}); wait for it to finish, "
+                                f"or stop it and rerun this command to resume", output) from None
+        except OSError as exc:
+            os.close(fd)
+            raise GlaInputError(f"cannot lock {path.name} ({exc.strerror}); the file system must support "
+                                f"flock", output) from exc
+        if _is_at(fd, path):
+            break
+        os.close(fd)
+    _HELD_LOCKS.add(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """True if ``path`` still names the file open as ``fd`` (its holder may have removed it meanwhile)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -177,11 +251,19 @@ class Collate:
 
 def extract(rows: Rows, encoder: Encoder, output: str | Path, options: ExtractOptions,
             dist: Distributed | None = None, report: Reporter | None = None) -> ExtractResult:
-    """Encode ``rows`` with ``encoder`` into the features file ``output`` (see the module docstring)."""
-    dist = dist or Distributed(device=encoder.device)
-    report = report or Reporter()
+    """Encode ``rows`` with ``encoder`` into the features file ``output`` (see the module docstring).
+
+    Rank 0 takes the output's lock before it looks at the output and keeps it to the end; the
+    other ranks of its job write their chunks under that lock.
+    """
+    with contextlib.ExitStack() as lock:
+        return _extract(rows, encoder, Path(output), options, dist or Distributed(device=encoder.device),
+                        report or Reporter(), lock)
+
+
+def _extract(rows: Rows, encoder: Encoder, output: Path, options: ExtractOptions, dist: Distributed,
+             report: Reporter, lock: contextlib.ExitStack) -> ExtractResult:
     say = report.message if dist.is_main else (lambda text: None)
-    output = Path(output)
     result = ExtractResult(output)
     if options.dtype not in DTYPES:
         raise GlaInputError(f"--dtype: expected float16 or float32, got {options.dtype!r}")
@@ -200,6 +282,8 @@ def extract(rows: Rows, encoder: Encoder, output: str | Path, options: ExtractOp
     error: GlaInputError | None = None
     if dist.is_main:
         try:
+            store.check_output_path(output)
+            lock.enter_context(output_lock(output))
             if _existing_output_is_done(output, fingerprint, options.overwrite):
                 result.already_complete = True
                 with store.open_h5(output) as f:
@@ -347,7 +431,6 @@ def _committed_chunks(parts: Path) -> set[int]:
 
 def _existing_output_is_done(output: Path, fingerprint: dict[str, Any], overwrite: bool) -> bool:
     """True if ``output`` is a complete features file of the same extraction; refuse any other file."""
-    store.check_output_path(output)
     if not output.exists() or overwrite:
         return False
     try:

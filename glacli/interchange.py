@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from glacli import store
+from glacli.classnames import check_classnames, read_classnames
 from glacli.errors import GlaInputError, one_line
 
 IMPORT_KINDS = ("logits", "features", "prior")
@@ -60,41 +61,6 @@ def default_classnames(n: int) -> list[str]:
 
 def default_ids(start: int, stop: int) -> list[str]:
     return [f"row_{i:06d}" for i in range(start, stop)]
-
-
-def read_classnames_file(path: str | Path) -> list[str]:
-    """Class names from a text file (one per line) or a JSON list of strings."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise GlaInputError("no such file", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GlaInputError(f"cannot be read as text: {exc}", path) from exc
-    if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GlaInputError(f"is not valid JSON: {exc}", path) from exc
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise GlaInputError("JSON class names must be a list of strings", path)
-    else:
-        names = [line.strip() for line in text.splitlines()]
-        while names and not names[-1]:
-            names.pop()
-    return check_classnames(names, path)
-
-
-def check_classnames(names: Sequence[str], path: str | Path) -> list[str]:
-    names = [str(n) for n in names]
-    if not names:
-        raise GlaInputError("holds no class names", path)
-    if any(not n for n in names):
-        raise GlaInputError(f"class name {names.index('')} is empty", path)
-    duplicate = store.first_duplicate(names)
-    if duplicate:
-        raise GlaInputError(f"class name {duplicate[1]!r} appears twice", path)
-    return names
 
 
 def check_labels(labels: np.ndarray, n_classes: int, path: str | Path, row_offset: int = 0) -> None:
@@ -496,7 +462,7 @@ def open_rows(path: str | Path, kind: str, *, key: str | None = None, labels_key
         return _array_source(path, entries[value_key], entries, value_key or None, labels_key)
     if suffix in (".csv", ".tsv"):
         table = _CsvTable(path, label_column, id_column)
-        names = None if kind == "features" else [table.header[k] for k in table.value_cols]
+        names = None if kind == "features" else check_classnames([table.header[k] for k in table.value_cols], path)
         n_rows, labels = table.count_and_labels(classnames or names)
         label_name = table.header[table.label_col] if table.label_col is not None else None
         return RowSource(path, n_rows, len(table.value_cols), names, labels,
@@ -538,7 +504,7 @@ def import_rows(path: str | Path, kind: str, output: str | Path, *, key: str | N
     path = Path(path)
     if probabilities and kind != "logits":
         raise GlaInputError(f"--probabilities applies to logits, not {kind}")
-    names_given = read_classnames_file(classnames_file) if classnames_file else None
+    names_given = read_classnames(classnames_file) if classnames_file else None
     src = open_rows(path, kind, key=key, labels_key=labels_key, label_column=label_column,
                     id_column=id_column, classnames=names_given)
     report = ImportReport(str(path), str(output), kind, n_rows=src.n_rows, n_cols=src.n_cols,
@@ -633,7 +599,7 @@ def import_prior(path: str | Path, output: str | Path, *, key: str | None = None
     report = ImportReport(str(path), str(output), "prior", n_cols=len(values), n_classes=len(values),
                           classnames_from="the file" if names else "generated")
     if classnames_file is not None:
-        names, report.classnames_from = read_classnames_file(classnames_file), str(classnames_file)
+        names, report.classnames_from = read_classnames(classnames_file), str(classnames_file)
     names = check_classnames(names, path) if names else default_classnames(len(values))
     if len(names) != len(values):
         raise GlaInputError(f"has {len(values)} prior entries but {len(names)} class names "

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from glacli.classnames import read_classnames, require_unique
 from glacli.errors import GlaInputError
-from glacli.store import first_duplicate
+from glacli.subset import NotEnoughRows, few_shot_split, shot_keys
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 TEXT_EXTENSIONS = frozenset({".txt"})
@@ -150,49 +151,30 @@ def open_source(source: str, *, split: str | None = None, root: str | None = Non
     return rows
 
 
-def read_classnames(path_text: str) -> list[str]:
-    """One class name per line (blank lines ignored); names must be unique."""
-    path = Path(path_text)
-    if not path.is_file():
-        raise GlaInputError("class names: no such file", path)
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError as exc:
-        raise GlaInputError(f"class names are not UTF-8 text ({exc.reason})", path) from exc
-    names = [n for n in names if n]
-    if not names:
-        raise GlaInputError("class names file is empty", path)
-    duplicate = first_duplicate(names)
-    if duplicate:
-        k, name = duplicate
-        raise GlaInputError(f"class name {name!r} appears twice (line {k + 1})", path)
-    return names
+def select_shots(rows: Rows, shots: int, seed: int, allow_fewer: bool = False) -> Rows:
+    """``shots`` rows per class, in source order: the training rows of :func:`glacli.subset.few_shot_split`.
 
-
-def select_shots(rows: Rows, shots: int, seed: int) -> Rows:
-    """``shots`` rows per class, drawn without replacement by a seeded generator; order kept.
-
-    Deterministic: the same rows, shots and seed give the same selection. Classes with fewer
-    rows keep all of them (and a warning says which).
+    The one sampler of ``gla subset`` (keyed on ids, not positions), so ``extract --shots K --seed S``
+    keeps exactly the rows that ``subset --shots K --seed S`` takes from the full extraction. A
+    class with fewer rows is refused, or with ``allow_fewer`` keeps all it has (a warning says which).
     """
     if shots < 1:
         raise GlaInputError(f"--shots: expected a positive integer, got {shots}")
     if (rows.labels < 0).any():
         k = int(np.argmax(rows.labels < 0))
         raise GlaInputError(f"--shots needs labels, but row {k} ({rows.ids[k]}) has none", rows.attrs.get("source"))
-    keys = np.random.default_rng(seed).random(len(rows))
-    order = np.lexsort((keys, rows.labels))
-    sorted_labels = rows.labels[order]
-    first_of_class = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    rank_in_class = np.arange(len(order)) - first_of_class
-    chosen = np.sort(order[rank_in_class < shots])
-    counts = np.bincount(rows.labels, minlength=len(rows.classnames))
-    short = [rows.classnames[c] for c in np.flatnonzero(counts < shots)]
+    try:
+        chosen = few_shot_split(rows.labels, shot_keys(rows.ids, seed), len(rows.classnames), shots,
+                                allow_fewer=allow_fewer).train
+    except NotEnoughRows as exc:
+        raise GlaInputError(exc.for_user(rows.classnames), rows.attrs.get("source")) from None
     selected = rows.take(chosen)
     selected.attrs.update(shots=shots, seed=seed)
+    counts = np.bincount(rows.labels, minlength=len(rows.classnames))
+    short = [rows.classnames[c] for c in np.flatnonzero(counts < shots)]
     if short:
         listed = ", ".join(repr(n) for n in short[:5]) + (" ..." if len(short) > 5 else "")
-        selected.warnings.append(f"{len(short)} classes have fewer than {shots} images and keep all they have: "
+        selected.warnings.append(f"{len(short)} classes have fewer than {shots} rows and keep all they have: "
                                  f"{listed}")
     return selected
 
@@ -243,7 +225,7 @@ def _folder_rows(root: Path, input_kind: str) -> Rows:
     ids = [ids[i] for i in order]
     base = str(root.resolve())
     classnames = [d.name.replace("_", " ") for d in class_dirs]
-    _check_unique(classnames, root)
+    require_unique(classnames, root)
     return Rows([os.path.join(base, i) for i in ids], ids, np.asarray(labels, np.int64)[order], classnames,
                 "folder", {"source": base, "source_kind": "folder"}, input_kind=listed)
 
@@ -404,7 +386,7 @@ def _split_rows(path: Path, split: str | None, root: Path) -> Rows:
         missing = min(set(range(n_classes)) - set(names))
         raise GlaInputError(f"label {missing} never appears, so its class has no name", path)
     classnames = [names[k].replace("_", " ") for k in range(n_classes)]
-    _check_unique(classnames, path)
+    require_unique(classnames, path)
     items = data[split]
     ids = [item[0] for item in items]
     base = root.resolve()
@@ -469,10 +451,3 @@ def _scan_shard(shard: str) -> tuple[dict[str, tuple[str, TarMember]], dict[str,
     except (tarfile.TarError, OSError) as exc:
         raise GlaInputError(f"not an uncompressed tar shard ({exc})", shard) from exc
     return images, classes
-
-
-def _check_unique(classnames: list[str], where: Path | str) -> None:
-    duplicate = first_duplicate(classnames)
-    if duplicate:
-        raise GlaInputError(f"two classes are both named {duplicate[1]!r}", where)
-

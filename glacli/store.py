@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from glacli import __version__
+from glacli.classnames import require_unique
 from glacli.errors import GlaInputError
 
 FORMAT_VERSION = 1
@@ -264,16 +265,6 @@ def _dataset(f: h5py.File, name: str, path: str | Path, ndim: int, numeric: str 
     return ds
 
 
-def first_duplicate(names: Sequence[str]) -> tuple[int, str] | None:
-    """Position and value of the first name that appeared before it, or None when all are unique."""
-    seen: set[str] = set()
-    for k, name in enumerate(names):
-        if name in seen:
-            return k, name
-        seen.add(name)
-    return None
-
-
 def _classnames(f: h5py.File, path: str | Path, n: int) -> list[str]:
     ds = _dataset(f, "classnames", path, 1)
     if ds.dtype.kind not in "OSU":
@@ -281,8 +272,7 @@ def _classnames(f: h5py.File, path: str | Path, n: int) -> list[str]:
     if len(ds) != n:
         raise GlaInputError(f"has {len(ds)} classnames for {n} classes", path)
     names = read_strings(ds)
-    if len(set(names)) != len(names):
-        raise GlaInputError("classnames are not unique", path)
+    require_unique(names, path)
     return names
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from glacli.classnames import read_classnames
 from glacli.errors import GlaInputError, one_line
-from glacli.sources import Rows, read_classnames
+from glacli.sources import Rows
 
 PREFIX = "torchvision:"
 NO_SPLIT = "all"

@@ -118,9 +118,22 @@ def test_few_shot_selection_is_balanced_deterministic_and_keeps_order(tmp_path):
     assert picked.attrs["shots"] == 4 and picked.attrs["seed"] == 3
     assert picked.digest() != rows.digest()
 
-    short = select_shots(rows, 6, seed=0)
+    with pytest.raises(GlaInputError, match=r"class 3 \('class3'\) has 5 rows, fewer than --shots 6; use --allow"):
+        select_shots(rows, 6, seed=0)
+    short = select_shots(rows, 6, seed=0, allow_fewer=True)
     assert np.bincount(short.labels).tolist() == [6, 6, 6, 5]
-    assert any("fewer than 6" in w for w in short.warnings)
+    assert any("fewer than 6 rows" in w and "'class3'" in w for w in short.warnings)
+
+
+def test_few_shot_selection_does_not_depend_on_the_row_order(tmp_path):
+    """A manifest listing the same images in another order keeps the same images."""
+    lines = [f"img{c}_{k}.jpg,class{c}" for c, n in enumerate([9, 6, 11]) for k in range(n)]
+    shuffled = [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]
+    (tmp_path / "a.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
+    (tmp_path / "b.csv").write_text("path,label\n" + "\n".join(shuffled) + "\n")
+    a, b = open_source(str(tmp_path / "a.csv")), open_source(str(tmp_path / "b.csv"))
+    for seed in range(5):
+        assert set(select_shots(a, 3, seed).ids) == set(select_shots(b, 3, seed).ids)
 
 
 def test_few_shot_covers_every_image_of_a_class_across_seeds(tmp_path):

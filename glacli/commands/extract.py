@@ -98,10 +98,14 @@ def extract_command(
                        "for torchvision: sources, the data folder.")
                     ] = None,
     classnames: Annotated[Path | None, typer.Option(
-        "--classnames", help="Class names, one per line: names integer labels, or fixes the class order.")] = None,
-    shots: Annotated[int | None, typer.Option("--shots", help="Keep K images per class (deterministic per --seed).")
-                     ] = None,
+        "--classnames", help="Class names, one per line or a JSON list: names integer labels, or fixes the class "
+                             "order.")] = None,
+    shots: Annotated[int | None, typer.Option(
+        "--shots", help="Keep K images per class: the rows 'gla subset --shots K --seed S' would take.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots selection.")] = 0,
+    allow_fewer: Annotated[bool, typer.Option(
+        "--allow-fewer", help="With --shots, a class with fewer images keeps all it has instead of stopping with "
+                              "an error.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 128,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding images.")
                        ] = DEFAULT_WORKERS,
@@ -145,13 +149,15 @@ def extract_command(
     from glacli import extraction, sources
 
     input_kind = _encoder_class(backend, pretrained).input_kind
+    if allow_fewer and shots is None:
+        fail("--allow-fewer applies with --shots only")
     dist = extraction.init_distributed(device)
     try:
         rows = sources.open_source(source, split=split, root=None if root is None else str(root),
                                    classnames_file=None if classnames is None else str(classnames),
                                    input_kind=input_kind, download=download)
         if shots is not None:
-            rows = sources.select_shots(rows, shots, seed)
+            rows = sources.select_shots(rows, shots, seed, allow_fewer)
         if dist.is_main:
             for warning in rows.warnings:
                 err.print(f"warning: {warning}")
@@ -187,7 +193,8 @@ def zeroshot_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Head file to write (.h5).", show_default=False)],
     model: ModelOption,
     pretrained: PretrainedOption = None,
-    classnames: Annotated[Path | None, typer.Option("--classnames", help="Class names, one per line.")] = None,
+    classnames: Annotated[Path | None, typer.Option(
+        "--classnames", help="Class names, one per line or a JSON list of strings.")] = None,
     like: Annotated[Path | None, typer.Option(
         "--like", help="Take the class names (and check the model) from this features file.")] = None,
     templates: Annotated[str, typer.Option(
@@ -214,8 +221,9 @@ def zeroshot_command(
         gla zeroshot --backend sentence-transformers --model models/all-MiniLM-L6-v2 --like news.h5 \\
             --templates news -o news_head.h5
     """
-    from glacli import sources, zeroshot
+    from glacli import zeroshot
     from glacli.app import parse_positive_float
+    from glacli.classnames import read_classnames
     from glacli.devices import resolve_device
 
     _encoder_class(backend, pretrained)
@@ -230,7 +238,7 @@ def zeroshot_command(
         if not names:
             fail("has no class names to build a head for", str(like))
     else:
-        names, recorded = sources.read_classnames(str(classnames)), {}
+        names, recorded = read_classnames(classnames), {}
     text_encoder = load_encoder(backend, model, pretrained, resolve_device(device), autocast="off")
     described = text_encoder.describe()
     scale = text_encoder.logit_scale if scale_option is None else scale_option

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from glacli import store
 from glacli.app import app, fail, out, print_json, progress
-from glacli.subset import NotEnoughRows, few_shot_split
+from glacli.subset import NotEnoughRows, few_shot_split, shot_keys
 
 
 @app.command("subset")
@@ -28,10 +28,12 @@ def subset_cmd(
 ) -> None:
     """Draw a deterministic, class-balanced few-shot split from a features file.
 
-    Validation rows are drawn first, so they do not change with --shots; for one seed the
-    K-shot training set is contained in the K'-shot one (K < K'). Outputs keep the input's
-    rows in their original order, its dtype, ids, labels, classnames and attributes, and add
-    shots, val_shots, seed and split; their parents are the input.
+    Within each class rows are ordered by a seeded hash of their id, so a reordered file gives
+    the same split, and `gla extract --shots K --seed S` keeps exactly this command's K-shot
+    training rows (with no --val-shots). Validation rows come first, so they do not change with
+    --shots; for one seed the K-shot training set is contained in the K'-shot one (K < K').
+    Outputs keep the input's rows in their original order, its dtype, ids, labels, classnames
+    and attributes, and add shots, val_shots, seed and split; their parents are the input.
 
     Example:
 
@@ -50,11 +52,9 @@ def subset_cmd(
     with store.RowFile(source) as src:
         labels = src.require_labels("to draw class-balanced shots")
         try:
-            split = few_shot_split(labels, src.n_classes, shots, seed, val_shots, allow_fewer)
+            split = few_shot_split(labels, _keys(src, seed), src.n_classes, shots, val_shots, allow_fewer)
         except NotEnoughRows as exc:
-            fail(f"class {exc.class_index} ({src.classnames[exc.class_index]!r}) has {exc.available} rows, fewer "
-                 f"than --shots {shots} + --val-shots {val_shots}; use --allow-fewer to take what there is",
-                 src.path)
+            fail(exc.for_user(src.classnames), src.path)
         rows = {name: getattr(split, name) for name in outputs}
         _write_splits(src, rows, outputs, {"shots": shots, "val_shots": val_shots, "seed": seed})
         summary = [_summary(name, outputs[name], rows[name], labels, src.n_classes) for name in outputs]
@@ -68,6 +68,13 @@ def subset_cmd(
     for row in summary:
         table.add_row(row["split"], str(row["rows"]), f"{row['min_per_class']}-{row['max_per_class']}", row["file"])
     out.print(table)
+
+
+def _keys(src: store.RowFile, seed: int) -> np.ndarray:
+    """The rows' seeded keys, from the ids read window by window (memory stays bounded)."""
+    window = store.chunk_rows(src.n_cols)
+    return np.concatenate([shot_keys(src.ids(start, min(start + window, src.n_rows)), seed)
+                           for start in range(0, src.n_rows, window)])
 
 
 def _check_distinct(source: Path, outputs: dict[str, Path]) -> None:
