@@ -18,7 +18,7 @@ from glacli.errors import GlaInputError, one_line
 USER_ERROR = 2
 COMMAND_MODULES = {
     "calibrate": "probe", "combine": "combine", "estimate-prior": "estimate", "evaluate": "evaluate",
-    "export": "interchange", "extract": "extract", "fit": "probe", "import": "interchange",
+    "export": "interchange", "extract": "extract", "fit": "probe", "import": "interchange", "info": "info",
     "logits": "probe", "report": "report", "subset": "subset", "zeroshot": "extract",
 }
 """Command name -> module of ``glacli.commands`` that registers it on ``app`` when imported."""

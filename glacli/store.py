@@ -400,9 +400,13 @@ def read_rows(path: str | Path, kind: str) -> RowFile:
 
 @dataclass
 class Prior:
-    """An estimated label prior ``q`` and how it was obtained."""
+    """A label prior (``q`` of the zero-shot model, or any class distribution) and how it was obtained.
 
-    prior: np.ndarray
+    ``log_prior`` is the exact solution; ``prior`` is its ``exp``, which may underflow to 0 for a
+    class the data put below ``exp(-745)``. Give either; the other is derived.
+    """
+
+    prior: np.ndarray | None
     classnames: list[str]
     temperature: float
     method: str
@@ -410,6 +414,18 @@ class Prior:
     max_moment_gap: float = 0.0
     iterations: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
+    log_prior: np.ndarray | None = None
+    logits_temperature: float = 1.0
+    """The temperature already applied to the logits ``q`` was fitted on (their raw scale is values x this)."""
+
+    def __post_init__(self) -> None:
+        if self.log_prior is None:
+            with np.errstate(divide="ignore"):
+                self.log_prior = np.log(np.asarray(self.prior, dtype=np.float64))
+        else:
+            self.log_prior = np.asarray(self.log_prior, dtype=np.float64)
+        if self.prior is None:
+            self.prior = np.exp(self.log_prior)
 
     @property
     def gla_id(self) -> str:
@@ -417,6 +433,7 @@ class Prior:
 
 
 def validate_prior(prior: np.ndarray, path: str | Path | None) -> np.ndarray:
+    """A prior given as probabilities: a non-empty vector, finite, positive, summing to 1."""
     prior = np.asarray(prior, dtype=np.float64)
     if prior.ndim != 1 or prior.size == 0:
         raise GlaInputError(f"prior must be a non-empty vector, got shape {prior.shape}", path)
@@ -430,32 +447,70 @@ def validate_prior(prior: np.ndarray, path: str | Path | None) -> np.ndarray:
     return prior
 
 
+def validate_log_prior(log_prior: np.ndarray, path: str | Path | None) -> np.ndarray:
+    """A prior given in log space: a non-empty finite vector whose exponentials sum to 1."""
+    log_prior = np.asarray(log_prior, dtype=np.float64)
+    if log_prior.ndim != 1 or log_prior.size == 0:
+        raise GlaInputError(f"log_prior must be a non-empty vector, got shape {log_prior.shape}", path)
+    require_finite(log_prior, "log_prior", path or "prior")
+    top = float(log_prior.max())
+    total = math.exp(top) * float(np.exp(log_prior - top).sum())
+    if abs(total - 1.0) > PRIOR_SUM_TOLERANCE:
+        raise GlaInputError(f"exp(log_prior) sums to {total:.6g}, not 1", path)
+    return log_prior
+
+
+def _check_prior_pair(values: np.ndarray, log_values: np.ndarray, path: str | Path | None) -> None:
+    """``prior`` must be ``exp(log_prior)``: two datasets that disagree mean a damaged or hand-edited file."""
+    if values.shape != log_values.shape:
+        raise GlaInputError(f"log_prior has shape {log_values.shape}, prior has {values.shape}", path)
+    bad = ~np.isclose(values, np.exp(log_values), rtol=1e-9, atol=1e-300)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise GlaInputError(f"prior and log_prior disagree at entry {k} ({values[k]:g} vs exp {log_values[k]:g})", path)
+
+
 def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = ()) -> None:
-    values = validate_prior(prior.prior, None)
+    """Write ``log_prior`` (the exact solution, finite) and ``prior`` (its exp)."""
+    log_values = validate_log_prior(prior.log_prior, None)
+    _check_prior_pair(prior.prior, log_values, None)
+    if not (math.isfinite(prior.logits_temperature) and prior.logits_temperature > 0):
+        raise ValueError(f"logits_temperature {prior.logits_temperature} is not a positive number")
     attrs = {**prior.attrs, "temperature": float(prior.temperature), "method": prior.method,
              "converged": bool(prior.converged), "max_moment_gap": float(prior.max_moment_gap),
-             "iterations": int(prior.iterations)}
+             "iterations": int(prior.iterations), "logits_temperature": float(prior.logits_temperature)}
     for key in PROVENANCE_ATTRS:
         attrs.pop(key, None)
     with atomic_h5(path, "prior", parents, attrs) as f:
-        f.create_dataset("prior", data=values)
+        f.create_dataset("prior", data=np.asarray(prior.prior, dtype=np.float64))
+        f.create_dataset("log_prior", data=log_values)
         write_strings(f, "classnames", prior.classnames)
 
 
 def read_prior(path: str | Path) -> Prior:
+    """A prior file; ``log_prior`` is read where present (older files have ``prior`` only)."""
     with open_h5(path) as f:
         _check_header(f, path, ("prior",))
-        values = _dataset(f, "prior", path, 1, "float")[()]
+        values = _dataset(f, "prior", path, 1, "float")[()].astype(np.float64)
+        log_values = (_dataset(f, "log_prior", path, 1, "float")[()].astype(np.float64)
+                      if "log_prior" in f else None)
         classnames = _classnames(f, path, len(values))
         attrs = get_attrs(f)
-    validate_prior(values, path)
-    temperature = float(attrs.get("temperature", 1.0))
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise GlaInputError(f"temperature attribute is {temperature}, expected a positive number", path)
-    return Prior(prior=values.astype(np.float64), classnames=classnames, temperature=temperature,
+    if log_values is None:
+        validate_prior(values, path)
+    else:
+        validate_log_prior(log_values, path)
+        _check_prior_pair(values, log_values, path)
+    temperatures = {}
+    for name in ("temperature", "logits_temperature"):
+        temperatures[name] = float(attrs.get(name, 1.0))
+        if not (math.isfinite(temperatures[name]) and temperatures[name] > 0):
+            raise GlaInputError(f"{name} attribute is {temperatures[name]}, expected a positive number", path)
+    return Prior(prior=values, classnames=classnames, temperature=temperatures["temperature"],
                  method=str(attrs.get("method", "")), converged=bool(attrs.get("converged", True)),
                  max_moment_gap=float(attrs.get("max_moment_gap", 0.0)),
-                 iterations=int(attrs.get("iterations", 0)), attrs=attrs)
+                 iterations=int(attrs.get("iterations", 0)), attrs=attrs, log_prior=log_values,
+                 logits_temperature=temperatures["logits_temperature"])
 
 
 @dataclass

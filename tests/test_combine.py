@@ -135,5 +135,8 @@ def test_gla_without_prior_and_zero_prior(gla, files):
     import h5py
     with h5py.File(files / "q.h5", "a") as f:
         f["prior"][...] = [0.0, 0.2, 0.4, 0.4]
-    assert_one_line_error(gla("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "-o", files / "out.h5"),
-                          "q.h5", "positive prior")
+    combine = ("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "-o", files / "out.h5")
+    assert_one_line_error(gla(*combine), "q.h5", "prior and log_prior disagree at entry 0")
+    with h5py.File(files / "q.h5", "a") as f:
+        del f["log_prior"]  # as in files written before log_prior was stored
+    assert_one_line_error(gla(*combine), "q.h5", "positive prior")

@@ -13,12 +13,17 @@ from glacli.prior import class_proportions, estimate_prior
 
 
 def population_problem(n: int, c: int, temperature: float, seed: int = 0):
-    """Logits T*(g + log q_true) and the exact proportions mean softmax(g): the optimum is q_true."""
+    """A set whose log-posteriors are g, so its class proportions are f = mean softmax(g) (not uniform).
+
+    The balanced log-posterior is g - log f; the zero-shot model adds log q_true to it, at scale T:
+    z = T (g - log f + log q_true). Then softmax(z/T - log q + log f) = softmax(g) at q = q_true,
+    which meets the moment condition exactly: the optimum is q_true.
+    """
     rng = np.random.default_rng(seed)
     q_true = rng.dirichlet(np.full(c, 1.0))
     g = rng.normal(size=(n, c)) * 2.5
     target = softmax(g, axis=1).mean(0)
-    return temperature * (g + np.log(q_true)), target, q_true
+    return temperature * (g - np.log(target) + np.log(q_true)), target, q_true
 
 
 @pytest.mark.parametrize("n, c, temperature", [(400, 5, 1.0), (3000, 50, 0.3), (600, 400, 2.0)])
@@ -45,19 +50,22 @@ def numpy_objective(b: np.ndarray, z: np.ndarray, y: np.ndarray) -> float:
 def test_matches_scipy_on_the_cross_entropy_with_sampled_labels():
     z, y, _ = biased_logits(60, 12, seed=5, temperature=1.0)
     f = np.bincount(y, minlength=12) / len(y)
-    fit = estimate_prior(torch.tensor(z), torch.tensor(f), 1.0)
+    fit = estimate_prior(torch.tensor(z), torch.tensor(f), 1.0, labels=torch.tensor(y))
 
     def fun(b):
         p = softmax(z - b, axis=1)
         return numpy_objective(b, z, y), f - p.mean(0)
 
     ref = minimize(fun, np.zeros(12), jac=True, method="BFGS", options={"gtol": 1e-12, "maxiter": 10000})
-    q_ref = np.exp(ref.x - logsumexp(ref.x))
-    np.testing.assert_allclose(fit.prior.numpy(), q_ref, rtol=1e-5)
-    ours = numpy_objective(fit.log_prior.numpy(), z, y)
+    # The labels are not balanced: the model on this set is z - log q + log f, so log q = b + log f.
+    log_q_ref = ref.x + np.log(f)
+    np.testing.assert_allclose(fit.prior.numpy(), np.exp(log_q_ref - logsumexp(log_q_ref)), rtol=1e-5)
+    b = fit.log_prior.numpy() - np.log(f)
+    ours = numpy_objective(b, z, y)
     assert ours <= ref.fun + 1e-12
+    assert fit.objective == pytest.approx(ours, abs=1e-12)
     # the moment condition, checked independently in float64 numpy
-    p = softmax(z - fit.log_prior.numpy(), axis=1).mean(0)
+    p = softmax(z - b, axis=1).mean(0)
     assert np.abs(p - f).max() < 1e-8
 
 
@@ -65,16 +73,18 @@ def test_nll_temperature_agrees_with_brute_force_over_t():
     z, y, _ = biased_logits(80, 8, seed=2, temperature=1.7)
     f = class_proportions(torch.tensor(y), 8)
     fit = estimate_prior(torch.tensor(z), f, "nll", labels=torch.tensor(y))
-    assert fit.converged
+    assert fit.converged and abs(fit.temperature_gradient) < 1e-8
+    log_f = np.log(f.numpy())
     grid = np.linspace(1.0, 2.6, 161)
     losses = []
     for t in grid:
         fixed = estimate_prior(torch.tensor(z), f, float(t))
-        losses.append(numpy_objective(fixed.log_prior.numpy(), z / t, y))
+        losses.append(numpy_objective(fixed.log_prior.numpy() - log_f, z / t, y))
     best = grid[int(np.argmin(losses))]
     assert abs(fit.temperature - best) <= grid[1] - grid[0]
-    assert numpy_objective(fit.log_prior.numpy(), z / fit.temperature, y) <= min(losses) + 1e-12
-    assert fit.objective == pytest.approx(numpy_objective(fit.log_prior.numpy(), z / fit.temperature, y), abs=1e-9)
+    ours = numpy_objective(fit.log_prior.numpy() - log_f, z / fit.temperature, y)
+    assert ours <= min(losses) + 1e-12
+    assert fit.objective == pytest.approx(ours, abs=1e-9)
 
 
 def test_confidence_temperature_matches_mean_confidence_to_accuracy():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def estimate_prior_cmd(
 ) -> None:
     """Estimate the label prior q of a zero-shot model from its logits on a held-out set.
 
-    Solves min_q CE(z/T - log q, y) over the simplex exactly (Newton, float64 moment gap below --tol).
+    On a set with class proportions f the model is softmax(z/T - log q + log f): q is its maximum-likelihood
+    prior over the simplex, solved exactly (Newton, float64 moment gap below --tol), for any f.
+
+    Inputs with different temperatures already applied are pooled at the raw scale (values x temperature);
+    the prior file records the scale q belongs to (logits_temperature).
 
     Example:
 
@@ -76,17 +81,24 @@ def estimate_prior_cmd(
                "with q free, the logits separate the labels, which is common on a few dozen rows")
         fail(f"--temperature nll has no finite optimum here (T went to {fit.temperature:.3g} in "
              f"{fit.iterations} iterations): {why}; give a fixed --temperature", rows.path)
-    q = fit.prior.cpu().numpy()
+    log_q = fit.log_prior.cpu().numpy()
     method_name = method if isinstance(method, str) else "fixed"
+    attrs = {"target": target if target in ("labels", "uniform") else str(Path(target)),
+             "objective": fit.objective, "temperature_gradient": fit.temperature_gradient,
+             "n_rows": int(z.shape[0]), "source": rows.path, **rows.head_attrs}
     store.write_prior(output, store.Prior(
-        prior=q / q.sum(), classnames=classnames, temperature=fit.temperature, method=method_name,
-        converged=fit.converged, max_moment_gap=fit.max_moment_gap, iterations=fit.iterations,
-        attrs={"target": target if target in ("labels", "uniform") else str(Path(target)),
-               "objective": fit.objective, "n_rows": int(z.shape[0]), "source": rows.path}), parents)
-    report = _report(z, labels, fit, q, classnames, method_name, rows.path, output, show)
+        prior=np.exp(log_q), log_prior=log_q, classnames=classnames, temperature=fit.temperature,
+        method=method_name, converged=fit.converged, max_moment_gap=fit.max_moment_gap,
+        iterations=fit.iterations, logits_temperature=rows.temperature, attrs=attrs), parents)
+    report = _report(z, labels, proportions, fit, log_q, classnames, method_name, rows, output, show)
     if not fit.converged:
-        err.print(f"[yellow]warning:[/] not converged after {fit.iterations} iterations "
-                  f"(max moment gap {fit.max_moment_gap:.2e} > {tol:g}); raise --max-iter")
+        gaps = fit.moment_gaps.abs().cpu().numpy()
+        worst = [k for k in np.argsort(-gaps, kind="stable")[:3] if gaps[k] > tol]
+        named = ", ".join(f"{classnames[k]!r} ({gaps[k]:.1e})" for k in worst)
+        err.print(f"[yellow]warning:[/] not converged after {fit.iterations} iterations (max moment gap "
+                  f"{fit.max_moment_gap:.2e} > {tol:g}); the rows pin q down poorly for {named}: at T = "
+                  f"{fit.temperature:.4g} their probabilities are nearly 0 or 1 on every row. Fit T "
+                  "(--temperature nll) or raise --max-iter", soft_wrap=True)
     if json_output:
         print_json(report)
     else:
@@ -102,6 +114,10 @@ class _PooledRows:
     labels: np.ndarray
     classnames: list[str]
     parents: list[str]
+    temperature: float
+    """The temperature applied to ``values``: the inputs' own, or 1 where they differed (raw scale)."""
+    head_attrs: dict[str, str]
+    """Which zero-shot head produced the logits (``zeroshot_head_id``, model, templates), where known."""
 
     @property
     def n_classes(self) -> int:
@@ -115,8 +131,14 @@ class _PooledRows:
         return store.require_labels(self.labels, self.path, purpose)
 
 
+HEAD_ATTRS = {"head_id": "zeroshot_head_id", "model": "zeroshot_model", "pretrained": "zeroshot_pretrained",
+              "templates": "zeroshot_templates"}
+"""Logits attribute -> prior attribute naming the zero-shot head that q belongs to."""
+
+
 def _read_pooled(paths: list[Path]) -> _PooledRows:
-    values, labels, parents = [], [], []
+    """Every input's rows, at one scale: their common temperature, or the raw scale where they differ."""
+    values, labels, parents, temperatures, heads = [], [], [], [], []
     classnames: list[str] = []
     for path in paths:
         with store.read_rows(path, "logits") as logits_file:
@@ -131,7 +153,21 @@ def _read_pooled(paths: list[Path]) -> _PooledRows:
             values.append(logits_file.read())
             labels.append(logits_file.labels)
             parents.append(logits_file.gla_id)
-    return _PooledRows(" + ".join(map(str, paths)), np.concatenate(values), np.concatenate(labels), classnames, parents)
+            temperatures.append(logits_file.temperature)
+            heads.append({HEAD_ATTRS[k]: str(v) for k, v in logits_file.attrs.items() if k in HEAD_ATTRS})
+    temperature = temperatures[0]
+    if any(not math.isclose(t, temperature, rel_tol=1e-9) for t in temperatures):
+        for block, t in zip(values, temperatures):
+            block *= np.float32(t)
+        listed = ", ".join(f"{path} x {t:g}" for path, t in zip(paths, temperatures))
+        err.print(f"inputs had different temperatures applied; pooled at the raw scale ({listed})")
+        temperature = 1.0
+    head_ids = {h.get("zeroshot_head_id") for h in heads} - {None}
+    if len(head_ids) > 1:
+        err.print(f"[yellow]warning:[/] the inputs come from {len(head_ids)} different zero-shot heads; "
+                  "q describes their mixture")
+    return _PooledRows(" + ".join(map(str, paths)), np.concatenate(values), np.concatenate(labels), classnames,
+                       parents, temperature, heads[0] if len(head_ids) <= 1 else {})
 
 
 def _target_proportions(target: str, method: str | float, rows: _PooledRows) -> torch.Tensor:
@@ -184,23 +220,40 @@ def read_proportions(path: Path, classnames: list[str]) -> np.ndarray:
     return values / values.sum()
 
 
-def _report(z: torch.Tensor, labels: torch.Tensor | None, fit: PriorEstimate, q: np.ndarray,
-            classnames: list[str], method: str, source: str, output: Path, show: int) -> dict:
-    order = np.argsort(-q, kind="stable")
+def _report(z: torch.Tensor, labels: torch.Tensor | None, proportions: torch.Tensor, fit: PriorEstimate,
+            log_q: np.ndarray, classnames: list[str], method: str, rows: _PooledRows, output: Path,
+            show: int) -> dict:
+    q = np.exp(log_q)
+    order = np.argsort(-log_q, kind="stable")
+    f = proportions.cpu().numpy()
     report = {
-        "input": str(source), "output": str(output), "n_rows": int(z.shape[0]), "n_classes": len(classnames),
-        "temperature": fit.temperature, "temperature_method": method, "iterations": fit.iterations,
-        "max_moment_gap": fit.max_moment_gap, "converged": fit.converged, "objective": fit.objective,
-        "effective_classes": float(np.exp(-(q * np.log(q)).sum())),
-        "most_likely": [{"class": classnames[k], "q": float(q[k])} for k in order[:show]],
-        "least_likely": [{"class": classnames[k], "q": float(q[k])} for k in order[::-1][:show]],
+        "input": rows.path, "output": str(output), "n_rows": int(z.shape[0]), "n_classes": len(classnames),
+        "temperature": fit.temperature, "temperature_method": method, "logits_temperature": rows.temperature,
+        "iterations": fit.iterations, "max_moment_gap": fit.max_moment_gap, "converged": fit.converged,
+        "objective": fit.objective, "temperature_gradient": fit.temperature_gradient,
+        "imbalance": float(f.max() / f.min()),
+        "effective_classes": float(np.exp(-(q * log_q).sum())),
+        "most_likely": [{"class": classnames[k], "q": float(q[k]), "log_q": float(log_q[k])} for k in order[:show]],
+        "least_likely": [{"class": classnames[k], "q": float(q[k]), "log_q": float(log_q[k])}
+                         for k in order[::-1][:show]],
     }
     if labels is not None:
         y = labels.to(z.device)
-        report["top1_before"] = float((z.argmax(1) == y).double().mean()) * 100
-        adjusted = debiased_logits(z.to(torch.float64), fit.log_prior.to(z.device), fit.temperature)
-        report["top1_after"] = float((adjusted.argmax(1) == y).double().mean()) * 100
+        log_q_t = torch.from_numpy(log_q).to(z.device)
+        before, after = (_accuracies(logits, y, len(classnames)) for logits in (
+            z, debiased_logits(z.to(torch.float64), log_q_t, fit.temperature)))
+        report.update(top1_before=before[0], top1_after=after[0],
+                      mean_per_class_before=before[1], mean_per_class_after=after[1])
     return report
+
+
+def _accuracies(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[float, float]:
+    """Top-1 and mean per-class accuracy, in %: on an imbalanced set top-1 rewards the majority class."""
+    correct = (logits.argmax(1) == labels).double()
+    per_class = torch.zeros(n_classes, dtype=torch.float64, device=labels.device).index_add_(0, labels, correct)
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    present = counts > 0
+    return float(correct.mean()) * 100, float((per_class[present] / counts[present]).mean()) * 100
 
 
 def _print_report(report: dict) -> None:
@@ -211,10 +264,15 @@ def _print_report(report: dict) -> None:
         ("iterations", str(report["iterations"])),
         ("max moment gap", f"{report['max_moment_gap']:.2e} {status}"),
     ]
+    fields.append(("class imbalance (max/min share)", f"{report['imbalance']:.3g}"))
+    if report["logits_temperature"] != 1.0:
+        fields.append(("scale of the input logits", f"raw / {report['logits_temperature']:.4g}"))
+    if report["objective"] is not None:
+        fields.append(("mean cross-entropy", f"{report['objective']:.6f}"))
     if "top1_before" in report:
-        gain = report["top1_after"] - report["top1_before"]
-        fields.append(("top-1 (estimation set)",
-                       f"{report['top1_before']:.2f} -> {report['top1_after']:.2f} ({gain:+.2f} pp)"))
+        for name, key in (("top-1 (estimation set)", "top1"), ("mean per-class acc. (estimation set)", "mean_per_class")):
+            before, after = report[f"{key}_before"], report[f"{key}_after"]
+            fields.append((name, f"{before:.2f} -> {after:.2f} ({after - before:+.2f} pp)"))
     fields += [
         ("effective classes exp(H(q))", f"{report['effective_classes']:.1f}"),
         ("most likely", ", ".join(f"{c['class']} {c['q']:.4f}" for c in report["most_likely"])),

@@ -29,7 +29,9 @@ def import_cmd(
     probabilities: bool = typer.Option(False, "--probabilities", help="The values are probabilities: store "
                                        "their log as logits."),
     temperature: str | None = typer.Option(None, "--temperature", help="Priors: the T the zero-shot logits "
-                                              "were divided by when q was estimated (default: the file's, else 1)."),
+                                              "were divided by when q was estimated (default: the file's, else 1). "
+                                              "An imported prior records no logits_temperature: it is read as 1, "
+                                              "i.e. q belongs to raw (uncalibrated) logits."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Import logits, features or a prior written by another tool as a gla file.

@@ -293,8 +293,8 @@ def logits_cmd(
     with store.read_rows(features, "features") as rows:
         _check_head_fits(head_file, head, rows)
         weight, bias = head_tensors(head_file)
-        attrs = {"temperature": head_file.temperature, "head_type": head_file.head_type,
-                 **{k: head_file.attrs[k] for k in ("model", "pretrained") if k in head_file.attrs}}
+        attrs = {"temperature": head_file.temperature, "head_type": head_file.head_type, "head_id": head_file.gla_id,
+                 **{k: head_file.attrs[k] for k in ("model", "pretrained", "templates") if k in head_file.attrs}}
         step = chunk_rows_for(rows.n_cols, rows.n_classes, "cpu")
         with store.write_rows(output, "logits", n_rows=rows.n_rows, n_cols=rows.n_classes,
                               classnames=rows.classnames, attrs=attrs,
