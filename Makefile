@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo demo-synthetic device-wheels clean
+.PHONY: install test gpu-check-smoke demo demo-synthetic device-wheels clean
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,demo]'
 	touch $@
 
+# The import-linter contracts of pyproject.toml (the layers of docs/architecture.md), then the tests,
+# the end-to-end ones (marked e2e, each within its budget) included.
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# benchmarks/gpu_check.sh with SMOKE=1: every step of the GPU check, small and on the CPU (about 40 s).
+gpu-check-smoke: install
+	$(BIN)/python -m pytest -q benchmarks/test_gpu_check.py
 
 # GLA on a real pretrained encoder (MiniLM) and a real corpus (BBC News), offline: see README.
 demo: install

@@ -19,6 +19,7 @@
 #   bash benchmarks/gpu_check.sh
 #   IMAGES=5000 WORKERS=16 BUDGET=900 bash benchmarks/gpu_check.sh
 #   SMOKE=1 bash benchmarks/gpu_check.sh     # the same steps on the CPU, small: checks this script
+#   make gpu-check-smoke                     # the same, as a test (benchmarks/test_gpu_check.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS

@@ -60,7 +60,8 @@ def ensemble_logits(zs: np.ndarray, divisor: float, ft: np.ndarray, alpha: float
 
 
 def log_label_frequencies(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """``log pi_s`` from training labels; -inf where a class has no samples (callers refuse that)."""
+    """``log pi_s``, float64 [C]: the log label frequencies of training rows (the prior a fine-tuned model
+    absorbed, and the adjustment of the probe's balanced loss); -inf where a class has no rows."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     with np.errstate(divide="ignore"):
         return np.log(counts / counts.sum())

@@ -1,13 +1,13 @@
 """Applying a linear head to features: ``logits = (features @ weight.T + bias) / temperature`` (pure torch).
 
-Zero-shot and linear-probe heads are the same object (see ``store.Head``); this is the one place
-that turns features into logits, used by ``gla logits`` and by the probe's validation scoring.
+Zero-shot and linear-probe heads are the same object (:class:`glacli.types.Head`); this is the one
+place that turns features into logits, used by ``gla logits`` and by the probe's validation scoring.
 """
 from __future__ import annotations
 
 import torch
 
-from glacli.store import Head
+from glacli.types import Head
 
 
 def apply_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

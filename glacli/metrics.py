@@ -5,9 +5,10 @@ sums of size O(C) and O(bins): it is updated with one chunk of rows at a time an
 does not depend on how the rows were chunked. Definitions (``z_i`` the logits of sample ``i``,
 ``y_i`` its label, ``p_i = softmax(z_i)``, N samples, C classes):
 
-- top-k: fraction of samples whose label is among the k highest logits, with k = min(5, C)
-  for "top-5". Ties are broken toward the lower class index, as ``argmax`` does: the rank of
-  ``y_i`` is ``#{j: z_ij > z_iy} + #{j < y_i: z_ij = z_iy}``, and top-k counts rank < k.
+- top-k: fraction of samples whose label is among the k highest logits, with k = min(5, C);
+  its key is ``top5``, or ``top{k}`` for fewer than 5 classes (:func:`topk_key`). Ties are broken
+  toward the lower class index, as ``argmax`` does: the rank of ``y_i`` is
+  ``#{j: z_ij > z_iy} + #{j < y_i: z_ij = z_iy}``, and top-k counts rank < k.
 - mean per-class accuracy: the mean over classes that have test samples of their top-1 accuracy.
 - NLL: ``mean_i (logsumexp(z_i) - z_iy)``, the cross-entropy of ``softmax(z_i)`` in nats.
 - ECE: confidence ``c_i = max_k p_ik``; 15 equal-width bins ``(b/15, (b+1)/15]`` of confidence;
@@ -18,66 +19,19 @@ does not depend on how the rows were chunked. Definitions (``z_i`` the logits of
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from glacli.types import Metrics, Reliability, ratio
+
 N_BINS = 15
 TOP_K = 5
 MANY_SHOT_ABOVE = 100
 FEW_SHOT_BELOW = 20
-
-
-@dataclass
-class Reliability:
-    """Reliability-diagram bins: equal-width confidence intervals ``(edges[b], edges[b+1]]``."""
-
-    edges: np.ndarray
-    count: np.ndarray
-    confidence: np.ndarray
-    """Mean max-probability of the samples in each bin (NaN where a bin is empty)."""
-    accuracy: np.ndarray
-    """Top-1 accuracy of the samples in each bin (NaN where a bin is empty)."""
-
-
-@dataclass
-class Metrics:
-    """Everything :class:`MetricAccumulator` measures on one set of logits."""
-
-    n_samples: int
-    k: int
-    top1: float
-    topk: float
-    mean_per_class: float
-    nll: float
-    ece: float
-    class_correct: np.ndarray
-    """[C] int64: top-1 correct test samples per class."""
-    class_count: np.ndarray
-    """[C] int64: test samples per class."""
-    reliability: Reliability
-
-    @property
-    def class_accuracy(self) -> np.ndarray:
-        """[C] top-1 accuracy per class; NaN for classes without test samples."""
-        return _ratio(self.class_correct, self.class_count)
-
-    def group_accuracy(self, classes: np.ndarray) -> float:
-        """Top-1 accuracy over the test samples whose label is in ``classes`` (NaN if none)."""
-        return group_accuracy(self.class_correct, self.class_count, classes)
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    out = np.full(denominator.shape, np.nan)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
-
-
-def group_accuracy(class_correct: np.ndarray, class_count: np.ndarray, classes: np.ndarray) -> float:
-    """Accuracy over the samples whose label is in ``classes``: pooled, not a mean of classes."""
-    count = int(class_count[classes].sum())
-    return float(class_correct[classes].sum() / count) if count else float("nan")
+TOPK_KEY = re.compile(r"^top([2-9]|[1-9][0-9]+)$")
 
 
 class MetricAccumulator:
@@ -138,10 +92,10 @@ class MetricAccumulator:
         bin_confidence = self._bin_confidence.cpu().numpy()
         n = int(class_count.sum())
         nan = float("nan")
-        bin_accuracy = _ratio(bin_correct, bin_count)
-        bin_mean_confidence = _ratio(bin_confidence, bin_count)
+        bin_accuracy = ratio(bin_correct, bin_count)
+        bin_mean_confidence = ratio(bin_confidence, bin_count)
         ece = float((np.abs(bin_correct - bin_confidence)).sum() / n) if n else nan
-        per_class = _ratio(class_correct, class_count)
+        per_class = ratio(class_correct, class_count)
         return Metrics(
             n_samples=n, k=self.k,
             top1=float(class_correct.sum() / n) if n else nan,
@@ -217,20 +171,37 @@ METRICS: dict[str, MetricInfo] = {
     "medium_shot": MetricInfo("med shot", "medium-shot accuracy (%)", True),
     "few_shot": MetricInfo("few", "few-shot accuracy (%)", True),
 }
-"""The scalar metrics of a result, in table order (the keys of ``metrics`` in evaluate's JSON)."""
+"""The scalar metrics of a result, in table order (the keys of ``metrics`` in evaluate's JSON;
+``top5`` stands for ``top{k}`` when a result has fewer than 5 classes)."""
+
+
+def topk_key(k: int) -> str:
+    """The metric key of top-k accuracy: ``top5`` for the usual k = 5, else ``top{k}``."""
+    return f"top{k}"
+
+
+def metric_info(key: str) -> MetricInfo:
+    """How the metric ``key`` is shown; ``top{k}`` for any k is top-k accuracy. KeyError if unknown."""
+    if key not in METRICS and TOPK_KEY.match(key):
+        k = key[3:]
+        return MetricInfo(f"top-{k}", f"top-{k} accuracy (%)", True)
+    return METRICS[key]
+
+
+def is_metric(key: str) -> bool:
+    return key in METRICS or bool(TOPK_KEY.match(key))
 
 
 def format_metric(key: str, value: float) -> str:
     """Percent with two decimals for accuracies and ECE, four decimals for NLL; '' for NaN."""
     if not np.isfinite(value):
         return ""
-    return f"{100 * value:.2f}" if METRICS[key].percent else f"{value:.4f}"
+    return f"{100 * value:.2f}" if metric_info(key).percent else f"{value:.4f}"
 
 
 def summarise(metrics: Metrics, groups: dict[str, np.ndarray]) -> dict[str, float]:
     """The scalar metrics of one result, plus one accuracy per group (NaN for an empty group)."""
-    summary = {"top1": metrics.top1, "top5": metrics.topk, "mean_per_class": metrics.mean_per_class,
+    summary = {"top1": metrics.top1, topk_key(metrics.k): metrics.topk, "mean_per_class": metrics.mean_per_class,
                "nll": metrics.nll, "ece": metrics.ece}
     summary.update({name: metrics.group_accuracy(classes) for name, classes in groups.items()})
     return summary
-

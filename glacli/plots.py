@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from glacli import store
-from glacli.metrics import Reliability
+from glacli.types import Reliability
 
 SMOOTHING_FRACTION = 0.05
 

@@ -1,4 +1,4 @@
-"""Estimating the label prior ``q`` of a zero-shot model (pure torch, no I/O).
+"""Estimating the label prior ``q`` of a zero-shot model (pure array math, no I/O).
 
 The estimator of GLA. On an estimation set whose class proportions are ``f``, the zero-shot model
 with its pre-training prior ``q`` replaced by ``f`` is ``softmax(beta * z_i - log q + log f)``, with
@@ -13,41 +13,78 @@ condition). The maximum-likelihood prior is then ``log q = b + log f``, normalis
 balanced set ``log f`` is a constant and ``q = softmax(b)``. Only ``f`` enters, so a set of
 known proportions needs no labels at all when ``beta`` is fixed.
 
-The solver is Newton's method with a line search, started by one fixed-point step computed in
-log space (so a class whose probability underflows still gets a finite first step). Each
-iteration makes one streamed pass
-over the rows (softmax, moments, the exact Hessian diagonal and, when ``beta`` is free, its
-exact ``beta`` row); the dense ``b``-block of the Hessian comes from a fixed subsample of
-rows, with its diagonal raised to the exact one. That keeps an iteration at the price of one
-pass while converging in a handful of iterations. Early iterations on large inputs run in
-float32; the final ones always run in float64 until the largest moment gap is below ``tol``.
+The solver is Newton's method with a line search, started by one fixed-point step
+``b += log(m / f)`` (``m`` the mean predicted distribution; computed in log space when a class's
+probability underflows on every row). The dense ``b``-block of the Hessian comes from a fixed
+subsample of rows with its diagonal raised to the exact one, so an iteration costs one pass.
+
+Passes are what cost, so they are made cheap and few:
+
+- With ``beta`` fixed, one pass computes ``E = exp(beta z - b_ref - rowmax)`` in float32 and keeps
+  it (when it fits ``hold_bytes``); every later pass is two matrix-vector products,
+  ``d = E w`` and ``E^T (1/d)`` with ``w = exp(b_ref - b)``, since
+  ``softmax(beta z_i - b)_k = E_ik w_k / d_i``. Where ``E`` does not fit, each pass streams the
+  rows again (memory stays one block).
+- With ``beta`` free (``nll``), ``beta`` and ``b`` start from the exact solution on the
+  subsample, so a few full passes finish the job.
+- Float32 until the gap is small; the last pass is always float64, and convergence is declared
+  on the float64 gap. On a CPU the blocks of a pass run on all cores.
+
+The arrays may be numpy arrays (CPU, no torch needed) or torch tensors (any device): the array-API
+namespace of the input is used, so one solver serves both.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
 
-from glacli.calibration import fit_temperature_confidence, fit_temperature_nll
+from glacli.calibration import (
+    fit_temperature_nll,
+    log_softmax,
+    solve_temperature_confidence,
+)
+from glacli.prior_passes import (
+    Accuracy,
+    Engine,
+    Kept,
+    LogitSource,
+    Pass,
+    full_pass,
+    keep,
+    kept_pass,
+    log_moments,
+    prepare,
+)
 
 DEFAULT_TOL = 1e-8
-HESSIAN_ROWS = 8192
-FLOAT32_UNTIL_GAP = 1e-6
+START_TOL = 1e-6
+"""``nll`` is first solved on the subsample to this gap: a start, not the answer."""
 REUSE_HESSIAN_BELOW_GAP = 1e-4
-PASS_ELEMENTS = 2**22
+FLOAT32_FLOOR = 1e-6
+"""Below this gap float32 rounding may stall the iteration (the beta gradient cancels): an
+iteration that does not halve the gap there hands over to float64."""
+REFERENCE_DRIFT = 30.0
+"""Kept ``E`` is recomputed once ``b`` moved this far from where it was computed (float32 range)."""
 MAX_RIDGE_RETRIES = 30
 """Each retry multiplies the ridge by 100: from 1e-12 to far beyond any finite Hessian's scale."""
+UNDERFLOW = 1e-30
+"""A mean class probability below this is recomputed in log space."""
 
 
 @dataclass
 class PriorEstimate:
     """The fitted prior and how the solver got there."""
 
-    log_prior: torch.Tensor
+    log_prior: np.ndarray
     """``log q``, float64 [C], normalised so that ``q`` sums to 1 (finite even where ``q`` underflows)."""
     temperature: float
     iterations: int
+    """Newton iterations, on the subsample (``nll``'s start) and on all rows."""
     max_moment_gap: float
     """``max_k |f_k - mean_i softmax(z_i / T - log q + log f)_k|`` at the solution."""
     converged: bool
@@ -55,229 +92,173 @@ class PriorEstimate:
     """Mean cross-entropy of ``softmax(z / T - log q + log f)`` on the labels; None without labels."""
     temperature_gradient: float | None = None
     """``dL/dbeta`` at the solution when T was fitted (``nll``), else None."""
-    moment_gaps: torch.Tensor | None = None
+    moment_gaps: np.ndarray | None = None
     """``f_k - mean_i p_ik`` per class, float64 [C]: where a fit that did not converge falls short."""
+    passes: int = 0
+    """Passes over the rows (float32 and float64), for benchmarks."""
+    correct: np.ndarray | None = None
+    """[2, C] right predictions per class on the estimation set, of ``z`` and of ``z / T - log q``
+    (with labels)."""
 
     @property
-    def prior(self) -> torch.Tensor:
-        return self.log_prior.exp()
+    def prior(self) -> np.ndarray:
+        return np.exp(self.log_prior)
 
 
-@dataclass
-class _Pass:
-    """What one pass over the rows yields at ``(beta, b)``."""
-
-    objective: float
-    moments: torch.Tensor          # mean_i p_i                     [C]
-    hess_diag: torch.Tensor        # mean_i p_i (1 - p_i)            [C]
-    grad_beta: float = 0.0         # mean_i E_p[z_i] - mean_i z_{i,y_i}
-    hess_beta: float = 0.0         # mean_i Var_p(z_i)
-    hess_beta_b: torch.Tensor | None = None   # -mean_i p_i (z_i - E_p z_i)   [C]
+def _subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray) -> np.ndarray:
+    """``mean_i diag(p_i) - p_i p_i^T`` over the subsample, float64 [C, C]."""
+    p = np.exp(log_softmax(np, z_sub * beta - b)).astype(np.float32)  # it only shapes the step
+    return np.diag(p.mean(0, dtype=np.float64)) - (p.T @ p).astype(np.float64) / len(p)
 
 
-@dataclass
-class _Rows:
-    """The logits the solver passes over, with per-class constants ``shift`` taken out in each block.
-
-    ``beta * z - b`` is unchanged when ``b`` absorbs ``beta * shift``, so the shift only conditions the
-    problem (a class far below the rest would make the beta curvature huge). It is subtracted block by
-    block in the pass's dtype, so float64 passes see the stored values exactly.
-    """
-
-    z: torch.Tensor
-    shift: torch.Tensor | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.z.shape)
-
-    @property
-    def device(self) -> torch.device:
-        return self.z.device
-
-    def blocks(self, dtype: torch.dtype, step: int = 1):
-        """Row blocks of ``PASS_ELEMENTS`` values (every ``step``-th row), as ``dtype``."""
-        n, c = self.z.shape
-        rows = max(1, PASS_ELEMENTS // c)
-        for start in range(0, n, rows * step):
-            block = self.z[start:start + rows * step:step].to(dtype)
-            yield block if self.shift is None else block - self.shift.to(dtype)
-
-
-def _pass(z: _Rows, beta: float, b: torch.Tensor, target: torch.Tensor, mean_true_logit: float,
-          fit_beta: bool, dtype: torch.dtype) -> _Pass:
-    """Stream over row blocks of ``z`` and accumulate the objective, gradient and Hessian parts (float64)."""
-    n, c = z.shape
-    acc = torch.float64
-    b_work = b.to(dtype)
-    lse_sum = torch.zeros((), dtype=acc, device=z.device)
-    m = torch.zeros(c, dtype=acc, device=z.device)
-    p2 = torch.zeros(c, dtype=acc, device=z.device)
-    ez_sum = torch.zeros((), dtype=acc, device=z.device)
-    var_sum = torch.zeros((), dtype=acc, device=z.device)
-    cross = torch.zeros(c, dtype=acc, device=z.device)
-    for zc in z.blocks(dtype):
-        s = zc * beta - b_work
-        p = torch.softmax(s, dim=1)
-        p_max, k_max = p.max(dim=1)
-        s_max = s.gather(1, k_max[:, None]).squeeze(1)
-        lse_sum += (s_max - p_max.log()).sum(dtype=acc)
-        m += p.sum(0, dtype=acc)
-        p2 += (p * p).sum(0, dtype=acc)
-        if fit_beta:
-            pz = p * zc
-            ez = pz.sum(1)
-            ez_sum += ez.sum(dtype=acc)
-            var_sum += ((pz * zc).sum(1) - ez * ez).clamp_min(0).sum(dtype=acc)
-            cross -= (pz - p * ez[:, None]).sum(0, dtype=acc)
-    m /= n
-    objective = float(lse_sum / n + (target * b).sum() - beta * mean_true_logit)
-    out = _Pass(objective, m, m - p2 / n)
-    if fit_beta:
-        out.grad_beta = float(ez_sum / n) - mean_true_logit
-        out.hess_beta = float(var_sum / n)
-        out.hess_beta_b = cross / n
-    return out
-
-
-def _log_moments(z: _Rows, beta: float, b: torch.Tensor) -> torch.Tensor:
-    """``log mean_i softmax(beta * z_i - b)``, float64 [C], in log space: finite for classes whose
-    probability underflows on every row (e.g. logits far below the others)."""
-    n, c = z.shape
-    top = torch.full((c,), -math.inf, dtype=torch.float64, device=z.device)
-    total = torch.zeros(c, dtype=torch.float64, device=z.device)
-    for block in z.blocks(torch.float64):
-        log_p = torch.log_softmax(block * beta - b, dim=1)
-        block_top = log_p.max(0).values
-        new_top = torch.maximum(top, block_top)
-        total = total * (top - new_top).exp() + (log_p - new_top).exp().sum(0)
-        top = new_top
-    return total.log() + top - math.log(n)
-
-
-def _subsample_hessian(z: _Rows, step: int, beta: float, b: torch.Tensor) -> torch.Tensor:
-    """``mean_i diag(p_i) - p_i p_i^T`` over a fixed subsample of rows, float64 [C, C].
-
-    Computed in float32: it only shapes the step, the line search and the float64 moments decide.
-    """
-    c = z.shape[1]
-    moments = torch.zeros(c, dtype=torch.float32, device=z.device)
-    outer = torch.zeros(c, c, dtype=torch.float32, device=z.device)
-    rows = 0
-    for block in z.blocks(torch.float32, step):
-        p = torch.softmax(block * beta - b.to(torch.float32), dim=1)
-        moments += p.sum(0)
-        outer += p.T @ p
-        rows += len(p)
-    return (torch.diag(moments) - outer).to(torch.float64) / rows
-
-
-def _newton_system(st: _Pass, h_sub: torch.Tensor, fit_beta: bool) -> torch.Tensor:
+def _newton_system(st: Pass, diag: np.ndarray, h_sub: np.ndarray, fit_beta: bool) -> np.ndarray:
     """The Hessian used for the step: subsample b-block with the exact diagonal, plus the beta row.
 
     The b-block is made PSD-safe by only raising its diagonal (``max(exact - subsample, 0)``), and
     the gauge direction ``b -> b + c`` (zero curvature, zero gradient) is fixed by adding ``1 1^T / C``.
     """
     c = h_sub.shape[0]
-    h_bb = h_sub + torch.diag((st.hess_diag - h_sub.diagonal()).clamp_min(0))
-    h_bb = h_bb + 1.0 / c
+    h_bb = h_sub + np.diag(np.maximum(diag - np.diag(h_sub), 0)) + 1.0 / c
     if not fit_beta:
         return h_bb
-    h = torch.empty(c + 1, c + 1, dtype=torch.float64, device=h_bb.device)
+    h = np.empty((c + 1, c + 1))
     h[0, 0] = st.hess_beta
-    h[0, 1:] = st.hess_beta_b
-    h[1:, 0] = st.hess_beta_b
+    h[0, 1:] = h[1:, 0] = st.hess_beta_b
     h[1:, 1:] = h_bb
     return h
 
 
-def _factorize(h: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor of ``h``, with the smallest ridge that makes it positive definite."""
-    ridge = 1e-12 * float(h.diagonal().abs().max().clamp_min(1e-300))
-    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
+def _bfgs_update(inverse: np.ndarray, step: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """The BFGS update of an inverse Hessian from one step and the gradient change it caused
+    (skipped when the curvature along the step is not positive, e.g. rounding at the optimum)."""
+    curvature = float(change @ step)
+    if not curvature > 1e-300:
+        return inverse
+    rho = 1.0 / curvature
+    hy = inverse @ change
+    return (inverse - rho * (np.outer(step, hy) + np.outer(hy, step))
+            + (rho * rho * float(change @ hy) + rho) * np.outer(step, step))
+
+
+def _inverse(h: np.ndarray) -> np.ndarray:
+    """``(h + ridge I)^-1`` with the smallest ridge that makes ``h`` positive definite (a Cholesky
+    factorisation decides); kept across iterations, each Newton direction is then one product."""
+    if not np.isfinite(h).all():
+        raise ValueError("the Newton system is not positive definite at any ridge (non-finite curvature)")
+    ridge = 1e-12 * max(float(np.abs(np.diag(h)).max()), 1e-300)
+    eye = np.eye(len(h))
     for _ in range(MAX_RIDGE_RETRIES):
-        chol, info = torch.linalg.cholesky_ex(h + ridge * eye)
-        if int(info) == 0:
-            return chol
-        ridge *= 100
+        try:
+            np.linalg.cholesky(h + ridge * eye)
+            return np.linalg.inv(h + ridge * eye)
+        except np.linalg.LinAlgError:
+            ridge *= 100
     raise ValueError("the Newton system is not positive definite at any ridge (non-finite curvature)")
 
 
-def _fixed_point_step(z: _Rows, beta: float, b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``b + log(m / f)``: moves every class's mean probability ``m_k`` to ``f_k`` at once (exact when
-    the rows' other classes did not change), which lands close to the optimum from any start."""
-    b = b + _log_moments(z, beta, b) - target.log()
-    return b - b.max()
+@dataclass
+class _Problem:
+    """What the Newton iteration needs besides the rows: ``f``, the label term, and the stopping rule."""
+
+    target: np.ndarray
+    mean_true_logit: float
+    fit_beta: bool
+    tol: float
+    max_iter: int
 
 
-def _fit(z: _Rows, target: torch.Tensor, beta: float, fit_beta: bool, mean_true_logit: float,
-         tol: float, max_iter: int, b: torch.Tensor
-         ) -> tuple[float, torch.Tensor, int, torch.Tensor, bool, float, float]:
-    """Minimise ``L`` over ``b`` (and ``beta`` when ``fit_beta``) from ``(beta, b)``; returns ``beta``,
-    ``b``, iterations, the moment gap, convergence, ``L`` and ``dL/dbeta`` at the end."""
-    n, c = z.shape
-    step = max(1, math.ceil(n / HESSIAN_ROWS))
-    dtype = torch.float32 if n * c >= 2**20 else torch.float64
-    b = _fixed_point_step(z, beta, b, target)
-    st = _pass(z, beta, b, target, mean_true_logit, fit_beta, dtype)
-    chol: torch.Tensor | None = None
+class _Newton:
+    """Newton's method on ``L``: full passes (beta free, or rows too large to keep) or kept-``E`` passes."""
 
-    def gradient(state: _Pass) -> torch.Tensor:
-        g_b = target - state.moments
-        return torch.cat([g_b.new_tensor([state.grad_beta]), g_b]) if fit_beta else g_b
+    def __init__(self, engine: Engine, problem: _Problem, z_sub: np.ndarray, hold: bool,
+                 accuracy: Accuracy | None = None):
+        self.engine, self.problem, self.z_sub, self.hold, self.accuracy = engine, problem, z_sub, hold, accuracy
+        self.kept: Kept | None = None
 
-    iterations = 0
-    while True:
-        g = gradient(st)
-        gap = float(g.abs().max())
-        if dtype == torch.float32 and gap < FLOAT32_UNTIL_GAP:
-            dtype = torch.float64
-            st = _pass(z, beta, b, target, mean_true_logit, fit_beta, dtype)
-            continue
-        if (gap < tol and dtype == torch.float64) or iterations >= max_iter:
-            break
-        if chol is None or gap > REUSE_HESSIAN_BELOW_GAP:
-            chol = _factorize(_newton_system(st, _subsample_hessian(z, step, beta, b), fit_beta))
-        direction = -torch.cholesky_solve(g[:, None], chol).squeeze(1)
-        slope = float(g @ direction)
-        g_norm = float(g.norm())
-        t, accepted = 1.0, False
-        for _ in range(40):
-            new_beta = beta + t * float(direction[0]) if fit_beta else beta
-            new_b = b + t * (direction[1:] if fit_beta else direction)
-            if new_beta > 0:
-                trial = _pass(z, new_beta, new_b, target, mean_true_logit, fit_beta, dtype)
-                armijo = trial.objective <= st.objective + 1e-4 * t * slope
-                smaller_gradient = float(gradient(trial).norm()) <= (1 - 1e-4 * t) * g_norm
-                if armijo or smaller_gradient:
-                    accepted = True
-                    break
-            t *= 0.5
-        iterations += 1
-        if not accepted:
-            if dtype == torch.float32:
-                dtype = torch.float64
-                st = _pass(z, beta, b, target, mean_true_logit, fit_beta, dtype)
-                continue
-            break
-        beta, b, st = new_beta, new_b, trial
-    gap = float(gradient(st).abs().max())
-    return beta, b, iterations, target - st.moments, gap < tol, st.objective, st.grad_beta
+    def objective(self, beta: float, b: np.ndarray, st: Pass) -> float:
+        return st.lse + float(self.problem.target @ b) - beta * self.problem.mean_true_logit
+
+    def gradient(self, st: Pass) -> np.ndarray:
+        g_b = self.problem.target - st.moments
+        return np.concatenate([[st.mean_z - self.problem.mean_true_logit], g_b]) if self.problem.fit_beta else g_b
+
+    def evaluate(self, beta: float, b: np.ndarray, float64: bool, hessian: bool) -> Pass:
+        xp = self.engine.xp
+        if float64 or not self.hold:
+            return full_pass(self.engine, beta, b, self.problem.fit_beta, xp.float64 if float64 else xp.float32,
+                              hessian, self.accuracy if float64 else None)
+        if self.kept is None or np.abs(b - self.kept.b_ref).max() > REFERENCE_DRIFT:
+            self.kept = keep(self.engine, beta, b)
+        return kept_pass(self.engine, self.kept, b, hessian)
+
+    def run(self, beta: float, b: np.ndarray, float64: bool) -> tuple[float, np.ndarray, Pass, int, bool]:
+        """Iterate from ``(beta, b)``; returns the end point, its float64 pass, iterations and convergence.
+
+        The inverse Hessian comes from the subsample (refreshed while the gap is above
+        :data:`REUSE_HESSIAN_BELOW_GAP`) and is then improved by BFGS updates from the gradients the
+        passes give anyway, which turns the subsample's linear convergence superlinear. Float32
+        passes go on while each iteration at least halves the gap; then float64 finishes.
+        """
+        problem = self.problem
+        st = self.evaluate(beta, b, float64, hessian=True)
+        diag, inverse, iterations = st.hess_diag, None, 0
+        g = self.gradient(st)
+        while True:
+            gap = float(np.abs(g).max())
+            if (gap < problem.tol and float64) or iterations >= problem.max_iter:
+                break
+            if st.hess_diag is not None:
+                diag = st.hess_diag
+            if inverse is None or gap > REUSE_HESSIAN_BELOW_GAP:
+                inverse = _inverse(_newton_system(st, diag, _subsample_hessian(self.z_sub, beta, b), problem.fit_beta))
+            direction = -(inverse @ g)
+            slope, g_norm = float(g @ direction), float(np.linalg.norm(g))
+            current = self.objective(beta, b, st)
+            t, accepted = 1.0, False
+            near_float32_floor = not float64 and gap < FLOAT32_FLOOR
+            for _ in range(3 if near_float32_floor else 40):
+                new_beta = beta + t * float(direction[0]) if problem.fit_beta else beta
+                new_b = b + t * (direction[1:] if problem.fit_beta else direction)
+                if new_beta > 0:
+                    trial = self.evaluate(new_beta, new_b, float64, hessian=gap > REUSE_HESSIAN_BELOW_GAP)
+                    new_g = self.gradient(trial)
+                    armijo = self.objective(new_beta, new_b, trial) <= current + 1e-4 * t * slope
+                    if armijo or float(np.linalg.norm(new_g)) <= (1 - 1e-4 * t) * g_norm:
+                        accepted = True
+                        break
+                t *= 0.5
+            iterations += 1
+            if accepted:
+                step = t * direction
+                inverse = _bfgs_update(inverse, step, new_g - g)
+                beta, b, st, g = new_beta, new_b, trial, new_g
+            new_gap = float(np.abs(g).max())
+            if not float64 and (not accepted or new_gap < problem.tol / 4 or (near_float32_floor and new_gap > gap / 2)):
+                float64 = True  # float32 has done what it can: its rounding now limits the gap
+                st = self.evaluate(beta, b, True, hessian=False)
+                g = self.gradient(st)
+            elif not accepted:
+                break
+        if not float64:
+            st = self.evaluate(beta, b, True, hessian=False)
+        gap = float(np.abs(self.gradient(st)).max())
+        return beta, b, st, iterations, gap < problem.tol
 
 
-def class_proportions(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+def class_proportions(labels: Any, n_classes: int) -> np.ndarray:
     """Label frequencies, float64 [C]."""
-    counts = torch.bincount(labels.to(torch.long), minlength=n_classes).to(torch.float64)
+    counts = np.bincount(np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64),
+                         minlength=n_classes).astype(np.float64)
     return counts / counts.sum()
 
 
-def estimate_prior(logits: torch.Tensor, target: torch.Tensor, temperature: float | str = 1.0,
-                   labels: torch.Tensor | None = None, tol: float = DEFAULT_TOL,
-                   max_iter: int = 100) -> PriorEstimate:
+def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, labels: Any = None,
+                   tol: float = DEFAULT_TOL, max_iter: int = 100, hold_bytes: float = math.inf) -> PriorEstimate:
     """Fit ``q`` (and, with ``temperature="nll"``, ``T``) to zero-shot ``logits``.
 
     Args:
-        logits: [N, C] zero-shot logits (any float dtype; kept on its device); finite.
+        logits: [N, C] zero-shot logits (numpy or torch, any float dtype, any device), or a
+            :class:`LogitSource` streaming them; finite.
         target: [C] class proportions ``f`` of the estimation set (positive, summing to 1). The
             returned ``q`` is the pre-training prior whatever ``f`` is: ``log q = b + log f``.
         temperature: a positive number (fixed T), ``"confidence"`` (T such that mean max
@@ -286,57 +267,124 @@ def estimate_prior(logits: torch.Tensor, target: torch.Tensor, temperature: floa
             cross-entropy. ``"nll"`` requires that ``target`` are the proportions of these labels,
             since both come from the same likelihood.
         tol: stop when ``max_k |f_k - mean_i p_ik|`` (and the beta gradient) is below this, in float64.
+        hold_bytes: with T fixed, keep ``exp(z / T)`` in memory (float32) when it fits this budget.
 
     Returns:
         A :class:`PriorEstimate`; ``converged`` is False if ``max_iter`` ran out first.
     """
-    z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError("the logits hold NaN or infinite values")
-    target = target.to(torch.float64).to(z.device)
-    if target.shape != (z.shape[1],) or not bool(torch.isfinite(target).all()) or bool((target <= 0).any()):
+    source = logits if isinstance(logits, LogitSource) else LogitSource.from_array(logits)
+    n, c = source.n_rows, source.n_classes
+    target = np.asarray(target.cpu() if hasattr(target, "cpu") else target, dtype=np.float64)
+    if target.shape != (c,) or not np.isfinite(target).all() or (target <= 0).any():
         raise ValueError("target proportions must be positive, one per class")
     target = target / target.sum()
-    # Per-class constants in z only move b (beta * z - b is unchanged with b += beta * shift), but a
-    # class far below the rest makes the beta curvature huge; centring the columns conditions the fit.
-    shift = z.mean(0, dtype=torch.float64) if temperature == "nll" else None
-    rows = _Rows(z, shift)
-    mean_true_logit, label_proportions = 0.0, None
     if labels is not None:
-        labels = labels.to(z.device).long()
-        label_proportions = class_proportions(labels, z.shape[1])
-        mean_true_logit = float(z.gather(1, labels[:, None]).to(torch.float64).mean())
-        if shift is not None:
-            mean_true_logit -= float((label_proportions * shift).sum())
+        labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
     elif temperature in ("nll", "confidence"):
         raise ValueError(f"temperature '{temperature}' needs labels")
-    b = torch.zeros(z.shape[1], dtype=torch.float64, device=z.device)
+    label_proportions = None if labels is None else class_proportions(labels, c)
+    if temperature == "nll" and not np.allclose(label_proportions, target, rtol=0, atol=1e-12):
+        raise ValueError("temperature 'nll' fits T to the labels, so the target must be their proportions")
+
+    engine = Engine(source, None)
+    prepared = prepare(engine, labels)
+    if not prepared.finite:
+        raise ValueError("the logits hold NaN or infinite values")
+    mean_true_logit, z_sub, sub_rows = prepared.true_logit_sum / n, prepared.z_sub, prepared.sub_rows
     if temperature == "nll":
-        if not torch.allclose(label_proportions, target, rtol=0, atol=1e-12):
-            raise ValueError("temperature 'nll' fits T to the labels, so the target must be their proportions")
-        # Start from the NLL-optimal T of the logits debiased by one step at T = 1: a T fitted with
-        # q uniform would absorb a strong prior (a class far below the rest sends it to T_MAX).
-        b = _fixed_point_step(rows, 1.0, b, target)
-        beta = 1.0 / fit_temperature_nll(z.to(torch.float64) - shift - b, labels)
-        b = b * beta
-        fit_beta = True
+        # Per-class constants in z only move b (beta z - b is unchanged with b += beta shift), but a
+        # class far below the rest makes the beta curvature huge: centre the columns.
+        engine.shift = prepared.column_sums / n
+        z_sub = z_sub - engine.shift
+        mean_true_logit -= float(label_proportions @ engine.shift)
+
+    b, start_iterations = np.zeros(c), 0
+    fit_beta = temperature == "nll"
+    if fit_beta:
+        beta, b, start_iterations = _start_from_subsample(z_sub, labels[sub_rows])
     elif temperature == "confidence":
-        beta, fit_beta = 1.0 / fit_temperature_confidence(z, labels), False
+        beta = 1.0 / _confidence_temperature(engine, labels)
     else:
-        beta, fit_beta = 1.0 / float(temperature), False
-    beta, b, iterations, moment_gaps, converged, objective, grad_beta = _fit(
-        rows, target, beta, fit_beta, mean_true_logit, tol, max_iter, b)
-    if shift is not None:
-        b = b + beta * shift
-    log_q = b + target.log()
+        beta = 1.0 / float(temperature)
+    problem = _Problem(target, mean_true_logit if labels is not None else 0.0, fit_beta, tol, max_iter)
+    accuracy = None
+    if labels is not None:
+        xp = engine.xp
+        accuracy = Accuracy(engine.vector(labels, xp.int64), engine.vector(np.log(target), xp.float64),
+                             None if engine.shift is None else engine.vector(engine.shift, xp.float64))
+    newton = _Newton(engine, problem, z_sub, hold=not fit_beta and 4.0 * n * c <= hold_bytes, accuracy=accuracy)
+    if not fit_beta:  # nll starts from the subsample's solution, already close
+        b = _first_step(newton, beta, b)
+    beta, b, st, iterations, converged = newton.run(beta, b, float64=n * c < 2**20)
+
+    moment_gaps = target - st.moments
+    objective = newton.objective(beta, b, st)
     cross_entropy = None
     if label_proportions is not None:  # L holds sum_k f_k b_k where the cross-entropy has the label mean of b
-        cross_entropy = objective + float(((label_proportions - target) * b).sum())
-    return PriorEstimate(log_q - torch.logsumexp(log_q, 0), 1.0 / beta, iterations,
-                         float(moment_gaps.abs().max()), converged, cross_entropy,
-                         grad_beta if fit_beta else None, moment_gaps)
+        cross_entropy = objective + float((label_proportions - target) @ b)
+    if engine.shift is not None:
+        b = b + beta * engine.shift
+    log_q = b + np.log(target)
+    log_q -= log_q.max() + math.log(np.exp(log_q - log_q.max()).sum())
+    return PriorEstimate(log_q, 1.0 / beta, start_iterations + iterations, float(np.abs(moment_gaps).max()),
+                         converged, cross_entropy,
+                         st.mean_z - problem.mean_true_logit if fit_beta else None, moment_gaps, engine.passes,
+                         st.correct)
 
 
-def debiased_logits(logits: torch.Tensor, log_prior: torch.Tensor, temperature: float) -> torch.Tensor:
+def _first_step(newton: _Newton, beta: float, b: np.ndarray) -> np.ndarray:
+    """``b + log(m / f)``: moves every class's mean probability to its target at once, which lands
+    close to the optimum; in log space when a class's probability underflows everywhere."""
+    engine, target = newton.engine, newton.problem.target
+    if newton.hold:
+        moments = newton.evaluate(beta, b, False, hessian=False).moments
+    else:
+        moments = full_pass(engine, beta, b, newton.problem.fit_beta, engine.xp.float32, hessian=False).moments
+    log_m = np.log(np.maximum(moments, 1e-300))
+    if (moments < UNDERFLOW).any():
+        log_m = log_moments(engine, beta, b)
+    b = b + log_m - np.log(target)
+    return b - b.max()
+
+
+def _start_from_subsample(z_sub: np.ndarray, y_sub: np.ndarray) -> tuple[float, np.ndarray, int]:
+    """``(beta, b)`` solving the ``nll`` problem on the subsample (to :data:`START_TOL`): close to the full optimum,
+    so the passes over all rows only finish the job. T starts at the NLL-optimal T of the logits
+    debiased by one step at T = 1 (a T fitted with q uniform would absorb a strong prior).
+    Classes absent from the subsample are left out of it and start at the smallest q."""
+    c = z_sub.shape[1]
+    f_sub = np.bincount(y_sub, minlength=c) / len(y_sub)
+    present = f_sub > 0
+    z_p, f_p, y_p = z_sub[:, present], f_sub[present], (np.cumsum(present) - 1)[y_sub]
+    log_p = log_softmax(np, z_p)
+    top = log_p.max(0)
+    b1 = top + np.log(np.exp(log_p - top).mean(0)) - np.log(f_p)  # log-space mean: no underflow
+    b1 -= b1.max()
+    every = max(1, len(z_p) // 2048)  # a starting T for the start: a quarter of the rows is plenty
+    beta = 1.0 / fit_temperature_nll(z_p[::every] - b1, y_p[::every], tol=START_TOL)
+    problem = _Problem(f_p, float(np.take_along_axis(z_p, y_p[:, None], 1).mean()), True, START_TOL, 100)
+    engine = Engine(LogitSource.from_array(z_p), None)
+    beta, b_p, _, iterations, _ = _Newton(engine, problem, z_p, hold=False).run(beta, b1 * beta, float64=True)
+    b = np.full(c, b_p.max())
+    b[present] = b_p
+    return beta, b, iterations
+
+
+def _confidence_temperature(engine: Engine, labels: np.ndarray) -> float:
+    """The T at which mean max-probability equals top-1 accuracy, by passes over the rows."""
+    xp = engine.xp
+    y_all = engine.vector(labels, xp.int64)
+    correct = engine.reduce(lambda s, z: (float(xp.sum(xp.astype(
+        xp.argmax(z, axis=1) == y_all[s:s + z.shape[0]], xp.float64))),), xp.float32)[0]
+
+    def confidence(temperature: float) -> float:
+        return engine.reduce(lambda _s, z: (float(xp.sum(xp.exp(xp.max(log_softmax(xp, z / temperature), axis=1)))),),
+                             xp.float64)[0] / engine.n
+
+    return solve_temperature_confidence(confidence, correct / engine.n, engine.c)
+
+
+def debiased_logits(logits: Any, log_prior: Any, temperature: float) -> Any:
     """``z / T - log q``: the zero-shot model with its label prior removed."""
-    return logits / temperature - log_prior.to(logits.dtype)
+    xp = array_namespace(logits)
+    return logits / temperature - xp.asarray(np.asarray(log_prior), dtype=logits.dtype, device=device_of(logits))

@@ -43,20 +43,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from glacli import chunking
 from glacli.calibration import fit_temperature_nll
 from glacli.heads import apply_head
+from glacli.combine import log_label_frequencies
+from glacli.types import PathPoint, ProbeResult
 
 WD_GRID = np.logspace(0.0, -7.0, 7 * 8 + 1)
 """Candidate penalties, strongest first, 8 per decade."""
 COARSE_STRIDE = 8
 """Grid points between two coarse (per-decade) candidates."""
-CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
-"""Working memory for one chunk of features and logits (CPU: cache friendly; GPU: large matmuls)."""
 
 PLATEAU_NLL_DROP = 0.1
 """Relative fall of the validation NLL (from the strongest penalty's) that ends the near-zero plateau."""
@@ -71,14 +72,10 @@ def wd_to_c(wd: float, n_rows: int) -> float:
     return 1.0 / (wd * n_rows)
 
 
-def c_to_wd(c: float, n_rows: int) -> float:
-    return 1.0 / (c * n_rows)
-
-
 def chunk_rows_for(n_features: int, n_classes: int, device: torch.device | str) -> int:
-    """Rows per chunk so that features, logits and probabilities of one chunk fit the budget."""
-    budget = CHUNK_BYTES["cuda" if torch.device(device).type == "cuda" else "cpu"]
-    return max(1, budget // (8 * (n_features + 2 * n_classes)))
+    """Rows per chunk so that the features, logits and probabilities of one chunk (float64 at most)
+    fit the device's compute budget (:mod:`glacli.chunking`)."""
+    return chunking.compute_rows(8 * (n_features + 2 * n_classes), torch.device(device).type)
 
 
 @dataclass
@@ -112,8 +109,9 @@ class ProbeData:
 
         return cls(chunks, labels, int(features.shape[1]), n_classes)
 
-    def class_counts(self) -> torch.Tensor:
-        return torch.bincount(self.labels.cpu(), minlength=self.n_classes).to(torch.float64)
+    def log_label_frequencies(self) -> torch.Tensor:
+        """``log pi_s``: log label frequencies of these rows (float64, CPU; -inf for an absent class)."""
+        return torch.from_numpy(log_label_frequencies(self.labels.cpu().numpy(), self.n_classes))
 
 
 @dataclass(frozen=True)
@@ -147,23 +145,6 @@ class ProbeFit:
 
 
 @dataclass
-class PathPoint:
-    """One evaluated penalty of the search, with its validation scores."""
-
-    wd: float
-    val_accuracy: float
-    val_nll: float
-    iterations: int
-    loss: float
-    converged: bool
-    stage: str
-
-    def key(self) -> tuple[float, float]:
-        """Larger is better: accuracy first, then lower NLL."""
-        return self.val_accuracy, -self.val_nll
-
-
-@dataclass
 class PenaltySearch:
     best: ProbeFit
     points: list[PathPoint]
@@ -171,29 +152,6 @@ class PenaltySearch:
     @property
     def chosen(self) -> PathPoint:
         return max(self.points, key=PathPoint.key)
-
-
-@dataclass
-class ProbeResult:
-    """A fitted head and how it was chosen: what ``gla fit`` writes and reports."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-    wd: float
-    temperature: float
-    iterations: int
-    final_loss: float
-    converged: bool
-    val_accuracy: float | None = None
-    val_nll: float | None = None
-    val_nll_uncalibrated: float | None = None
-    path: list[PathPoint] = field(default_factory=list)
-
-
-def log_prior(data: ProbeData) -> torch.Tensor:
-    """``log pi_s``: log label frequencies of the training rows (float64, CPU)."""
-    counts = data.class_counts()
-    return torch.log(counts / counts.sum())
 
 
 def probe_objective(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor, wd: float,
@@ -244,7 +202,7 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
     device, dtype = options.device, options.dtype
     if start is None:
         weight0 = torch.zeros(c, d, dtype=torch.float64)
-        bias0 = log_prior(data).clamp_min(-30.0)
+        bias0 = data.log_label_frequencies().clamp_min(-30.0)
         if adjustment is not None:
             bias0 = bias0 - adjustment.to(torch.float64).cpu()
     else:
@@ -416,7 +374,7 @@ def train_probe(train: ProbeData, *, val: ProbeData | None = None, wd: float | N
     """
     if wd is None and val is None:
         raise ValueError("either a penalty or a validation set is needed")
-    adjustment = log_prior(train) if balanced else None
+    adjustment = train.log_label_frequencies() if balanced else None
     path: list[PathPoint] = []
     start = init
     if wd is None:

@@ -1,10 +1,11 @@
-"""Aggregation of ``gla evaluate`` JSON results into a methods x settings table (pure; no I/O).
+"""Aggregation of evaluate results into a methods x settings table, and its Markdown (pure; no I/O).
 
-Each result of an evaluate document becomes one :class:`Record`: its method is the result's
-``name`` and its other keys are the document's ``tags`` (e.g. ``shots``, ``seed``). A table
-picks one key for rows and one for columns; the records that share a cell (typically the
-seeds) are summarised by their mean and their sample standard deviation (``ddof = 1``; none
-for a single run). Two records in one cell that agree on every key are refused as duplicates.
+Each result of an evaluate document is one :class:`~glacli.types.Record` (read by
+:func:`glacli.services.evaluate.read_records`): its method is the result's ``name`` and its other
+keys are the document's ``tags`` (e.g. ``shots``, ``seed``). A table picks one key for rows and
+one for columns; the records that share a cell (typically the seeds) are summarised by their
+mean and their sample standard deviation (``ddof = 1``; none for a single run). Two records in
+one cell that agree on every key are refused as duplicates.
 """
 from __future__ import annotations
 
@@ -16,44 +17,11 @@ from typing import Any
 import numpy as np
 
 from glacli.errors import GlaInputError
-from glacli.metrics import METRICS, format_metric
+from glacli.metrics import METRICS, format_metric, is_metric, metric_info
+from glacli.types import Record
 
-SCHEMA = "gla-evaluate"
-SCHEMA_VERSIONS = (1,)
 METHOD_KEY = "method"
 NO_COLUMN = "all"
-
-
-@dataclass
-class Record:
-    """One evaluated file: its keys (``method`` and the tags), its scalar metrics, where it came from."""
-
-    keys: dict[str, Any]
-    metrics: dict[str, float | None]
-    source: str
-
-
-def records_from_document(document: Any, source: str) -> list[Record]:
-    """Validate one evaluate JSON document (already parsed) and return one record per result."""
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise GlaInputError(f"not a 'gla evaluate --json' result (no \"schema\": \"{SCHEMA}\")", source)
-    version = document.get("schema_version")
-    if version not in SCHEMA_VERSIONS:
-        raise GlaInputError(f"schema_version {version!r} is not supported (expected "
-                            f"{', '.join(map(str, SCHEMA_VERSIONS))})", source)
-    tags = document.get("tags")
-    results = document.get("results")
-    if not isinstance(tags, dict):
-        raise GlaInputError("field 'tags' is missing or not an object", source)
-    if not isinstance(results, list) or not results:
-        raise GlaInputError("field 'results' is missing or empty", source)
-    records = []
-    for k, result in enumerate(results):
-        if not isinstance(result, dict) or not isinstance(result.get("name"), str) \
-                or not isinstance(result.get("metrics"), dict):
-            raise GlaInputError(f"results[{k}] lacks a 'name' string or a 'metrics' object", source)
-        records.append(Record({METHOD_KEY: result["name"], **tags}, result["metrics"], source))
-    return records
 
 
 @dataclass
@@ -104,8 +72,8 @@ def aggregate(records: Sequence[Record], metric: str, row_key: str = METHOD_KEY,
 
     Rows keep the order in which they first appear; columns are sorted (numbers numerically).
     """
-    if metric not in METRICS:
-        raise GlaInputError(f"--metric: unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    if not is_metric(metric):
+        raise GlaInputError(f"--metric: unknown metric {metric!r} (choose from {', '.join(METRICS)}, or top{{k}})")
     if not records:
         raise GlaInputError("no results to report")
     for option, key in (("--rows", row_key), ("--cols", col_key)):
@@ -173,7 +141,7 @@ def run_counts(table: ReportTable) -> set[int]:
 
 
 def column_header(table: ReportTable, col: Any) -> str:
-    return METRICS[table.metric].label if table.col_key is None else f"{table.col_key}={col}"
+    return metric_info(table.metric).label if table.col_key is None else f"{table.col_key}={col}"
 
 
 def caption(table: ReportTable) -> str:
@@ -181,7 +149,7 @@ def caption(table: ReportTable) -> str:
     counts = sorted(run_counts(table))
     runs = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     over = f" (varying: {', '.join(table.varying)})" if table.varying else ""
-    return (f"{METRICS[table.metric].label}: mean ± sample standard deviation (ddof = 1) over "
+    return (f"{metric_info(table.metric).label}: mean ± sample standard deviation (ddof = 1) over "
             f"{runs} run(s) per cell{over}; a cell with one run shows its value alone.")
 
 
@@ -189,7 +157,7 @@ def to_markdown(table: ReportTable, sources: Sequence[str]) -> str:
     """A paper-style Markdown table with a caption and the list of input files."""
     show_n = len(run_counts(table)) > 1
     header = [f"{table.row_key}"] + [column_header(table, c) for c in table.cols]
-    lines = [f"# {METRICS[table.metric].label}", "", caption(table), "",
+    lines = [f"# {metric_info(table.metric).label}", "", caption(table), "",
              "| " + " | ".join(header) + " |",
              "| " + " | ".join([":--"] + ["--:"] * len(table.cols)) + " |"]
     for row in table.rows:

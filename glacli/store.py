@@ -1,8 +1,10 @@
 """The HDF5 file kinds of gla: reading, validating, atomic writing and provenance.
 
-Every command reads and writes through this module, so the checks below (kind, format
-version, completeness, shapes, dtypes, finite values, label range, classnames and ids that
-agree across files) are made once, with one-line messages naming the file.
+Every service reads and writes gla files through this module, so the checks below (kind, format
+version, completeness, shapes, dtypes, finite values, label range, temperatures, classnames and
+ids that agree across files) are made once, on open, with the one-line messages of
+:mod:`glacli.validation` naming the file. It also owns atomic writing, which every other writer
+(formats, plots, the extraction's parts) goes through.
 
 Layout (see docs/format.md): the root attribute ``gla_kind`` names the kind, ``gla_format``
 its version; ``gla_version``, ``created``, ``gla_id`` and ``parents`` record provenance;
@@ -12,20 +14,31 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import math
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from glacli import __version__
-from glacli.classnames import require_unique
+from glacli import __version__, chunking
 from glacli.errors import GlaInputError
+from glacli.types import HEAD_TYPES, Head, Prior
+from glacli.validation import (
+    labels_complete,
+    require_finite,
+    require_label_range,
+    require_labels,
+    require_log_prior,
+    require_positive,
+    require_prior,
+    require_unique,
+)
+# Re-exported until glacli/commands/estimate.py imports it from glacli.validation (docs/architecture.md).
+from glacli.validation import check_same_classnames  # noqa: F401
 
 FORMAT_VERSION = 1
 KINDS = ("features", "head", "logits", "prior")
@@ -33,13 +46,6 @@ ROW_KINDS = ("features", "logits")
 COMPLETE_ATTR = "gla_complete"
 PROVENANCE_ATTRS = ("gla_kind", "gla_format", "gla_version", "created", "gla_id", "parents", COMPLETE_ATTR)
 STRING_DTYPE = h5py.string_dtype("utf-8")
-PRIOR_SUM_TOLERANCE = 1e-6
-CHUNK_BYTES = 64 * 2**20
-
-
-def chunk_rows(n_cols: int, itemsize: int = 4, budget_bytes: int | None = None) -> int:
-    """Rows per streamed chunk so that one chunk of values stays within ``budget_bytes`` (default CHUNK_BYTES)."""
-    return max(1, (budget_bytes or CHUNK_BYTES) // max(1, n_cols * itemsize))
 
 
 def new_id() -> str:
@@ -153,7 +159,7 @@ class RowSink:
 
     def __init__(self, f: h5py.File, kind: str, n_rows: int, n_cols: int, dtype: np.dtype):
         self.kind, self.n_rows, self.n_cols = kind, n_rows, n_cols
-        chunk = (max(1, min(n_rows, chunk_rows(n_cols, np.dtype(dtype).itemsize, 2**20))), n_cols)
+        chunk = (max(1, min(n_rows, chunking.storage_rows(n_cols, np.dtype(dtype).itemsize))), n_cols)
         self._values = f.create_dataset(kind, shape=(n_rows, n_cols), dtype=dtype,
                                         chunks=chunk if n_rows else None)
         self._labels = f.create_dataset("labels", shape=(n_rows,), dtype=np.int64)
@@ -194,7 +200,7 @@ def write_logits(path: str | Path, logits: np.ndarray, labels: np.ndarray, ids: 
     attrs = {"temperature": 1.0, **(attrs or {})}
     with write_rows(path, "logits", n_rows=len(logits), n_cols=len(classnames), classnames=classnames,
                     attrs=attrs, parents=parents) as sink:
-        step = chunk_rows(len(classnames))
+        step = chunking.io_rows(len(classnames))
         for start in range(0, len(logits), step):
             sl = slice(start, start + step)
             sink.write(start, np.asarray(logits[sl], dtype=np.float32), np.asarray(labels[sl]), ids[sl])
@@ -206,7 +212,7 @@ def write_features(path: str | Path, features: np.ndarray, labels: np.ndarray, i
     """Write a whole in-memory features array (rows are stored as given; callers normalise)."""
     with write_rows(path, "features", n_rows=len(features), n_cols=features.shape[1],
                     classnames=classnames, attrs=attrs, parents=parents, dtype=dtype) as sink:
-        step = chunk_rows(features.shape[1])
+        step = chunking.io_rows(features.shape[1])
         for start in range(0, len(features), step):
             sl = slice(start, start + step)
             sink.write(start, np.asarray(features[sl], dtype=dtype), np.asarray(labels[sl]), ids[sl])
@@ -234,6 +240,21 @@ def file_kind(path: str | Path) -> str:
     """The ``gla_kind`` of a file, after the same checks every reader makes."""
     with open_h5(path) as f:
         return _check_header(f, path, KINDS)
+
+
+SHAPE_DATASETS = {"features": "features", "logits": "logits", "head": "weight", "prior": "prior"}
+"""The dataset whose shape describes a file of each kind."""
+
+
+def summary(path: str | Path) -> tuple[str, dict[str, Any], tuple[int, ...], int | None]:
+    """A gla file's kind, attributes, shape (of its main dataset) and number of classes, read without
+    loading any values; checked only as far as :func:`file_kind` checks."""
+    kind = file_kind(path)
+    with open_h5(path) as f:
+        main, names = f.get(SHAPE_DATASETS[kind]), f.get("classnames")
+        shape = tuple(main.shape) if isinstance(main, h5py.Dataset) else ()
+        n_classes = len(names) if isinstance(names, h5py.Dataset) else None
+        return kind, get_attrs(f), shape, n_classes
 
 
 def _check_header(f: h5py.File, path: str | Path, kinds: Sequence[str]) -> str:
@@ -276,12 +297,9 @@ def _classnames(f: h5py.File, path: str | Path, n: int) -> list[str]:
     return names
 
 
-def require_finite(values: np.ndarray, what: str, path: str | Path, row_offset: int = 0) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
-        where = f"row {row_offset + int(bad[0])}" if values.ndim > 1 else f"entry {int(bad[0])}"
-        raise GlaInputError(f"'{what}' holds NaN or infinite values (first at {where})", path)
+def _temperature(attrs: dict[str, Any], name: str, path: str | Path) -> float:
+    """A temperature attribute (1 when absent), which must be a positive number."""
+    return require_positive(attrs.get(name, 1.0), f"{name} attribute", path)
 
 
 @dataclass
@@ -316,10 +334,9 @@ class RowFile:
             n_classes = self.n_cols if self.kind == "logits" else len(self._f.get("classnames", ()))
             self.classnames = _classnames(self._f, path, n_classes)
             self.labels = labels_ds[()].astype(np.int64)
-            bad = (self.labels < -1) | (self.labels >= len(self.classnames))
-            if bad.any():
-                raise GlaInputError(f"label {int(self.labels[bad][0])} out of range for "
-                                    f"{len(self.classnames)} classes", path)
+            require_label_range(self.labels, len(self.classnames), path)
+            self.temperature = _temperature(self.attrs, "temperature", path)
+            """The temperature already applied to the values (1 if none)."""
         except BaseException:
             self._f.close()
             raise
@@ -347,10 +364,6 @@ class RowFile:
         return len(self.classnames)
 
     @property
-    def temperature(self) -> float:
-        return float(self.attrs.get("temperature", 1.0))
-
-    @property
     def has_labels(self) -> bool:
         return labels_complete(self.labels)
 
@@ -369,25 +382,11 @@ class RowFile:
 
     def iter_chunks(self, rows: int | None = None, with_ids: bool = False, dtype: Any = np.float32
                     ) -> Iterator[RowChunk]:
-        rows = rows or chunk_rows(self.n_cols)
+        rows = rows or chunking.io_rows(self.n_cols)
         for start in range(0, self.n_rows, rows):
             stop = min(start + rows, self.n_rows)
             yield RowChunk(start, stop, self.read(start, stop, dtype), self.labels[start:stop],
                            self.ids(start, stop) if with_ids else None)
-
-
-def labels_complete(labels: np.ndarray) -> bool:
-    """True when there are rows and every one has a known label (none is -1)."""
-    return bool(len(labels)) and bool((labels >= 0).all())
-
-
-def require_labels(labels: np.ndarray, path: str | Path, purpose: str) -> np.ndarray:
-    """``labels`` if all are known, else a one-line error naming ``path`` and what needed them."""
-    unknown = int((labels < 0).sum())
-    if unknown or not len(labels):
-        what = "has no rows" if not len(labels) else f"has {unknown} of {len(labels)} rows without labels"
-        raise GlaInputError(f"{what}; labels are needed {purpose}", path)
-    return labels
 
 
 def read_rows(path: str | Path, kind: str) -> RowFile:
@@ -398,66 +397,11 @@ def read_rows(path: str | Path, kind: str) -> RowFile:
 # --------------------------------------------------------------------------- small kinds
 
 
-@dataclass
-class Prior:
-    """A label prior (``q`` of the zero-shot model, or any class distribution) and how it was obtained.
-
-    ``log_prior`` is the exact solution; ``prior`` is its ``exp``, which may underflow to 0 for a
-    class the data put below ``exp(-745)``. Give either; the other is derived.
-    """
-
-    prior: np.ndarray | None
-    classnames: list[str]
-    temperature: float
-    method: str
-    converged: bool = True
-    max_moment_gap: float = 0.0
-    iterations: int = 0
-    attrs: dict[str, Any] = field(default_factory=dict)
-    log_prior: np.ndarray | None = None
-    logits_temperature: float = 1.0
-    """The temperature already applied to the logits ``q`` was fitted on (their raw scale is values x this)."""
-
-    def __post_init__(self) -> None:
-        if self.log_prior is None:
-            with np.errstate(divide="ignore"):
-                self.log_prior = np.log(np.asarray(self.prior, dtype=np.float64))
-        else:
-            self.log_prior = np.asarray(self.log_prior, dtype=np.float64)
-        if self.prior is None:
-            self.prior = np.exp(self.log_prior)
-
-    @property
-    def gla_id(self) -> str:
-        return str(self.attrs.get("gla_id", ""))
-
-
-def validate_prior(prior: np.ndarray, path: str | Path | None) -> np.ndarray:
-    """A prior given as probabilities: a non-empty vector, finite, positive, summing to 1."""
-    prior = np.asarray(prior, dtype=np.float64)
-    if prior.ndim != 1 or prior.size == 0:
-        raise GlaInputError(f"prior must be a non-empty vector, got shape {prior.shape}", path)
-    require_finite(prior, "prior", path or "prior")
-    if (prior <= 0).any():
-        k = int(np.argmax(prior <= 0))
-        raise GlaInputError(f"prior entry {k} is {prior[k]:g}; every class needs a positive prior", path)
-    total = float(prior.sum())
-    if abs(total - 1.0) > PRIOR_SUM_TOLERANCE:
-        raise GlaInputError(f"prior sums to {total:.6g}, not 1", path)
-    return prior
-
-
-def validate_log_prior(log_prior: np.ndarray, path: str | Path | None) -> np.ndarray:
-    """A prior given in log space: a non-empty finite vector whose exponentials sum to 1."""
-    log_prior = np.asarray(log_prior, dtype=np.float64)
-    if log_prior.ndim != 1 or log_prior.size == 0:
-        raise GlaInputError(f"log_prior must be a non-empty vector, got shape {log_prior.shape}", path)
-    require_finite(log_prior, "log_prior", path or "prior")
-    top = float(log_prior.max())
-    total = math.exp(top) * float(np.exp(log_prior - top).sum())
-    if abs(total - 1.0) > PRIOR_SUM_TOLERANCE:
-        raise GlaInputError(f"exp(log_prior) sums to {total:.6g}, not 1", path)
-    return log_prior
+def _kind_attrs(attrs: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """A file's own attributes: what the caller carried over, then ``fixed``, minus provenance
+    (which :func:`atomic_h5` writes anew)."""
+    merged = {**attrs, **fixed}
+    return {k: v for k, v in merged.items() if k not in PROVENANCE_ATTRS}
 
 
 def _check_prior_pair(values: np.ndarray, log_values: np.ndarray, path: str | Path | None) -> None:
@@ -472,15 +416,13 @@ def _check_prior_pair(values: np.ndarray, log_values: np.ndarray, path: str | Pa
 
 def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = ()) -> None:
     """Write ``log_prior`` (the exact solution, finite) and ``prior`` (its exp)."""
-    log_values = validate_log_prior(prior.log_prior, None)
+    log_values = require_log_prior(prior.log_prior, None)
     _check_prior_pair(prior.prior, log_values, None)
-    if not (math.isfinite(prior.logits_temperature) and prior.logits_temperature > 0):
-        raise ValueError(f"logits_temperature {prior.logits_temperature} is not a positive number")
-    attrs = {**prior.attrs, "temperature": float(prior.temperature), "method": prior.method,
-             "converged": bool(prior.converged), "max_moment_gap": float(prior.max_moment_gap),
-             "iterations": int(prior.iterations), "logits_temperature": float(prior.logits_temperature)}
-    for key in PROVENANCE_ATTRS:
-        attrs.pop(key, None)
+    attrs = _kind_attrs(prior.attrs, {
+        "temperature": require_positive(prior.temperature, "temperature"), "method": prior.method,
+        "converged": bool(prior.converged), "max_moment_gap": float(prior.max_moment_gap),
+        "iterations": int(prior.iterations),
+        "logits_temperature": require_positive(prior.logits_temperature, "logits_temperature")})
     with atomic_h5(path, "prior", parents, attrs) as f:
         f.create_dataset("prior", data=np.asarray(prior.prior, dtype=np.float64))
         f.create_dataset("log_prior", data=log_values)
@@ -497,39 +439,15 @@ def read_prior(path: str | Path) -> Prior:
         classnames = _classnames(f, path, len(values))
         attrs = get_attrs(f)
     if log_values is None:
-        validate_prior(values, path)
+        require_prior(values, path)
     else:
-        validate_log_prior(log_values, path)
+        require_log_prior(log_values, path)
         _check_prior_pair(values, log_values, path)
-    temperatures = {}
-    for name in ("temperature", "logits_temperature"):
-        temperatures[name] = float(attrs.get(name, 1.0))
-        if not (math.isfinite(temperatures[name]) and temperatures[name] > 0):
-            raise GlaInputError(f"{name} attribute is {temperatures[name]}, expected a positive number", path)
-    return Prior(prior=values, classnames=classnames, temperature=temperatures["temperature"],
+    return Prior(prior=values, classnames=classnames, temperature=_temperature(attrs, "temperature", path),
                  method=str(attrs.get("method", "")), converged=bool(attrs.get("converged", True)),
                  max_moment_gap=float(attrs.get("max_moment_gap", 0.0)),
                  iterations=int(attrs.get("iterations", 0)), attrs=attrs, log_prior=log_values,
-                 logits_temperature=temperatures["logits_temperature"])
-
-
-@dataclass
-class Head:
-    """A linear classifier on features: ``logits = (features @ weight.T + bias) / temperature``."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-    classnames: list[str]
-    head_type: str
-    temperature: float = 1.0
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def gla_id(self) -> str:
-        return str(self.attrs.get("gla_id", ""))
-
-
-HEAD_TYPES = ("zeroshot", "linear")
+                 logits_temperature=_temperature(attrs, "logits_temperature", path))
 
 
 def write_head(path: str | Path, head: Head, parents: Iterable[str] = ()) -> None:
@@ -539,9 +457,8 @@ def write_head(path: str | Path, head: Head, parents: Iterable[str] = ()) -> Non
         raise ValueError("head weight [C, D], bias [C] and classnames [C] do not agree")
     if head.head_type not in HEAD_TYPES:
         raise ValueError(f"unknown head_type {head.head_type!r}")
-    attrs = {**head.attrs, "head_type": head.head_type, "temperature": float(head.temperature)}
-    for key in PROVENANCE_ATTRS:
-        attrs.pop(key, None)
+    attrs = _kind_attrs(head.attrs, {"head_type": head.head_type,
+                                     "temperature": require_positive(head.temperature, "temperature")})
     with atomic_h5(path, "head", parents, attrs) as f:
         f.create_dataset("weight", data=weight)
         f.create_dataset("bias", data=bias)
@@ -559,31 +476,18 @@ def read_head(path: str | Path) -> Head:
         raise GlaInputError(f"bias has shape {bias.shape}, weight has {weight.shape[0]} classes", path)
     require_finite(weight, "weight", path)
     require_finite(bias, "bias", path)
-    temperature = float(attrs.get("temperature", 1.0))
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise GlaInputError(f"temperature attribute is {temperature}, expected a positive number", path)
     return Head(weight=weight, bias=bias, classnames=classnames, head_type=str(attrs.get("head_type", "")),
-                temperature=temperature, attrs=attrs)
+                temperature=_temperature(attrs, "temperature", path), attrs=attrs)
 
 
 # --------------------------------------------------------------------------- across files
-
-
-def check_same_classnames(names: Sequence[str], path: str | Path, ref_names: Sequence[str],
-                          ref_path: str | Path) -> None:
-    """Refuse two files whose classes differ (count, order or spelling)."""
-    if len(names) != len(ref_names):
-        raise GlaInputError(f"has {len(names)} classes but {ref_path} has {len(ref_names)}", path)
-    for k, (a, b) in enumerate(zip(names, ref_names)):
-        if a != b:
-            raise GlaInputError(f"classnames disagree with {ref_path} (class {k}: {a!r} vs {b!r})", path)
 
 
 def check_same_rows(a: RowFile, b: RowFile) -> None:
     """Refuse two row files that do not hold the same samples in the same order (ids, labels)."""
     if a.n_rows != b.n_rows:
         raise GlaInputError(f"has {a.n_rows} rows but {b.path} has {b.n_rows}", a.path)
-    step = 65536
+    step = chunking.text_rows()
     for start in range(0, a.n_rows, step):
         ids_a, ids_b = a.ids(start, start + step), b.ids(start, start + step)
         if ids_a != ids_b:

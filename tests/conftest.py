@@ -1,6 +1,8 @@
-"""Shared test fixtures: run ``gla`` in-process, locate the real CLIP fixtures."""
+"""Shared test fixtures: run ``gla`` in-process, locate the real CLIP fixtures; the e2e budgets."""
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,3 +51,17 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
     assert "Traceback" not in run.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """An ``e2e(budget=S)`` test that passes but takes longer than S seconds fails: the end-to-end cases
+    keep ``make test`` under five minutes on two cores only while each stays within its budget."""
+    started = time.perf_counter()
+    result = yield
+    marker = item.get_closest_marker("e2e")
+    took = time.perf_counter() - started
+    if marker is not None and took > marker.kwargs["budget"]:
+        pytest.fail(f"took {took:.0f} s, over its e2e budget of {marker.kwargs['budget']} s: make it faster, "
+                    "or raise the budget knowing what it costs `make test`")
+    return result

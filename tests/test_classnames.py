@@ -11,8 +11,9 @@ from conftest import assert_one_line_error
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli import store
-from glacli.classnames import check_classnames, read_classnames
+from glacli.formats.classnames import read_classnames
 from glacli.errors import GlaInputError
+from glacli.validation import check_classnames
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,7 +7,7 @@ from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, wideresnet_cifar10, write_rows
 from synth import classnames, write_logits_file
 
-from glacli import store
+from glacli import chunking, store
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_uniform_source_prior_and_prior_file_source(gla, files):
 def test_streaming_in_small_chunks_gives_the_same_file(gla, files, monkeypatch):
     common = ("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "--finetuned", files / "ft.h5")
     assert gla(*common, "-o", files / "big.h5").code == 0
-    monkeypatch.setattr(store, "CHUNK_BYTES", 7 * 4 * 4)  # 7 rows of 4 classes per chunk
+    monkeypatch.setattr(chunking, "io_rows", lambda n_cols, itemsize=4: 7)  # 7 rows per chunk
     assert gla(*common, "-o", files / "small.h5").code == 0
     np.testing.assert_array_equal(read(files / "small.h5")[0], read(files / "big.h5")[0])
 
@@ -114,7 +114,7 @@ def test_source_prior_with_an_empty_class(gla, files):
     store.write_features(files / "gap.h5", np.eye(4, 8)[labels], labels, ["a", "b", "c", "d"], classnames(4))
     r = gla("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "--finetuned", files / "ft.h5",
             "--source-prior", files / "gap.h5", "-o", files / "out.h5")
-    assert_one_line_error(r, "gap.h5", "class 'class 3' has no training samples")
+    assert_one_line_error(r, "gap.h5", "class 'class 3' has no rows", "log pi_s is undefined")
 
 
 @pytest.mark.parametrize("extra, fragment", [

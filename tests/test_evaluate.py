@@ -10,7 +10,7 @@ from conftest import assert_one_line_error
 from scipy.special import log_softmax
 from synth import biased_logits, classnames, write_logits_file
 
-from glacli import store
+from glacli import chunking, store
 
 C = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,10 +47,10 @@ def test_json_schema_and_numbers(gla, files):
     assert r.code == 0, r.err
     assert "zero-shot" in r.out and "top-1" in r.out
     doc = json.loads(out.read_text())
-    assert doc["schema"] == "gla-evaluate" and doc["schema_version"] == 1
+    assert doc["schema"] == "gla-evaluate" and doc["schema_version"] == 2
     assert doc["tags"] == {"shots": 4, "seed": 1, "data": "synth"}
     assert doc["n_samples"] == len(files["y"]) and doc["n_classes"] == C
-    assert doc["classnames"] == classnames(C) and doc["top5_k"] == 5 and doc["ece_bins"] == 15
+    assert doc["classnames"] == classnames(C) and doc["top_k"] == 5 and doc["ece_bins"] == 15
     assert doc["prior"]["gla_id"] == store.read_prior(files["prior"]).gla_id
     np.testing.assert_allclose(doc["prior"]["q"], files["q"])
     assert doc["train"]["counts"] == np.bincount(files["train_labels"], minlength=C).tolist()
@@ -103,8 +103,23 @@ def test_empty_group_is_null_in_json(gla, files, tmp_path):
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     values = doc["results"][0]["metrics"]
-    assert sum(values[g] is None for g in ("q_head", "q_medium", "q_tail")) >= 1
+    for group in ("q_head", "q_medium", "q_tail"):
+        tested = {0, 1} & set(doc["groups"][group]["classes"])
+        assert (values[group] is None) == (not tested), group
     assert doc["results"][0]["per_class"]["accuracy"][5] is None
+
+
+def test_top_k_is_named_by_its_k_below_five_classes(gla, tmp_path):
+    z, y, _ = biased_logits(10, 3, seed=2)
+    r = gla("evaluate", write_logits_file(tmp_path / "three.h5", z, y), "--json", "-")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["top_k"] == 3 and "top5" not in doc["results"][0]["metrics"]
+    assert doc["results"][0]["metrics"]["top3"] == 1.0  # the 3 largest of 3 logits hold every label
+    (tmp_path / "res.json").write_text(r.out)
+    r = gla("report", tmp_path / "res.json", "-o", tmp_path / "rep.md", "--metric", "top3")
+    assert r.code == 0, r.err
+    assert "| three | 100.00 |" in (tmp_path / "rep.md").read_text()
 
 
 @pytest.mark.parametrize("extra", [["--prior", "PRIOR"], ["--train", "TRAIN"], []])
@@ -121,10 +136,8 @@ def test_plot_is_a_png(gla, files, extra):
 
 
 def test_same_result_whatever_the_chunking(gla, files, monkeypatch):
-    from glacli.commands import evaluate
-
     r1 = gla("evaluate", files["zs"], "--json", "-")
-    monkeypatch.setattr(evaluate, "CHUNK_BUDGET_BYTES", 8 * C * 5)  # five rows per chunk
+    monkeypatch.setattr(chunking, "compute_rows", lambda row_bytes, device_type="cpu": 5)  # five rows per chunk
     r2 = gla("evaluate", files["zs"], "--json", "-")
     m1, m2 = (json.loads(r.out)["results"][0]["metrics"] for r in (r1, r2))
     assert m1 == pytest.approx(m2, rel=1e-12)
@@ -206,8 +219,3 @@ def test_same_stems_need_names(gla, files, tmp_path):
     twin = write_logits_file(tmp_path / "sub" / "zs.h5", files["z"], files["y"])
     assert_one_line_error(gla("evaluate", files["zs"], twin), "named 'zs'")
     assert gla("evaluate", files["zs"], twin, "--name", "a", "--name", "b").code == 0
-
-
-def test_help_has_example(gla):
-    r = gla("evaluate", "--help")
-    assert r.code == 0 and "Example" in r.out and "--tag" in r.out

@@ -217,6 +217,7 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.e2e(budget=30)
 def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, tiny_clip, tmp_path):
     """Row 8 is a named pipe: the run commits rows 0-7, blocks reading it, and is killed there."""
     images = tmp_path / "images"
@@ -292,6 +293,7 @@ def test_out_of_gpu_memory_is_one_line_and_a_smaller_batch_resumes(gla, tiny_cli
     assert_same_file(out, reference, exact=False)  # rows 8-11 were encoded in batches of 1, not 2
 
 
+@pytest.mark.e2e(budget=40)
 def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_path):
     images = tmp_path / "imgs"
     write_image_folder(images, {"a": 6, "b": 5})  # 11 rows, batches of 2, chunks of 2: 6 chunks over 2 ranks

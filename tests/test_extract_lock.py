@@ -67,6 +67,7 @@ def test_the_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
                 pass
 
 
+@pytest.mark.e2e(budget=30)
 def test_a_second_extraction_into_a_running_ones_output_is_refused_and_a_killed_one_resumes(
         gla, tiny_clip, tmp_path):
     """Row 8 is a named pipe: the first run commits rows 0-7 and blocks reading it, holding the lock."""

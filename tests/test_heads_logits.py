@@ -8,8 +8,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-import glacli.commands.probe as probe_commands
-from glacli import store
+from glacli import chunking, store
 from glacli.heads import apply_head
 
 N, C, D = 53, 6, 16
@@ -51,7 +50,7 @@ def test_apply_head_matches_float64_reference() -> None:
 @pytest.mark.parametrize("chunk", [None, 7])
 def test_logits_equal_features_times_head_over_temperature(tmp_path: Path, gla, monkeypatch, chunk) -> None:
     if chunk is not None:  # force many chunks, with a ragged last one, to check the streaming
-        monkeypatch.setattr(probe_commands, "chunk_rows_for", lambda *args: chunk)
+        monkeypatch.setattr(chunking, "compute_rows", lambda row_bytes, device_type="cpu": chunk)
     x, labels = features()
     feature_file = write_features(tmp_path / "f.h5", x, labels)
     head = write_head(tmp_path / "h.h5")

@@ -13,7 +13,8 @@ import torch
 from conftest import assert_one_line_error
 from synth import biased_logits, classnames, write_logits_file
 
-from glacli import interchange, store
+from glacli import chunking, store
+from glacli.services import interchange
 
 
 def read_logits(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict]:
@@ -31,11 +32,8 @@ def logits_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Force many chunks and CSV blocks so the streaming paths run more than once."""
-    real = store.chunk_rows
-    monkeypatch.setattr(store, "chunk_rows", lambda n_cols, itemsize=4, budget_bytes=0: 7)
-    monkeypatch.setattr(interchange, "CSV_CELL_BUDGET", 40)
-    yield
-    monkeypatch.setattr(store, "chunk_rows", real)
+    monkeypatch.setattr(chunking, "io_rows", lambda n_cols, itemsize=4: 7)
+    monkeypatch.setattr(chunking, "TEXT_CELLS", 40)
 
 
 # --------------------------------------------------------------------------- round trips

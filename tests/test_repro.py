@@ -115,10 +115,24 @@ def model_dir(workspace: dict[str, str], setting: str) -> Path:
     return Path(workspace["RUNS"]) / setting / "gla-tiny-clip_gla-tiny-clip"
 
 
+def assert_groups_add_up(results: dict, groups: tuple[str, ...]) -> None:
+    """Each group's accuracy is its classes' pooled accuracy, and the groups together make top-1."""
+    count = np.array(results["results"][0]["per_class"]["count"])
+    classes = [results["groups"][g]["classes"] for g in groups]
+    assert sorted(c for part in classes for c in part) == list(range(len(count)))
+    for result in results["results"]:
+        correct = np.array(result["per_class"]["correct"])
+        for group, members in zip(groups, classes):
+            value, n = result["metrics"][group], count[members].sum()
+            assert value is None if n == 0 else value == pytest.approx(correct[members].sum() / n, abs=1e-12)
+        assert correct.sum() / count.sum() == pytest.approx(result["metrics"]["top1"], abs=1e-12)
+
+
 def snapshot(runs: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
 
 
+@pytest.mark.e2e(budget=90)
 def test_repro_imagenet(workspace):
     make(workspace, "repro-imagenet")
     out = model_dir(workspace, "imagenet")
@@ -126,20 +140,26 @@ def test_repro_imagenet(workspace):
     assert list(rows) == ["zero-shot", "zero-shot-debiased", "linear-probe", "ensemble", "GLA"]
     assert all(len(cells) == 1 and cells[0] != "-" for cells in rows.values())
     results = json.loads((out / "results.json").read_text())
-    text = json.dumps(results)
-    assert all(group in text for group in ("q_head", "q_medium", "q_tail"))
-    assert '"setting": "imagenet"' in text
+    assert results["tags"]["setting"] == "imagenet"
+    assert_groups_add_up(results, ("q_head", "q_medium", "q_tail"))
+    assert [len(results["groups"][g]["classes"]) for g in ("q_head", "q_medium", "q_tail")] == [1, 1, 1]
 
 
+@pytest.mark.e2e(budget=90)
 def test_repro_lt(workspace):
     make(workspace, "repro-lt", DATASET="imagenet_lt")
     out = model_dir(workspace, "lt") / "imagenet_lt"
     rows = report_rows(out / "report.md")
     assert list(rows) == ["zero-shot", "linear-probe", "GLA"]
     assert all(len(cells) == 1 and cells[0] != "-" for cells in rows.values())
-    assert "few_shot" in (out / "results.json").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert_groups_add_up(results, ("many_shot", "medium_shot", "few_shot"))
+    for result in results["results"]:  # every class has fewer than 20 training images: all are few-shot
+        assert result["metrics"]["many_shot"] is None and result["metrics"]["medium_shot"] is None
+        assert result["metrics"]["few_shot"] == pytest.approx(result["metrics"]["top1"], abs=1e-12)
 
 
+@pytest.mark.e2e(budget=120)
 def test_repro_fewshot_all_and_one_dataset(workspace):
     make(workspace, "repro-fewshot-all")
     out = model_dir(workspace, "fewshot")
@@ -161,6 +181,7 @@ def test_repro_fewshot_all_and_one_dataset(workspace):
     assert make(workspace, "-q", "repro-fewshot", DATASET="oxfordpets", check=False).returncode == 0
 
 
+@pytest.mark.e2e(budget=90)
 def test_quickstart_clip(workspace):
     make(workspace, "quickstart-clip", GLA=workspace["quickstart_gla"])
     out = model_dir(workspace, "quickstart")
@@ -172,6 +193,7 @@ def test_quickstart_clip(workspace):
         assert f.classnames == ["apple", "aquarium fish", "baby"]
 
 
+@pytest.mark.e2e(budget=60)
 def test_a_second_run_does_no_work(workspace):
     goals = [("repro-imagenet", {}), ("repro-lt", {"DATASET": "imagenet_lt"}), ("repro-fewshot-all", {}),
              ("repro-fewshot", {"DATASET": "oxfordpets"}), ("quickstart-clip", {"GLA": workspace["quickstart_gla"]})]
@@ -184,6 +206,7 @@ def test_a_second_run_does_no_work(workspace):
     assert snapshot(Path(workspace["RUNS"])) == before
 
 
+@pytest.mark.e2e(budget=30)
 def test_unknown_dataset_is_a_clear_make_error(workspace):
     result = make(workspace, "repro-fewshot", DATASET="mnist", check=False)
     assert result.returncode != 0 and "repro-fewshot needs DATASET=one of" in result.stderr

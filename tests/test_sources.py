@@ -12,7 +12,8 @@ from conftest import assert_one_line_error
 from tiny_clip import write_image_folder, write_jpeg
 
 from glacli.errors import GlaInputError
-from glacli.sources import TarMember, open_source, read_bytes, select_shots
+from glacli.sources import open_source, read_bytes, select_shots
+from glacli.types import TarMember
 
 
 def test_image_folder_rows_are_sorted_relative_paths_with_folder_classes(tmp_path):

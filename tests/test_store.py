@@ -69,7 +69,7 @@ def test_incomplete_file_is_refused(tmp_path):
     (lambda f: f.attrs.__delitem__("gla_kind"), "not a gla file"),
     (lambda f: f.attrs.__setitem__("gla_format", 99), "gla_format 99"),
     (lambda f: f.__delitem__("labels"), "missing dataset 'labels'"),
-    (lambda f: f["labels"].__setitem__(0, 5), "label 5 out of range"),
+    (lambda f: f["labels"].__setitem__(0, 5), "label 5 at row 0 is out of range"),
 ])
 def test_reader_names_the_problem(tmp_path, corrupt, message):
     path = write_logits_file(tmp_path / "z.h5", np.zeros((2, 2)), np.array([0, 1]))
@@ -86,12 +86,6 @@ def test_non_finite_values_are_refused_when_read(tmp_path):
     path = write_logits_file(tmp_path / "z.h5", logits, np.zeros(5, np.int64))
     with store.read_rows(path, "logits") as f, pytest.raises(GlaInputError, match="first at row 3"):
         f.read()
-
-
-def test_prior_validation_refuses_non_positive_and_unnormalised(tmp_path):
-    for values, message in (([0.5, 0.5, 0.0], "positive prior"), ([0.5, 0.6, 0.1], "sums to 1.2")):
-        with pytest.raises(GlaInputError, match=message):
-            store.validate_prior(np.array(values), tmp_path / "q.h5")
 
 
 def test_rows_must_match_across_files(tmp_path):

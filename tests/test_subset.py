@@ -12,7 +12,7 @@ from conftest import assert_one_line_error
 from synth import classnames, write_logits_file
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli import store
+from glacli import chunking, store
 from glacli.subset import NotEnoughRows, few_shot_split, shot_keys
 
 COUNTS = [12, 9, 20, 7]
@@ -119,7 +119,7 @@ def features_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def small_windows(monkeypatch):
     """Stream in windows of 5 rows so the command reads the input in many pieces."""
-    monkeypatch.setattr(store, "chunk_rows", lambda n_cols, itemsize=4, budget_bytes=0: 5)
+    monkeypatch.setattr(chunking, "io_rows", lambda n_cols, itemsize=4: 5)
 
 
 def read_all(path: Path, kind: str = "features"):
@@ -180,7 +180,7 @@ def test_allow_fewer(gla, tmp_path, features_file):
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--shots", "8"], ["class 3 ('class 3') has 7 rows", "--allow-fewer", "feats.h5"]),
-    (["--shots", "0"], ["--shots: expected a positive number"]),
+    (["--shots", "0"], ["--shots: expected a positive integer"]),
     (["--shots", "2", "--val-shots", "-1"], ["--val-shots"]),
     (["--shots", "2", "--val-shots", "2"], ["--val-shots and --val-out go together"]),
     (["--shots", "2", "--val-out", "VAL"], ["--val-shots and --val-out go together"]),

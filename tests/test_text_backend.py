@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from glacli import sources, store, zeroshot
+from glacli import sources, store
+from glacli.templates import load_templates
 from glacli.encoders.sbert import TextLoader
 
 pytest.importorskip("sentence_transformers", reason="the text backend needs sentence-transformers (gla[text])")
@@ -178,7 +179,7 @@ def test_zeroshot_head_is_the_mean_of_normalised_prompt_embeddings_times_100(gla
             "--like", features, "--templates", "news", "-o", head_file, "--json")
     assert r.code == 0, r.err
     head = store.read_head(head_file)
-    _, templates = zeroshot.load_templates("news")
+    _, templates = load_templates("news")
     assert templates == ["news about {}.", "a news article about {}.", "this is {} news."]
     expected = reference_head(tiny_sbert, head.classnames, templates, 100.0)
     np.testing.assert_allclose(head.weight, expected, rtol=1e-5, atol=1e-5)
@@ -282,7 +283,7 @@ def test_minilm_on_bbc_news_matches_the_library_and_classifies_zero_shot(gla, mi
         assert f.classnames == ["business", "entertainment", "politics", "sports", "tech"]
     np.testing.assert_allclose(x, st_encode(minilm, texts), atol=1e-5)
     head = store.read_head(head_file)
-    _, templates = zeroshot.load_templates("news")
+    _, templates = load_templates("news")
     np.testing.assert_allclose(head.weight, reference_head(minilm, head.classnames, templates, 100.0),
                                rtol=1e-5, atol=1e-4)
     accuracy = float(np.mean((x @ head.weight.T).argmax(1) == labels))

@@ -8,6 +8,7 @@ from conftest import assert_one_line_error
 from tiny_clip import LOGIT_SCALE, tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli import store, zeroshot
+from glacli.templates import load_templates, template_set_names
 
 CLASSNAMES = ["tabby cat", "golden retriever", "red fox"]
 
@@ -37,7 +38,7 @@ def test_head_equals_the_open_clip_zero_shot_classifier(gla, tiny_clip, tmp_path
     r = gla("zeroshot", *model_args(tiny_clip), "--classnames", names, "--templates", templates, "-o", out, "--json")
     assert r.code == 0, r.err
     head = store.read_head(out)
-    _, template_list = zeroshot.load_templates(templates)
+    _, template_list = load_templates(templates)
     expected = open_clip_reference(tiny_clip, CLASSNAMES, template_list)
     np.testing.assert_allclose(head.weight, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(head.weight, axis=1), LOGIT_SCALE, rtol=1e-5)
@@ -46,16 +47,6 @@ def test_head_equals_the_open_clip_zero_shot_classifier(gla, tiny_clip, tmp_path
     np.testing.assert_array_equal(head.bias, np.zeros(3, np.float32))
     assert head.attrs["n_templates"] == len(template_list)
     assert head.attrs["model"] == tiny_clip.arch
-
-
-def test_ensemble_weights_is_the_normalised_mean_of_normalised_embeddings():
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(4, 5, 7))
-    unit = emb / np.linalg.norm(emb, axis=2, keepdims=True)
-    mean = unit.mean(1)
-    expected = 3.5 * mean / np.linalg.norm(mean, axis=1, keepdims=True)
-    got = zeroshot.ensemble_weights(torch.from_numpy(emb), 3.5).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_like_takes_classnames_and_records_the_features_file_as_parent(gla, tiny_clip, tmp_path):
@@ -84,20 +75,20 @@ def test_like_takes_classnames_and_records_the_features_file_as_parent(gla, tiny
 
 
 def test_built_in_template_sets():
-    names = zeroshot.template_set_names()
+    names = template_set_names()
     for name in ("imagenet", "simple", "caltech101", "oxfordpets", "stanfordcars", "oxfordflowers", "flowers102",
                  "food101", "fgvcaircraft", "sun397", "dtd", "describabletextures", "eurosat", "ucf101"):
         assert name in names
-        _, templates = zeroshot.load_templates(name)
+        _, templates = load_templates(name)
         assert all(t.count("{}") == 1 for t in templates)
-    assert len(zeroshot.load_templates("imagenet")[1]) == 80
-    assert zeroshot.load_templates("imagenet")[1][0] == "a bad photo of a {}."
-    assert zeroshot.load_templates("simple")[1] == ["a photo of a {}."]
-    assert zeroshot.load_templates("OxfordPets")[1] == ["a photo of a {}, a type of pet."]
-    assert zeroshot.load_templates("Flowers102")[1] == ["a photo of a {}, a type of flower."]
-    assert zeroshot.load_templates("DTD")[1] == ["{} texture."]
-    assert zeroshot.load_templates("EuroSAT")[1] == ["a centered satellite photo of {}."]
-    assert zeroshot.load_templates("ucf_101")[1] == ["a photo of a person doing {}."]
+    assert len(load_templates("imagenet")[1]) == 80
+    assert load_templates("imagenet")[1][0] == "a bad photo of a {}."
+    assert load_templates("simple")[1] == ["a photo of a {}."]
+    assert load_templates("OxfordPets")[1] == ["a photo of a {}, a type of pet."]
+    assert load_templates("Flowers102")[1] == ["a photo of a {}, a type of flower."]
+    assert load_templates("DTD")[1] == ["{} texture."]
+    assert load_templates("EuroSAT")[1] == ["a centered satellite photo of {}."]
+    assert load_templates("ucf_101")[1] == ["a photo of a person doing {}."]
     assert zeroshot.prompts(["a b", "c"], ["x {}.", "{}!"]) == ["x a b.", "a b!", "x c.", "c!"]
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import h5py
 import typer
 
-from glacli import store
-from glacli.app import app, print_fields, print_json
+from glacli.app import JsonOutput, app, print_fields, print_json
+from glacli.services.info import describe_file
 
-SHAPE_DATASETS = {"features": "features", "logits": "logits", "head": "weight", "prior": "prior"}
-"""The dataset whose shape describes a file of each kind."""
 SCALE_ATTRS = ("temperature", "logits_temperature", "zs_temperature", "ft_temperature")
 """Attributes that say at which scale the stored values are (see docs/method.md, scale rules)."""
 DESCRIBING_ATTRS = ("head_type", "method", "combine_method", "calibration_method", "target", "converged",
@@ -24,7 +21,7 @@ DESCRIBING_ATTRS = ("head_type", "method", "combine_method", "calibration_method
 @app.command("info")
 def info_command(
     path: Annotated[Path, typer.Argument(metavar="FILE.h5", help="Any gla file.", show_default=False)],
-    json_output: Annotated[bool, typer.Option("--json", help="Print every attribute as JSON on stdout.")] = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Show a gla file's kind, shape, temperatures, method and parents.
 
@@ -35,19 +32,14 @@ def info_command(
 
         gla info prior.h5
     """
-    kind = store.file_kind(path)
-    with store.open_h5(path) as f:
-        attrs = store.get_attrs(f)
-        shape = tuple(f[SHAPE_DATASETS[kind]].shape) if isinstance(f.get(SHAPE_DATASETS[kind]), h5py.Dataset) else ()
-        n_classes = len(f["classnames"]) if isinstance(f.get("classnames"), h5py.Dataset) else None
-    report: dict[str, Any] = {"path": str(path), "kind": kind, "shape": list(shape), "n_classes": n_classes,
-                              "attributes": attrs}
+    report = describe_file(path)
     if json_output:
         print_json(report)
         return
+    kind, attrs = report["kind"], report["attributes"]
     fields = [("kind", f"{kind} (gla_format {attrs.get('gla_format')}, gla {attrs.get('gla_version')})"),
-              ("shape", " x ".join(map(str, shape))),
-              ("classes", str(n_classes))]
+              ("shape", " x ".join(map(str, report["shape"]))),
+              ("classes", str(report["n_classes"]))]
     if kind == "prior" and "logits_temperature" not in attrs:
         fields.append(("logits_temperature", "1 (not recorded: an older or imported prior)"))
     fields += [(name, _text(attrs[name])) for name in (*SCALE_ATTRS, *DESCRIBING_ATTRS) if name in attrs]

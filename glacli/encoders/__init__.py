@@ -1,98 +1,39 @@
 """Encoder backends behind one registry: ``load_encoder(backend, model, pretrained, device)``.
 
-``gla extract`` and ``gla zeroshot`` only talk to :class:`Encoder`; a backend joins by
-subclassing it and adding one line to :data:`BACKENDS`. An encoder says what its rows are
-(``input_kind``: ``"image"`` or ``"text"``), turns the raw bytes of one row into a model
-input in DataLoader workers (:meth:`Encoder.loader`), moves a collated batch to its device
-(:meth:`Encoder.prepare`) and returns L2-normalised embeddings (:meth:`Encoder.encode_batch`,
-:meth:`Encoder.encode_text`).
+``gla extract`` and ``gla zeroshot`` only talk to :class:`~glacli.encoders.base.Encoder`; a backend
+joins by subclassing it in its own module and adding one line to :data:`BACKENDS`. An encoder says
+what its rows are (``input_kind``: ``"image"`` or ``"text"``), turns the raw bytes of one row into
+a model input in DataLoader workers (``loader``), moves a collated batch to its device
+(``prepare``) and returns L2-normalised embeddings (``encode_batch``, ``encode_text``).
+
+This module is the registry only and imports no backend, nor torch: the commands build their help
+from it without loading a model library.
+
+    base.py      Encoder, DecodeError, the autocast rule
+    openclip.py  any open_clip architecture (images)
+    sbert.py     sentence-transformers (texts)
 """
 from __future__ import annotations
 
-import abc
-import contextlib
 import importlib
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from glacli.devices import resolve_device
 from glacli.errors import GlaInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from glacli.encoders.base import Encoder
 
 BACKENDS: dict[str, str] = {
     "open_clip": "glacli.encoders.openclip:OpenClipEncoder",
     "sentence-transformers": "glacli.encoders.sbert:SentenceTransformerEncoder",
 }
-"""Backend name -> ``module:class``; imported on use so ``gla --help`` stays fast."""
+"""Backend name -> ``module:class``; imported on use."""
 
 DEFAULT_BACKEND = "open_clip"
-
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
-"""``--autocast`` choices: the mixed-precision dtype on CUDA (the CPU always runs float32)."""
-
-
-def amp_dtype_for(autocast: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--autocast`` on ``device`` (None: full precision); checks the choice."""
-    if autocast not in AUTOCAST_DTYPES:
-        raise GlaInputError(f"--autocast: expected one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")
-    return AUTOCAST_DTYPES[autocast] if device.type == "cuda" else None
-
-
-class DecodeError(Exception):
-    """A row whose bytes the encoder cannot turn into an input (corrupt or unsupported file)."""
-
-
-class Encoder(abc.ABC):
-    """A frozen model that maps rows (images or texts) and prompts to L2-normalised embeddings."""
-
-    backend: ClassVar[str]
-    input_kind: ClassVar[str]
-    """``"image"`` or ``"text"``: which kind of source rows this encoder reads."""
-    needs_pretrained: ClassVar[bool] = True
-    """Whether ``--pretrained`` must name weights (False where ``--model`` alone holds them)."""
-
-    model_name: str
-    pretrained: str | None
-    device: torch.device
-    dim: int
-    amp_dtype: torch.dtype | None
-    """Autocast dtype for the model's forward passes (:func:`amp_dtype_for`)."""
-
-    @property
-    @abc.abstractmethod
-    def logit_scale(self) -> float:
-        """The multiplier of cosine similarities in zero-shot logits (CLIP's ``logit_scale.exp()``)."""
-
-    @abc.abstractmethod
-    def loader(self, decode_on_device: bool = False) -> Callable[[bytes], Any]:
-        """A picklable function run in DataLoader workers: raw bytes of one row -> model input.
-
-        Raises :class:`DecodeError` for rows it cannot read. With ``decode_on_device`` the
-        function may return raw data that :meth:`prepare` decodes on the device instead.
-        """
-
-    @abc.abstractmethod
-    def prepare(self, batch: Any, decode_on_device: bool = False) -> tuple[Any, list[int]]:
-        """Move a collated batch to the device; returns the inputs and the batch positions that
-        failed to decode there (always empty unless ``decode_on_device``)."""
-
-    @abc.abstractmethod
-    def encode_batch(self, inputs: Any) -> torch.Tensor:
-        """Prepared inputs -> [B, D] float32 L2-normalised embeddings on the device."""
-
-    @abc.abstractmethod
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Prompts -> [N, D] float32 L2-normalised embeddings on the device."""
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def describe(self) -> dict[str, Any]:
-        """Attributes that record which model produced a file."""
-        return {"encoder": self.backend, "model": self.model_name, "pretrained": self.pretrained or ""}
+AUTOCAST_CHOICES = ("fp16", "bf16", "off")
+"""``--autocast``: mixed precision on CUDA in float16 or bfloat16, or none."""
 
 
 def encoder_class(backend: str) -> type[Encoder]:
@@ -105,5 +46,7 @@ def encoder_class(backend: str) -> type[Encoder]:
 def load_encoder(backend: str, model: str, pretrained: str | None, device: str | torch.device = "auto",
                  **options: Any) -> Encoder:
     """The one way in: build the encoder of ``backend`` for ``model`` with ``pretrained`` weights."""
-    resolved = device if isinstance(device, torch.device) else resolve_device(device)
+    from glacli.devices import resolve_device
+
+    resolved = device if not isinstance(device, str) else resolve_device(device)
     return encoder_class(backend)(model, pretrained, resolved, **options)

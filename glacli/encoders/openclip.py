@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from glacli.encoders import DecodeError, Encoder, amp_dtype_for
+from glacli.encoders.base import DecodeError, Encoder, amp_dtype_for
 from glacli.errors import GlaInputError, one_line
 
 JPEG_MAGIC = b"\xff\xd8\xff"

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from glacli.encoders import Encoder, amp_dtype_for
+from glacli.encoders.base import Encoder, amp_dtype_for
 from glacli.errors import GlaInputError, one_line
 
 DEFAULT_LOGIT_SCALE = 100.0

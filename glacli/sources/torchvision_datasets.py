@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from glacli.classnames import read_classnames
 from glacli.errors import GlaInputError, one_line
-from glacli.sources import Rows
+from glacli.sources.base import Layout, Request
+from glacli.types import Rows
 
 PREFIX = "torchvision:"
 NO_SPLIT = "all"
@@ -187,7 +187,7 @@ _OPENED: dict[DatasetKey, tuple[Any, Sequence[Any] | None]] = {}
 
 @dataclass(frozen=True)
 class DatasetItem:
-    """A locator: item ``index`` of a torchvision dataset, read by :func:`glacli.sources.read_bytes`."""
+    """A locator: item ``index`` of a torchvision dataset; it reads itself (:func:`glacli.sources.read_bytes`)."""
 
     dataset: DatasetKey
     index: int
@@ -210,30 +210,26 @@ class DatasetItem:
         return buffer.getvalue()
 
 
-def torchvision_rows(source: str, *, split: str | None, root: str | None, classnames_file: str | None,
-                     download: bool, input_kind: str = "image") -> Rows:
+def list_rows(request: Request) -> Rows:
     """List a ``torchvision:NAME`` source: one row per item, labels and class names from the dataset."""
-    if input_kind != "image":
-        raise GlaInputError(f"this source lists images, but the encoder reads {input_kind}s", source)
+    source = request.source
     spec = _spec(source)
-    if root is None:
+    if request.root is None:
         raise GlaInputError("a torchvision source needs --root: the folder that holds (or will hold, with "
                             "--download) the dataset", source)
-    split = _check_split(spec, split, source)
-    key = DatasetKey(spec.name, split, str(Path(root).expanduser().resolve()), download)
+    split = _check_split(spec, request.split, source)
+    key = DatasetKey(spec.name, split, str(Path(request.root).expanduser().resolve()), request.download)
     dataset = key.open()
     labels = np.asarray(spec.labels(dataset), dtype=np.int64)
     classnames = spec.classnames(dataset)
     attrs: dict[str, Any] = {"source": f"{PREFIX}{spec.name}", "source_kind": "torchvision", "split": split,
                              "root": key.root}
     warnings: list[str] = []
-    if classnames_file is not None:
-        given = read_classnames(classnames_file)
-        if len(given) != len(classnames):
-            raise GlaInputError(f"names {len(given)} classes, but {spec.name} has {len(classnames)}",
-                                classnames_file)
-        classnames = given
-        attrs["classnames_file"] = str(Path(classnames_file).resolve())
+    if request.classnames is not None:
+        if len(request.classnames) != len(classnames):
+            raise GlaInputError(f"--classnames names {len(request.classnames)} classes, but {spec.name} has "
+                                f"{len(classnames)}", source)
+        classnames = request.classnames
     elif spec.name in CODES_NOT_NAMES:
         warnings.append(f"torchvision's {spec.name} classes are {CODES_NOT_NAMES[spec.name]}; "
                         "give --classnames to name them in prompts")
@@ -283,3 +279,11 @@ def _construct(key: DatasetKey) -> Any:
         dataset._image_files = [dataset._image_files[k] for k in order]
         dataset._labels = [dataset._labels[k] for k in order]
     return dataset
+
+
+LAYOUT = Layout(
+    name="torchvision: sources",
+    help=f"{PREFIX}NAME, a torchvision dataset ({', '.join(d.name for d in DATASETS.values())}; with --root, "
+         "--split and --download)",
+    claims=lambda source: source.startswith(PREFIX), list_rows=list_rows,
+    options=frozenset({"--split", "--root", "--classnames", "--download"}), input_kinds=("image",), is_path=False)

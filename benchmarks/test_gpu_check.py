@@ -1,6 +1,8 @@
 """benchmarks/gpu_check.sh with SMOKE=1: every step of the GPU check, small and on the CPU.
 
 A machine with a GPU is lent rarely and briefly; this keeps the script that runs there working.
+It lives with the script, not in the unit suite (about 40 s of subprocesses): run it with
+``make gpu-check-smoke`` before carrying the script to a GPU machine, or after changing it.
 """
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_step_runs_and_the_summary_has_each_table(tmp_path):

@@ -1,0 +1,132 @@
+"""``combine``: GLA logits, the debiased zero-shot model, or the ensemble baseline, streamed to a file.
+
+The math is :mod:`glacli.combine`; this module owns the scale policy around it. The zero-shot
+logits are brought to the scale q was fitted on (the prior's ``logits_temperature``) before they
+are divided by ``T_zs``; ``log pi_s`` is divided by the fine-tuned file's own temperature, the
+scale at which a probe's bias absorbed it. Files whose ids, labels or class names disagree are
+refused before anything is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glacli import chunking, store
+from glacli.combine import ensemble_logits, gla_logits, log_label_frequencies, zeroshot_divisor
+from glacli.errors import GlaInputError
+from glacli.types import Prior, Reporter
+from glacli.validation import check_same_classnames, require_choice, require_every_class
+
+METHODS = ("gla", "ensemble")
+
+
+def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, finetuned: Path | None = None,
+                  source_prior: str = "uniform", method: str = "gla", alpha: float | None = None,
+                  zs_temperature: str | float = "prior", reporter: Reporter = Reporter()) -> dict[str, Any]:
+    """Write ``ft + zs/T_zs - log q - log(pi_s)/T_ft`` (GLA), ``zs/T_zs - log q`` (no ``finetuned``) or
+    ``(1 - alpha) zs/T_zs + alpha ft`` (ensemble; ``zs_temperature`` a number or the prior's)."""
+    _check_options(method, prior, finetuned, source_prior, alpha, zs_temperature)
+    with contextlib.ExitStack() as stack:
+        zs = stack.enter_context(store.read_rows(zeroshot, "logits"))
+        ft = stack.enter_context(store.read_rows(finetuned, "logits")) if finetuned else None
+        parents = [zs.gla_id]
+        divisor, log_q = 1.0, None
+        if prior is not None:
+            q = store.read_prior(prior)
+            check_same_classnames(q.classnames, prior, zs.classnames, zeroshot)
+            divisor, log_q = _prior_scale(q, prior, zs, reporter), q.log_prior
+            parents.append(q.gla_id)
+        if method == "ensemble" and zs_temperature != "prior":
+            divisor = float(zs_temperature)
+        if ft is not None:
+            check_same_classnames(ft.classnames, finetuned, zs.classnames, zeroshot)
+            store.check_same_rows(ft, zs)
+            parents.append(ft.gla_id)
+        log_pi_s = None
+        if ft is not None and method == "gla":
+            log_pi_s, source_id = _log_source_prior(source_prior, zs.classnames)
+            parents.append(source_id)
+        labels = np.where(zs.labels >= 0, zs.labels, ft.labels if ft is not None else zs.labels)
+        name = ("ensemble" if method == "ensemble" else "gla" if ft is not None else "debiased_zeroshot")
+        attrs = {"temperature": 1.0, "combine_method": name, "zs_temperature": divisor * zs.temperature,
+                 "alpha": alpha, "source_prior": source_prior if ft is not None and method == "gla" else None,
+                 "ft_temperature": ft.temperature if ft is not None else None}
+        with store.write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
+                              attrs=attrs, parents=parents) as sink:
+            reporter.start(f"combine ({name})", zs.n_rows)
+            for chunk in zs.iter_chunks(chunking.io_rows(zs.n_cols), with_ids=True):
+                ft_block = ft.read(chunk.start, chunk.stop) if ft is not None else None
+                if method == "ensemble":
+                    block = ensemble_logits(chunk.values, divisor, ft_block, alpha)
+                else:
+                    block = gla_logits(chunk.values, divisor, log_q, ft_block, log_pi_s,
+                                       ft.temperature if ft is not None else 1.0)
+                sink.write(chunk.start, block, labels[chunk.start:chunk.stop], chunk.ids)
+                reporter.advance(chunk.stop - chunk.start)
+    return {"output": str(output), "method": name, "n_rows": zs.n_rows, "n_classes": zs.n_cols}
+
+
+def _check_options(method: str, prior: Path | None, finetuned: Path | None, source_prior: str,
+                   alpha: float | None, zs_temperature: str | float) -> None:
+    """Refuse option combinations that do not make one of the three models, before any file is read."""
+    require_choice(method, METHODS, "--method")
+    if method == "ensemble":
+        if finetuned is None:
+            raise GlaInputError("--method ensemble needs --finetuned")
+        if alpha is None or not 0.0 <= alpha <= 1.0:
+            raise GlaInputError(f"--method ensemble needs --alpha in [0, 1], got {alpha}")
+        if source_prior != "uniform":
+            raise GlaInputError("--source-prior applies to --method gla only")
+        if zs_temperature == "prior" and prior is None:
+            raise GlaInputError("--method ensemble divides the zero-shot logits by the prior's T_zs: give --prior, "
+                                "or --zs-temperature 1 to use them as stored")
+        return
+    if zs_temperature != "prior":
+        raise GlaInputError("--zs-temperature applies to --method ensemble only (gla uses the prior's T_zs)")
+    if prior is None:
+        raise GlaInputError("--method gla needs --prior (estimate it with gla estimate-prior)")
+    if alpha is not None:
+        raise GlaInputError("--alpha applies to --method ensemble only")
+    if finetuned is None and source_prior != "uniform":
+        raise GlaInputError("--source-prior needs --finetuned: without it the output is the debiased zero-shot model")
+
+
+def _prior_scale(q: Prior, prior_path: Path, zs: store.RowFile, reporter: Reporter) -> float:
+    """The divisor that brings the stored zero-shot values to ``raw / (t_q T_zs)``; says so when the
+    scales differ, and warns when the logits come from another zero-shot head than q's."""
+    divisor = zeroshot_divisor(q.temperature, q.logits_temperature, zs.temperature)
+    if not math.isclose(q.logits_temperature, zs.temperature, rel_tol=1e-9):
+        reporter.message(f"{zs.path} has temperature {zs.temperature:g} applied, q was fitted on logits with "
+                         f"{q.logits_temperature:g}: converted exactly (values x {zs.temperature:g} / "
+                         f"{q.logits_temperature:g})")
+    head, q_head = zs.attrs.get("head_id"), q.attrs.get("zeroshot_head_id")
+    if head and q_head and head != q_head:
+        described = ", ".join(f"{q.attrs[k]}" for k in ("zeroshot_model", "zeroshot_templates") if k in q.attrs)
+        reporter.warning(f"{zs.path} comes from another zero-shot head than the logits q was estimated on "
+                         f"({prior_path}: head {q_head[:8]}{', ' + described if described else ''})")
+    return divisor
+
+
+def _log_source_prior(source: str, classnames: list[str]) -> tuple[np.ndarray, str]:
+    """``log pi_s`` and the gla_id of the file it came from ('' for uniform)."""
+    n = len(classnames)
+    if source == "uniform":
+        return np.full(n, -np.log(n)), ""
+    kind = store.file_kind(source)
+    if kind == "prior":
+        pi = store.read_prior(source)
+        check_same_classnames(pi.classnames, source, classnames, "the zero-shot logits")
+        return pi.log_prior, pi.gla_id
+    if kind != "features":
+        raise GlaInputError(f"is a '{kind}' file; --source-prior takes uniform, a features file or a prior file",
+                            source)
+    with store.read_rows(source, "features") as train:
+        check_same_classnames(train.classnames, source, classnames, "the zero-shot logits")
+        labels = train.require_labels("for --source-prior")
+        require_every_class(labels, classnames, source,
+                            "log pi_s is undefined: give --source-prior uniform or a prior file")
+        return log_label_frequencies(labels, n), train.gla_id

@@ -1,0 +1,72 @@
+"""``extract``: a data source encoded once into a features file, resumable and shardable.
+
+Every option is checked here first, before a source is listed or a model is loaded; then the
+rows come from :mod:`glacli.sources`, the model from :mod:`glacli.encoders`, and the pipeline
+(:mod:`glacli.extraction`) commits, resumes and merges.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from glacli import extraction, sources, store
+from glacli.encoders import AUTOCAST_CHOICES, BACKENDS, encoder_class, load_encoder
+from glacli.encoders.base import Encoder
+from glacli.errors import GlaInputError
+from glacli.extraction.distributed import init_distributed
+from glacli.types import Reporter
+from glacli.validation import require_choice
+
+
+def check_backend(backend: str, pretrained: str | None) -> type[Encoder]:
+    """The backend's encoder class, once ``--backend`` and ``--pretrained`` agree with it (before any
+    model is loaded, so a wrong option costs nothing)."""
+    if backend not in BACKENDS:
+        raise GlaInputError(f"--backend: unknown backend {backend!r} (known: {', '.join(sorted(BACKENDS))})")
+    cls = encoder_class(backend)
+    if cls.needs_pretrained and not (pretrained or "").strip():
+        raise GlaInputError(f"--pretrained: the {backend} backend needs weights: an open_clip tag, an hf-hub: "
+                            f"name or a checkpoint path")
+    if not cls.needs_pretrained and pretrained:
+        raise GlaInputError(f"--pretrained does not apply to the {backend} backend (--model names the model and "
+                            f"its weights)")
+    return cls
+
+
+def extract(source: str, output: Path, *, model: str, pretrained: str | None, backend: str,
+            options: extraction.ExtractOptions, split: str | None = None, root: Path | None = None,
+            classnames: Path | None = None, shots: int | None = None, seed: int = 0, allow_fewer: bool = False,
+            device: str = "auto", autocast: str = "fp16", download: bool = False,
+            reporter: Reporter = Reporter()) -> dict[str, Any] | None:
+    """Encode the rows of ``source`` (``shots`` per class when given) into ``output``; returns the
+    summary of ``gla extract --json`` (None on the ranks of a torchrun job other than rank 0)."""
+    input_kind = check_backend(backend, pretrained).input_kind
+    require_choice(autocast, AUTOCAST_CHOICES, "--autocast")
+    if allow_fewer and shots is None:
+        raise GlaInputError("--allow-fewer applies with --shots only")
+    store.check_output_path(output)
+    dist = init_distributed(device)
+    try:
+        rows = sources.open_source(source, split=split, root=None if root is None else str(root),
+                                   classnames_file=None if classnames is None else str(classnames),
+                                   input_kind=input_kind, download=download)
+        if shots is not None:
+            rows = sources.select_shots(rows, shots, seed, allow_fewer)
+        if dist.is_main:
+            for warning in rows.warnings:
+                reporter.warning(warning)
+        encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast)
+        result = extraction.extract(rows, encoder, output, options, dist, reporter)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return None
+    if result.n_skipped:
+        reporter.warning(f"skipped {result.n_skipped} unreadable images (listed in the file's 'skipped' dataset)")
+    return {
+        "output": str(output), "rows": result.n_rows, "skipped": result.n_skipped, "dim": encoder.dim,
+        "classes": len(rows.classnames), "resumed_from_row": result.resumed_from, "encoded": result.encoded,
+        "seconds": round(result.seconds, 3), "already_complete": result.already_complete,
+        f"{rows.input_kind}s_per_second": round(result.encoded / result.seconds, 1) if result.seconds > 0 else None,
+        "ranks": dist.world_size,
+    }

@@ -1,0 +1,189 @@
+"""``fit``: a linear-probe head on cached features, with its penalty chosen on a validation set.
+
+The solver and the penalty search are :mod:`glacli.probe`; this module owns the policies around
+them: where the features live during the fit (held on the compute device when they fit
+``--memory`` and, on a GPU, half its free memory; else streamed from disk on every pass), what the
+head file records, and the warnings a user should read before trusting the head.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glacli import store
+from glacli.calibration import T_MAX, T_MIN
+from glacli.devices import resolve_device
+from glacli.errors import GlaInputError
+from glacli.heads import head_tensors
+from glacli.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
+from glacli.types import Head, PathPoint, ProbeResult, Reporter
+from glacli.validation import (
+    check_head_fits,
+    check_same_classnames,
+    check_same_dimension,
+    require_count,
+    require_every_class,
+    require_positive,
+)
+
+DEFAULT_MEMORY_GIB = 8.0
+RECORDED_TRAIN_ATTRS = ("model", "pretrained")
+"""Attributes of the training features that the head records."""
+
+
+def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | None = None,
+             init: Path | None = None, balanced: bool = False, device: str = "auto", float64: bool = False,
+             max_iter: int = 1000, tol: float = SolverOptions.tol, memory_gib: float = DEFAULT_MEMORY_GIB,
+             reporter: Reporter = Reporter()) -> dict[str, Any]:
+    """Fit a head on ``train`` at penalty ``wd``, or at the one chosen on ``val``, and write it.
+
+    With ``val`` the head's temperature is calibrated on it by NLL. ``init`` is a head to start
+    from (a zero-shot head saves iterations). Returns the report of ``gla fit --json``, with the
+    warnings (:func:`fit_warnings`) and the seconds spent loading and fitting.
+    """
+    if wd is None and val is None:
+        raise GlaInputError("give --val to choose the penalty on a validation set, or --wd to fix it")
+    require_count(max_iter, "--max-iter")
+    require_positive(tol, "--tol")
+    memory_bytes = require_positive(memory_gib, "--memory") * 2**30
+    torch_device = resolve_device(device)
+    options = SolverOptions(device=torch_device, dtype=torch.float64 if float64 else torch.float32,
+                            max_iter=max_iter, tol=tol, search_tol=max(tol, SolverOptions.search_tol))
+    load_start = time.perf_counter()
+    with contextlib.ExitStack() as files:
+        train_file = files.enter_context(store.read_rows(train, "features"))
+        train_labels = train_file.require_labels("to fit a probe")
+        require_every_class(train_labels, train_file.classnames, train_file.path, "a linear probe needs every class")
+        parents = [train_file.gla_id]
+        val_data = None
+        if val is not None:
+            val_file = files.enter_context(store.read_rows(val, "features"))
+            check_same_classnames(val_file.classnames, val_file.path, train_file.classnames, train_file.path)
+            check_same_dimension(val_file.n_cols, val_file.path, train_file.n_cols, train_file.path)
+            val_file.require_labels("to choose the penalty and the temperature")
+            val_data = probe_data(val_file, options, memory_bytes)
+            parents.append(val_file.gla_id)
+        start = None
+        if init is not None:
+            head = store.read_head(init)
+            check_head_fits(head, init, train_file.classnames, train_file.n_cols, train_file.path)
+            weight, bias = head_tensors(head, dtype=torch.float64)
+            start = (weight / head.temperature, bias / head.temperature)
+            parents.append(head.gla_id)
+        train_data = probe_data(train_file, options, memory_bytes)
+        fit_start = time.perf_counter()
+        result = _run_fit(train_data, val_data, wd, options, start, balanced, reporter)
+        fit_seconds = time.perf_counter() - fit_start
+        attrs = {"wd": result.wd, "c_equivalent": wd_to_c(result.wd, train_file.n_rows),
+                 "iterations": result.iterations, "final_loss": result.final_loss,
+                 "converged": result.converged, "balanced": balanced, "n_rows": train_file.n_rows,
+                 "train": str(train),
+                 **{k: train_file.attrs[k] for k in RECORDED_TRAIN_ATTRS if k in train_file.attrs}}
+        if result.val_accuracy is not None:
+            attrs["val_accuracy"] = result.val_accuracy
+            attrs["val_nll"] = result.val_nll
+        store.write_head(output, Head(weight=result.weight, bias=result.bias, classnames=train_file.classnames,
+                                      head_type="linear", temperature=result.temperature, attrs=attrs), parents)
+        report = _report(result, train_file, output, balanced, torch_device)
+    report["seconds"] = {"load": fit_start - load_start, "fit": fit_seconds}
+    report["warnings"] = fit_warnings(result, searched=wd is None)
+    return report
+
+
+def fit_warnings(result: ProbeResult, searched: bool) -> list[str]:
+    """What a user should look at before trusting the head: no convergence, a penalty or temperature at a bound."""
+    warnings = []
+    if not result.converged:
+        warnings.append(f"the final fit stopped after {result.iterations} iterations without converging; "
+                        "raise --max-iter")
+    strongest = max(result.path, key=lambda point: point.wd, default=None)
+    if searched and strongest is not None and result.val_accuracy <= strongest.val_accuracy:
+        warnings.append(f"no penalty validated better than the strongest searched (wd {strongest.wd:g}), whose head "
+                        "is close to zero: the features carry little signal for these labels; check them")
+    if searched and result.wd <= WD_GRID[-2]:
+        warnings.append(f"the chosen penalty wd {result.wd:.3g} is at the weak end of the searched range "
+                        f"({WD_GRID[0]:g} to {WD_GRID[-1]:g}): the validation optimum may lie beyond it; "
+                        "try --wd with a smaller value")
+    if result.val_accuracy is not None and not T_MIN * 1.0001 < result.temperature < T_MAX / 1.0001:
+        warnings.append(f"the calibrated temperature {result.temperature:g} is at its bound: the validation "
+                        "rows are classified with full confidence (separable) or the logits carry no signal")
+    return warnings
+
+
+def hold_on_device(n_bytes: float, memory_bytes: float, device: torch.device) -> bool:
+    """Whether features of ``n_bytes`` are held on ``device`` rather than streamed from disk: they must fit
+    ``--memory`` and, on a GPU, half of its free memory (the rest is for logits chunks and solver state)."""
+    if n_bytes > memory_bytes:
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return n_bytes <= free / 2
+    return True
+
+
+def probe_data(rows: store.RowFile, options: SolverOptions, memory_bytes: float) -> ProbeData:
+    """The rows in memory on the compute device when they fit (:func:`hold_on_device`), else streamed from disk."""
+    labels = torch.from_numpy(rows.labels)
+    itemsize = torch.finfo(options.dtype).bits // 8
+    if hold_on_device(rows.n_rows * rows.n_cols * itemsize, memory_bytes, options.device):
+        features = torch.empty(rows.n_rows, rows.n_cols, dtype=options.dtype, device=options.device)
+        for chunk in rows.iter_chunks():
+            features[chunk.start:chunk.stop] = torch.from_numpy(chunk.values).to(options.device, options.dtype)
+        return ProbeData.from_tensors(features, labels, rows.n_classes)
+    step = chunk_rows_for(rows.n_cols, rows.n_classes, options.device)  # large on a GPU; memory stays one chunk
+
+    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in rows.iter_chunks(step):
+            yield torch.from_numpy(chunk.values), torch.from_numpy(chunk.labels)
+
+    return ProbeData(chunks, labels, rows.n_cols, rows.n_classes)
+
+
+def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options: SolverOptions,
+             start: tuple[torch.Tensor, torch.Tensor] | None, balanced: bool, reporter: Reporter) -> ProbeResult:
+    """Fit with a progress count: one step per penalty of the search, or per L-BFGS evaluation at a fixed one."""
+    done = 0
+
+    def step(description: str | None = None) -> None:
+        nonlocal done
+        done += 1
+        reporter.advance(1, description=description)
+
+    if wd is None:
+        total = planned_fits() + 1
+        reporter.start("penalty search", total)
+        best: list[PathPoint] = []
+
+        def on_fit(point: PathPoint) -> None:
+            if not best or point.key() > best[0].key():
+                best[:] = [point]
+            step(f"penalty search: wd {point.wd:.1e} (best {best[0].wd:.1e}, val {100 * best[0].val_accuracy:.2f}%)")
+
+        result = train_probe(train, val=val, options=options, init=start, balanced=balanced, grid=WD_GRID,
+                             on_fit=on_fit)
+    else:
+        total = 2 * options.max_iter
+        reporter.start(f"fitting at wd {wd:.1e} (L-BFGS evaluations)", total)
+        result = train_probe(train, val=val, wd=wd, options=options, init=start, balanced=balanced,
+                             on_evaluation=lambda loss: step())
+    reporter.advance(max(0, total - done))
+    return result
+
+
+def _report(result: ProbeResult, train_file: store.RowFile, output: Path, balanced: bool,
+            device: torch.device) -> dict[str, Any]:
+    return {
+        "output": str(output), "wd": result.wd, "c_equivalent": wd_to_c(result.wd, train_file.n_rows),
+        "temperature": result.temperature, "iterations": result.iterations, "final_loss": result.final_loss,
+        "converged": result.converged, "balanced": balanced, "n_rows": train_file.n_rows,
+        "n_features": train_file.n_cols, "n_classes": train_file.n_classes, "device": str(device),
+        "val_accuracy": result.val_accuracy, "val_nll": result.val_nll,
+        "val_nll_uncalibrated": result.val_nll_uncalibrated,
+        "path": [{"wd": p.wd, "val_accuracy": p.val_accuracy, "val_nll": p.val_nll, "iterations": p.iterations,
+                  "loss": p.loss, "stage": p.stage} for p in result.path],
+    }

@@ -1,0 +1,35 @@
+"""``logits``: a head applied to a features file, streamed: ``(features @ weight.T + bias) / temperature``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glacli import chunking, store
+from glacli.heads import apply_head, head_tensors
+from glacli.types import Reporter
+from glacli.validation import check_head_fits
+
+HEAD_ATTRS = ("model", "pretrained", "templates")
+"""Attributes of the head that its logits record (which model, which prompts)."""
+
+
+def logits_file(features: Path, head: Path, output: Path, reporter: Reporter = Reporter()) -> dict[str, Any]:
+    """Write the logits of every row of ``features`` under ``head``, keeping ids, labels and class
+    names; the head's temperature is applied and recorded, with its type and id."""
+    head_file = store.read_head(head)
+    with store.read_rows(features, "features") as rows:
+        check_head_fits(head_file, head, rows.classnames, rows.n_cols, rows.path)
+        weight, bias = head_tensors(head_file)
+        attrs = {"temperature": head_file.temperature, "head_type": head_file.head_type, "head_id": head_file.gla_id,
+                 **{k: head_file.attrs[k] for k in HEAD_ATTRS if k in head_file.attrs}}
+        step = chunking.compute_rows(4 * (rows.n_cols + rows.n_classes))
+        with store.write_rows(output, "logits", n_rows=rows.n_rows, n_cols=rows.n_classes,
+                              classnames=rows.classnames, attrs=attrs, parents=[rows.gla_id, head_file.gla_id]) as sink:
+            reporter.start("logits", rows.n_rows)
+            for chunk in rows.iter_chunks(step, with_ids=True):
+                logits = apply_head(torch.from_numpy(chunk.values), weight, bias, head_file.temperature)
+                sink.write(chunk.start, logits.numpy(), chunk.labels, chunk.ids)
+                reporter.advance(chunk.stop - chunk.start)
+        return {"output": str(output), "n_rows": rows.n_rows, "n_classes": rows.n_classes}

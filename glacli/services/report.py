@@ -1,0 +1,45 @@
+"""``report``: many evaluate results documents -> one methods x settings table (Markdown) and a plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from glacli import report, store
+from glacli.metrics import metric_info
+from glacli.plots import Series, setting_figure
+from glacli.services.evaluate import load_document, read_records
+from glacli.types import Reporter
+
+DEFAULT_COLS = "shots"
+"""The column key when none is given and the results have it: the shot count of few-shot runs."""
+
+
+def report_files(results: list[Path], output: Path, *, plot: Path | None = None, metric: str = "top1",
+                 rows: str = report.METHOD_KEY, cols: str | None = None, reporter: Reporter = Reporter()
+                 ) -> report.ReportTable:
+    """Pool the results of ``results`` into a table of ``metric`` (rows x cols, mean ± std over the
+    rest) and write it to ``output`` as Markdown, and as a figure to ``plot``."""
+    store.check_output_path(output)
+    if plot is not None:
+        store.check_output_path(plot)
+    records = [record for path in results for record in read_records(load_document(path), str(path))]
+    if cols is None and any(DEFAULT_COLS in r.keys for r in records):
+        cols = DEFAULT_COLS
+    table = report.aggregate(records, metric, rows, cols)
+    store.write_text_atomic(output, report.to_markdown(table, [str(p) for p in results]))
+    if plot is not None:
+        _plot(table, plot)
+    reporter.message(f"wrote {output}" + (f" and {plot}" if plot else ""))
+    return table
+
+
+def _plot(table: report.ReportTable, path: Path) -> None:
+    info = metric_info(table.metric)
+    scale = 100.0 if info.percent else 1.0
+    series = []
+    for row in table.rows:
+        cells = [table.cells.get((row, col)) for col in table.cols]
+        series.append(Series(str(row), scale * np.array([c.mean if c else np.nan for c in cells]),
+                             scale * np.array([c.std if c else np.nan for c in cells])))
+    setting_figure(path, table.cols, table.col_key or "", info.label, series)
