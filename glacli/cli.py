@@ -45,6 +45,8 @@ COMMANDS: dict[str, CommandEntry] = {
     "logits": CommandEntry("logits", "Apply a head to features: a logits file."),
     "calibrate": CommandEntry("calibrate", "Temperature scaling of logits, fitted on validation logits."),
     "estimate-prior": CommandEntry("estimate", "Estimate the label prior q of a zero-shot model from its logits."),
+    "estimate-target": CommandEntry("estimate_target",
+                                    "Estimate the label distribution of an unlabelled set (label shift)."),
     "combine": CommandEntry("combine", "GLA logits, the debiased zero-shot model, or the ensemble baseline."),
     "evaluate": CommandEntry("evaluate", "Compare logits files: accuracies, NLL, ECE and group accuracies."),
     "report": CommandEntry("report", "Aggregate evaluate results into a methods x settings table."),

@@ -10,7 +10,8 @@ training prior that a plain cross-entropy probe absorbed in its raw bias is remo
 scale: ``(raw_ft - log pi_s) / T_ft``. ``zs`` must be at the scale ``q`` was fitted on before it is
 divided by ``T_zs`` (:func:`zeroshot_divisor`). Without a fine-tuned model this is the debiased
 zero-shot model ``zs / T_zs - log q`` (``pi_s`` is then ignored: nothing was trained on the
-downstream set). Functions take one block of rows, so callers stream files of any length through them.
+downstream set). Both are right for a uniform test label distribution; for a test set with
+proportions ``pi_t`` (label shift, :mod:`glacli.label_shift`) the Bayes-optimal rule adds ``log pi_t``. Functions take one block of rows, so callers stream files of any length through them.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def zeroshot_divisor(prior_temperature: float, prior_logits_temperature: float, 
 
 
 def gla_logits(zs: np.ndarray, divisor: float, log_prior: np.ndarray, ft: np.ndarray | None = None,
-               log_source_prior: np.ndarray | None = None, ft_temperature: float = 1.0) -> np.ndarray:
+               log_source_prior: np.ndarray | None = None, ft_temperature: float = 1.0,
+               log_target_prior: np.ndarray | None = None) -> np.ndarray:
     """GLA logits for a block of rows.
 
     Args:
@@ -37,6 +39,7 @@ def gla_logits(zs: np.ndarray, divisor: float, log_prior: np.ndarray, ft: np.nda
         ft: [n, C] fine-tuned logits as stored, or None for the debiased zero-shot model.
         log_source_prior: [C] ``log pi_s`` of the fine-tuned model's training labels (needs ``ft``).
         ft_temperature: the temperature already applied to ``ft``; ``log pi_s`` is divided by it too.
+        log_target_prior: [C] ``log pi_t`` of the test set, added; None for a uniform one.
 
     Returns:
         [n, C] float32 logits.
@@ -46,6 +49,8 @@ def gla_logits(zs: np.ndarray, divisor: float, log_prior: np.ndarray, ft: np.nda
         out += ft
         if log_source_prior is not None:
             out -= log_source_prior / ft_temperature
+    if log_target_prior is not None:
+        out += log_target_prior
     return out.astype(np.float32)
 
 

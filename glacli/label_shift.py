@@ -36,6 +36,8 @@ DEFAULT_CONCENTRATION = 1.0
 LOG_FLOOR = math.log(1e-12)
 """``log pi_t`` stored for a class the MLE (concentration 0) puts at zero: finite for every reader."""
 DEFAULT_TOL = 1e-8
+TARGET_METHODS = ("mlls", "bbse")
+"""The ``method`` of a prior file that holds a test label distribution ``pi_t``, not a pre-training ``q``."""
 
 ProbabilityBlocks = Callable[[], Iterable[np.ndarray]]
 """Yields the rows' ``softmax(s_i)`` (float64 [rows, C]) in the same order on every call."""

@@ -32,6 +32,11 @@ def combine_command(
         "--zs-temperature", metavar="prior|FLOAT",
         help="Ensemble only: T_zs that the zero-shot logits are divided by: the prior file's (at q's scale), "
              "or a number (1 = as stored).")] = "prior",
+    target_prior: Annotated[str, typer.Option(
+        "--target-prior", metavar="uniform|TARGET.h5|FILE",
+        help="pi_t, the test set's label distribution, added as log pi_t (gla and the debiased model): uniform, "
+             "a file from gla estimate-target, or class proportions (.json, .npy, .csv). A pre-training q "
+             "is refused here, and a pi_t file by --prior.")] = "uniform",
 ) -> None:
     """Combine logits: ft + zs/T_zs - log q - log(pi_s)/T_ft (GLA), or the debiased zero-shot model without --finetuned.
 
@@ -39,9 +44,14 @@ def combine_command(
     are divided by T_zs; log pi_s is divided by the fine-tuned file's own temperature T_ft, the scale at which
     a probe's bias absorbed it. Streams rows in chunks; refuses files whose ids, labels or classnames disagree.
 
+    With --target-prior the output is right for a test set with those class proportions (label shift,
+    docs/label-shift.md) instead of a balanced one.
+
     Example:
 
         gla combine --zeroshot zs_test.h5 --prior prior.h5 --finetuned probe_test.h5 -o gla_test.h5
+
+        gla combine --zeroshot zs_test.h5 --prior prior.h5 --target-prior target.h5 -o adapted_test.h5
 
         gla combine --zeroshot zs_test.h5 --prior prior.h5 -o debiased_test.h5
 
@@ -50,5 +60,6 @@ def combine_command(
     scale = parse_choice_or_float(zs_temperature, ("prior",), "--zs-temperature")
     with reporting() as reporter:
         done = combine_files(zeroshot, output, prior=prior, finetuned=finetuned, source_prior=source_prior,
-                             method=method, alpha=alpha, zs_temperature=scale, reporter=reporter)
+                             method=method, alpha=alpha, zs_temperature=scale, target_prior=target_prior,
+                             reporter=reporter)
     say(f"wrote {done['output']} ({done['method']}, {done['n_rows']} rows x {done['n_classes']} classes)")

@@ -3,7 +3,8 @@
 The math is :mod:`glacli.combine`; this module owns the scale policy around it. The zero-shot
 logits are brought to the scale q was fitted on (the prior's ``logits_temperature``) before they
 are divided by ``T_zs``; ``log pi_s`` is divided by the fine-tuned file's own temperature, the
-scale at which a probe's bias absorbed it. Files whose ids, labels or class names disagree are
+scale at which a probe's bias absorbed it. ``log pi_t`` of a test set that is not balanced
+(``--target-prior``, a file from ``gla estimate-target`` or proportions) is added last. Files whose ids, labels or class names disagree are
 refused before anything is written.
 """
 from __future__ import annotations
@@ -15,21 +16,33 @@ from typing import Any
 
 import numpy as np
 
-from glacli import chunking, store
+from glacli import chunking, formats, store
 from glacli.combine import ensemble_logits, gla_logits, log_label_frequencies, zeroshot_divisor
 from glacli.errors import GlaInputError
+from glacli.label_shift import TARGET_METHODS
 from glacli.types import Prior, Reporter
-from glacli.validation import check_same_classnames, require_choice, require_every_class
+from glacli.validation import (
+    check_same_classnames,
+    require_choice,
+    require_every_class,
+    require_finite,
+    require_positive_entries,
+)
 
 METHODS = ("gla", "ensemble")
 
 
 def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, finetuned: Path | None = None,
                   source_prior: str = "uniform", method: str = "gla", alpha: float | None = None,
-                  zs_temperature: str | float = "prior", reporter: Reporter = Reporter()) -> dict[str, Any]:
+                  zs_temperature: str | float = "prior", target_prior: str = "uniform",
+                  reporter: Reporter = Reporter()) -> dict[str, Any]:
     """Write ``ft + zs/T_zs - log q - log(pi_s)/T_ft`` (GLA), ``zs/T_zs - log q`` (no ``finetuned``) or
-    ``(1 - alpha) zs/T_zs + alpha ft`` (ensemble; ``zs_temperature`` a number or the prior's)."""
+    ``(1 - alpha) zs/T_zs + alpha ft`` (ensemble; ``zs_temperature`` a number or the prior's); GLA and
+    the debiased model plus ``log pi_t`` with a ``target_prior`` other than uniform."""
     _check_options(method, prior, finetuned, source_prior, alpha, zs_temperature)
+    if method == "ensemble" and target_prior != "uniform":
+        raise GlaInputError("--target-prior applies to --method gla only: the ensemble's implied prior is not "
+                            "uniform, so adding log pi_t to it is not the label-shift correction")
     with contextlib.ExitStack() as stack:
         zs = stack.enter_context(store.read_rows(zeroshot, "logits"))
         ft = stack.enter_context(store.read_rows(finetuned, "logits")) if finetuned else None
@@ -37,6 +50,9 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         divisor, log_q = 1.0, None
         if prior is not None:
             q = store.read_prior(prior)
+            if q.method in TARGET_METHODS:
+                raise GlaInputError(f"holds a test label distribution (method {q.method}, from gla estimate-target), "
+                                    "not a pre-training prior q: give it to --target-prior", prior)
             check_same_classnames(q.classnames, prior, zs.classnames, zeroshot)
             divisor, log_q = _prior_scale(q, prior, zs, reporter), q.log_prior
             parents.append(q.gla_id)
@@ -50,11 +66,15 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         if ft is not None and method == "gla":
             log_pi_s, source_id = _log_source_prior(source_prior, zs.classnames)
             parents.append(source_id)
+        log_pi_t, target_id = _log_target_prior(target_prior, zs.classnames)
+        if target_id:
+            parents.append(target_id)
         labels = np.where(zs.labels >= 0, zs.labels, ft.labels if ft is not None else zs.labels)
         name = ("ensemble" if method == "ensemble" else "gla" if ft is not None else "debiased_zeroshot")
         attrs = {"temperature": 1.0, "combine_method": name, "zs_temperature": divisor * zs.temperature,
                  "alpha": alpha, "source_prior": source_prior if ft is not None and method == "gla" else None,
-                 "ft_temperature": ft.temperature if ft is not None else None}
+                 "ft_temperature": ft.temperature if ft is not None else None,
+                 "target_prior": str(target_prior) if method == "gla" else None}
         with store.write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
                               attrs=attrs, parents=parents) as sink:
             reporter.start(f"combine ({name})", zs.n_rows)
@@ -64,7 +84,7 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
                     block = ensemble_logits(chunk.values, divisor, ft_block, alpha)
                 else:
                     block = gla_logits(chunk.values, divisor, log_q, ft_block, log_pi_s,
-                                       ft.temperature if ft is not None else 1.0)
+                                       ft.temperature if ft is not None else 1.0, log_pi_t)
                 sink.write(chunk.start, block, labels[chunk.start:chunk.stop], chunk.ids)
                 reporter.advance(chunk.stop - chunk.start)
     return {"output": str(output), "method": name, "n_rows": zs.n_rows, "n_classes": zs.n_cols}
@@ -130,3 +150,31 @@ def _log_source_prior(source: str, classnames: list[str]) -> tuple[np.ndarray, s
         require_every_class(labels, classnames, source,
                             "log pi_s is undefined: give --source-prior uniform or a prior file")
         return log_label_frequencies(labels, n), train.gla_id
+
+
+def _log_target_prior(target: str, classnames: list[str]) -> tuple[np.ndarray | None, str]:
+    """``log pi_t`` (None for uniform) and the gla_id of the file it came from: a prior file from
+    ``gla estimate-target`` (a pre-training ``q`` is refused), or proportions in .json, .npy, .csv."""
+    if target == "uniform":
+        return None, ""
+    path = Path(target)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        kind = store.file_kind(path)
+        if kind != "prior":
+            raise GlaInputError(f"is a '{kind}' file; --target-prior takes uniform, a prior file from "
+                                "gla estimate-target, or class proportions (.json, .npy, .csv)", path)
+        pi = store.read_prior(path)
+        if pi.method not in TARGET_METHODS:
+            raise GlaInputError(f"holds a pre-training prior q (method {pi.method}), not a test label "
+                                "distribution: give it to --prior, and estimate pi_t with gla estimate-target", path)
+        check_same_classnames(pi.classnames, path, classnames, "the zero-shot logits")
+        return pi.log_prior, pi.gla_id
+    names, values, _ = formats.read_prior(path, None)
+    if names is not None:
+        check_same_classnames(names, path, classnames, "the zero-shot logits")
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) != len(classnames):
+        raise GlaInputError(f"holds {len(values)} proportions for {len(classnames)} classes", path)
+    require_finite(values, "proportions", path)
+    require_positive_entries(values, "proportions", path)
+    return np.log(values / values.sum()), ""

@@ -1,0 +1,172 @@
+"""``estimate-target``: the label distribution ``pi_t`` of an unlabelled logits file (label shift).
+
+The math is :mod:`glacli.label_shift`; this module owns what surrounds it: which logits may be
+given (calibrated for a uniform prior; the ensemble is refused since its implied prior is not
+uniform), the optional bias-corrected temperature scaling on labelled validation logits, whether
+the probabilities are held in memory or recomputed from the file on every pass, and the
+prior-kind file that ``combine --target-prior`` and ``evaluate --target-prior`` read.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glacli import store
+from glacli.errors import GlaInputError
+from glacli.label_shift import (
+    DEFAULT_CONCENTRATION,
+    DEFAULT_TOL,
+    TARGET_METHODS,
+    TargetEstimate,
+    bbse,
+    mlls,
+    probabilities,
+)
+from glacli.prior import estimate_prior
+from glacli.prior_passes import LogitSource
+from glacli.types import Prior, Reporter
+from glacli.validation import (
+    check_same_classnames,
+    require_choice,
+    require_count,
+    require_every_class,
+    require_positive,
+)
+
+METHODS = TARGET_METHODS
+DEFAULT_MEMORY_GIB = 4.0
+Scores = Callable[[np.ndarray], np.ndarray]
+"""Stored logits block -> scores calibrated for a uniform prior."""
+
+
+def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", val: Path | None = None,
+                         calibrate: Path | None = None, concentration: float = DEFAULT_CONCENTRATION,
+                         tol: float = DEFAULT_TOL, max_iter: int = 10000, memory_gib: float = DEFAULT_MEMORY_GIB,
+                         reporter: Reporter = Reporter()) -> dict[str, Any]:
+    """Estimate ``pi_t`` of ``logits`` (MLLS, or BBSE with ``val``) and write it as a prior-kind file.
+
+    ``calibrate`` is labelled validation logits of the same model: a temperature and class biases
+    are fitted on them by maximum likelihood first (BCTS), and the test scores become
+    ``z / T - log q``, calibrated for a uniform prior whatever the validation proportions.
+    Returns the report of ``gla estimate-target --json``.
+    """
+    require_choice(method, METHODS, "--method")
+    if method == "bbse" and val is None:
+        raise GlaInputError("--method bbse needs --val: labelled validation logits of the same model")
+    if method == "mlls" and val is not None:
+        raise GlaInputError("--val is BBSE's confusion-matrix set: give --method bbse, or drop --val")
+    if not concentration >= 0 or not math.isfinite(concentration):
+        raise GlaInputError(f"--concentration must be a number >= 0, got {concentration}")
+    require_positive(tol, "--tol")
+    require_count(max_iter, "--max-iter")
+    memory_bytes = require_positive(memory_gib, "--memory") * 2**30
+    store.check_output_path(output)
+    with contextlib.ExitStack() as files:
+        rows = files.enter_context(store.read_rows(logits, "logits"))
+        if rows.attrs.get("combine_method") == "ensemble":
+            raise GlaInputError("is an ensemble's logits: its implied prior is not uniform, so no label shift "
+                                "estimate holds; give the debiased zero-shot model, a balanced probe or a "
+                                "calibrated GLA output", logits)
+        scores, calibration = _scores(rows, calibrate, reporter)
+        if method == "mlls":
+            blocks = _probability_blocks(rows, scores, memory_bytes, reporter)
+            estimate = mlls(blocks, rows.n_classes, concentration, tol, max_iter)
+        else:
+            estimate = _bbse(rows, files.enter_context(store.read_rows(val, "logits")), scores)
+        if not estimate.converged:
+            reporter.warning(f"MLLS stopped after {estimate.iterations} iterations with KKT gap "
+                             f"{estimate.kkt_gap:.2e} > {tol:g}: raise --max-iter")
+        parents = [rows.gla_id] + ([calibration["gla_id"]] if calibration else [])
+        attrs = {"source": rows.path, "n_rows": rows.n_rows,
+                 "concentration": concentration if method == "mlls" else None,
+                 "log_likelihood": estimate.log_likelihood,
+                 "calibrated_on": calibration["path"] if calibration else None,
+                 "confusion_set": str(val) if val is not None else None}
+        store.write_prior(output, Prior(
+            prior=np.exp(estimate.log_prior), log_prior=estimate.log_prior, classnames=rows.classnames,
+            temperature=1.0, method=estimate.method, converged=estimate.converged,
+            max_moment_gap=estimate.kkt_gap, iterations=estimate.iterations,
+            attrs={k: v for k, v in attrs.items() if v is not None}), parents)
+        if rows.has_labels:
+            reporter.message(f"the labels in {rows.path} were ignored by the estimate (evaluate --target-prior "
+                             "compares them with it)")
+    return _report(estimate, rows.classnames, rows.n_rows, output, calibration)
+
+
+def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> tuple[Scores, dict[str, Any] | None]:
+    """The map from stored logits to uniform-prior scores: identity, or BCTS fitted on ``calibrate``."""
+    if calibrate is None:
+        return (lambda values: values), None
+    with store.read_rows(calibrate, "logits") as val:
+        check_same_classnames(val.classnames, calibrate, rows.classnames, rows.path)
+        labels = val.require_labels("for --calibrate")
+        require_every_class(labels, val.classnames, calibrate, "BCTS fits one bias per class")
+        proportions = np.bincount(labels, minlength=val.n_classes) / len(labels)
+        source = LogitSource(lambda: (chunk.values for chunk in val.iter_chunks()), val.n_rows, val.n_classes)
+        try:
+            fit = estimate_prior(source, proportions, "nll", labels=labels)
+        except ValueError as exc:
+            raise GlaInputError(str(exc), calibrate) from None
+        if not fit.converged:
+            raise GlaInputError(f"BCTS did not converge in {fit.iterations} iterations (T went to "
+                                f"{fit.temperature:.3g}); the validation logits pin it down poorly", calibrate)
+        val_temperature, val_id = val.temperature, val.gla_id
+    # Test values at the validation file's scale (raw = values x temperature), then z/T - log q.
+    scale = rows.temperature / val_temperature / fit.temperature
+    log_q = fit.log_prior
+
+    def calibrated(values: np.ndarray) -> np.ndarray:
+        return values.astype(np.float64) * scale - log_q
+
+    return calibrated, {"path": str(calibrate), "gla_id": val_id, "temperature": fit.temperature,
+                        "val_rows": len(labels)}
+
+
+def _probability_blocks(rows: store.RowFile, scores: Scores, memory_bytes: float,
+                        reporter: Reporter) -> Callable[[], Iterator[np.ndarray]]:
+    """``softmax(scores)`` per block: computed once and held when float64 fits ``memory_bytes``, else
+    recomputed from the file on every pass (memory stays at one block whatever N is)."""
+    def stream() -> Iterator[np.ndarray]:
+        for chunk in rows.iter_chunks():
+            yield probabilities(scores(chunk.values))
+
+    if rows.n_rows * rows.n_classes * 8 > memory_bytes:
+        reporter.message(f"{rows.n_rows} x {rows.n_classes} probabilities exceed --memory: "
+                         "every pass reads the file")
+        return stream
+    held = list(stream())
+    return lambda: iter(held)
+
+
+def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> TargetEstimate:
+    """BBSE from the hard predictions of the test rows and the labelled validation rows."""
+    check_same_classnames(val.classnames, val.path, rows.classnames, rows.path)
+    labels = val.require_labels("for --method bbse")
+    require_every_class(labels, val.classnames, val.path, "its column of the confusion matrix is undefined")
+    if not math.isclose(val.temperature, rows.temperature, rel_tol=1e-6):
+        raise GlaInputError(f"has temperature {val.temperature:g} applied but {rows.path} has "
+                            f"{rows.temperature:g}; BBSE needs the same model at the same scale", val.path)
+    test_predictions = np.concatenate([scores(c.values).argmax(1) for c in rows.iter_chunks()])
+    val_predictions = np.concatenate([scores(c.values).argmax(1) for c in val.iter_chunks()])
+    try:
+        return bbse(test_predictions, val_predictions, labels, rows.n_classes)
+    except ValueError as exc:
+        raise GlaInputError(str(exc), val.path) from None
+
+
+def _report(estimate: TargetEstimate, classnames: list[str], n_rows: int, output: Path,
+            calibration: dict[str, Any] | None) -> dict[str, Any]:
+    uniform = 1.0 / len(classnames)
+    order = np.argsort(-estimate.prior, kind="stable")
+    return {"output": str(output), "method": estimate.method, "n_rows": n_rows, "n_classes": len(classnames),
+            "iterations": estimate.iterations, "kkt_gap": estimate.kkt_gap, "converged": estimate.converged,
+            "log_likelihood": estimate.log_likelihood,
+            "l1_from_uniform": float(np.abs(estimate.prior - uniform).sum()),
+            "imbalance": float(estimate.prior.max() / max(estimate.prior.min(), 1e-300)),
+            "calibration": calibration and {k: v for k, v in calibration.items() if k != "gla_id"},
+            "prior": {classnames[k]: float(estimate.prior[k]) for k in order}}
