@@ -134,9 +134,19 @@ def test_refusals_are_one_line(gla, shifted):
                                                 method="nll"))
     assert gla("estimate-target", tmp / "test.h5", "-o", tmp / "t.h5").code == 0
     write_logits_file(tmp / "ens.h5", scores, labels, combine_method="ensemble")
+    write_logits_file(tmp / "small.h5", scores[:3], labels[:3])
+    bad = scores.copy()
+    bad[7000, 2] = np.nan
+    write_logits_file(tmp / "nan.h5", bad, labels)
+    store.write_prior(tmp / "other.h5", store.Prior(prior=np.full(5, 0.2), classnames=[f"c{k}" for k in range(5)],
+                                                    temperature=1.0, method="mlls"))
     cases = [
         (("estimate-target", tmp / "ens.h5", "-o", tmp / "x.h5"), ("ens.h5", "ensemble")),
         (("estimate-target", tmp / "test.h5", "--method", "bbse", "-o", tmp / "x.h5"), ("--val",)),
+        (("estimate-target", tmp / "small.h5", "-o", tmp / "x.h5"), ("small.h5", "3 rows for 5 classes")),
+        (("estimate-target", tmp / "nan.h5", "-o", tmp / "x.h5"), ("nan.h5", "7000")),
+        (("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "q.h5", "--target-prior", tmp / "other.h5",
+          "-o", tmp / "x.h5"), ("other.h5", "class")),
         (("estimate-target", tmp / "test.h5", "--concentration", "-1", "-o", tmp / "x.h5"), ("--concentration",)),
         (("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "t.h5", "-o", tmp / "x.h5"),
          ("t.h5", "--target-prior")),

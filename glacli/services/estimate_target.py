@@ -68,6 +68,9 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
     store.check_output_path(output)
     with contextlib.ExitStack() as files:
         rows = files.enter_context(store.read_rows(logits, "logits"))
+        if rows.n_rows < rows.n_classes:
+            raise GlaInputError(f"has {rows.n_rows} rows for {rows.n_classes} classes: too few to estimate "
+                                "their proportions", logits)
         if rows.attrs.get("combine_method") == "ensemble":
             raise GlaInputError("is an ensemble's logits: its implied prior is not uniform, so no label shift "
                                 "estimate holds; give the debiased zero-shot model, a balanced probe or a "
