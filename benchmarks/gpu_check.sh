@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The GPU checks of gla in one run, for a machine with an NVIDIA GPU; sized for about 6 minutes on one
+# The GPU checks of gla in one run, for a machine with an NVIDIA GPU; sized for about 7 minutes on one
 # H200 (an estimate until it has run there), stopping within BUDGET seconds:
 #   1. the CUDA tests (tests/test_cuda.py: extraction on the GPU with autocast and --gpu-decode against
 #      the CPU; zeroshot, fit, estimate-prior and evaluate on the GPU against the CPU)
 #   2. extract throughput, ViT-B-16 (random weights from its config) on generated JPEGs, with CPU
 #      and with GPU JPEG decoding (benchmarks/extract_throughput.py)
-#   3. gla fit at ImageNet scale, 1,281,167 x 768 features and 1,000 classes, on the GPU against the
+#   3. gla fit --method prompt at ImageNet size, ViT-B-16 (random weights), 1,000 classes x 16 shots of
+#      cached views, a few epochs: seconds per epoch and the projected 50 epochs (benchmarks/prompt_speed.py)
+#   4. gla fit at ImageNet scale, 1,281,167 x 768 features and 1,000 classes, on the GPU against the
 #      same fit on the CPU, then the whole --val penalty search on the GPU (benchmarks/probe_scale.py)
-#   4. with two or more GPUs: torchrun over all of them (NCCL) against one process
+#   5. with two or more GPUs: torchrun over all of them (NCCL) against one process
 # Every step runs even when an earlier one failed; the exit status says whether all passed. The log,
 # the JSON of each step and summary.md go to $RESULTS (default: $OUT where that is set, else a new
 # temporary folder); scratch files go to a temporary folder that is removed at the end.
@@ -26,10 +28,12 @@ started=$SECONDS
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
     DEVICE=cpu MODEL=tiny IMAGES=${IMAGES:-64} BATCH=${BATCH:-32} FIT_ROWS=${FIT_ROWS:-20000}
-    VAL_ROWS=${VAL_ROWS:-5000} BUDGET=${BUDGET:-300}
+    VAL_ROWS=${VAL_ROWS:-5000} PROMPT_CLASSES=${PROMPT_CLASSES:-10} PROMPT_SHOTS=${PROMPT_SHOTS:-2}
+    PROMPT_EPOCHS=${PROMPT_EPOCHS:-2} BUDGET=${BUDGET:-300}
 else
     DEVICE=cuda MODEL=ViT-B-16 IMAGES=${IMAGES:-3000} BATCH=${BATCH:-256} FIT_ROWS=${FIT_ROWS:-1281167}
-    VAL_ROWS=${VAL_ROWS:-50000} BUDGET=${BUDGET:-480}
+    VAL_ROWS=${VAL_ROWS:-50000} PROMPT_CLASSES=${PROMPT_CLASSES:-1000} PROMPT_SHOTS=${PROMPT_SHOTS:-16}
+    PROMPT_EPOCHS=${PROMPT_EPOCHS:-3} BUDGET=${BUDGET:-540}
 fi
 WORKERS=${WORKERS:-$(( $(nproc) < 12 ? $(nproc) : 12 ))}
 RESULTS=${RESULTS:-${OUT:-$(mktemp -d -t gla-gpu-check-XXXX)}}
@@ -84,6 +88,9 @@ step "throughput, $MODEL, CPU JPEG decoding" 120 \
     bash -c '"$@" > "$0"' "$RESULTS/cpu_decode.json" "$PY" "${THROUGHPUT[@]}"
 step "throughput, $MODEL, GPU JPEG decoding" 120 \
     bash -c '"$@" > "$0"' "$RESULTS/gpu_decode.json" "$PY" "${THROUGHPUT[@]}" --gpu-decode
+step "prompt learning, $MODEL, $PROMPT_CLASSES classes x $PROMPT_SHOTS shots, $PROMPT_EPOCHS epochs" 90 \
+    "$PY" benchmarks/prompt_speed.py --model "$MODEL" --classes "$PROMPT_CLASSES" --shots "$PROMPT_SHOTS" \
+    --epochs "$PROMPT_EPOCHS" --device "$DEVICE" --workdir "$SCRATCH" --json "$RESULTS/prompt_speed.json"
 left=$(remaining)
 step "gla fit at $FIT_ROWS rows: $DEVICE against cpu, then the --val search" "$left" \
     "$PY" benchmarks/probe_scale.py --rows "$FIT_ROWS" --val-rows "$VAL_ROWS" --device "$DEVICE" \
@@ -131,6 +138,9 @@ for name in ("cpu_decode", "gpu_decode"):
 if last:
     print(f"\n{last['model']}, {last['images']} images, batch {last['batch_size']}, {last['workers']} workers, "
           f"autocast {last['autocast']}; {last['machine']}")
+if (results / "prompt_speed.json").exists():
+    from prompt_speed import markdown as prompt_markdown
+    print("\n" + prompt_markdown(json.loads((results / "prompt_speed.json").read_text())))
 if (results / "probe_scale.json").exists():
     print("\n" + markdown(json.loads((results / "probe_scale.json").read_text())))
 if (scratch / "sharded.h5").exists() and (scratch / "single.h5").exists():

@@ -24,10 +24,13 @@ def test_every_step_runs_and_the_summary_has_each_table(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 step(s) failed" in done.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"gpu_check.log", "summary.md", "cpu_decode.json",
-                                                    "gpu_decode.json", "probe_scale.json"}
+                                                    "gpu_decode.json", "prompt_speed.json", "probe_scale.json"}
     for name in ("cpu_decode", "gpu_decode"):
         throughput = json.loads((tmp_path / f"{name}.json").read_text())
         assert throughput["images"] == 32 and throughput["images_per_second"]["extract"] > 0
+    prompt = json.loads((tmp_path / "prompt_speed.json").read_text())
+    assert prompt["classes"] == 10 and prompt["shots"] == 2 and len(prompt["train_loss"]) == prompt["epochs"] == 2
+    assert prompt["steps_per_epoch"] == 1 and prompt["seconds_per_epoch"] > 0
     probe = json.loads((tmp_path / "probe_scale.json").read_text())
     assert probe["rows"] == 3000 and set(probe["runs"]) == {"cpu", "device", "search"}
     assert all("report" in run for run in probe["runs"].values()), probe["runs"]
@@ -39,4 +42,5 @@ def test_every_step_runs_and_the_summary_has_each_table(tmp_path):
     fits = [line for line in summary
             if line.startswith(("| cpu | cpu | 5 |", "| device | cpu | 5 |", "| search | cpu |"))]
     assert len(fits) == 3 and any(line.startswith("search: ") for line in summary)
-    assert (tmp_path / "gpu_check.log").read_text().count("== ") >= 6
+    assert sum(line.startswith("prompt learning (tiny, 10 classes x 2 shots, cpu): ") for line in summary) == 1
+    assert (tmp_path / "gpu_check.log").read_text().count("== ") >= 7

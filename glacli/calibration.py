@@ -22,9 +22,9 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from glacli import chunking
+
 T_MIN, T_MAX = 1e-4, 1e4
-BLOCK_ELEMENTS = 2**22
-"""Values per block of an in-memory pass (float64 temporaries of this size)."""
 
 
 def log_softmax(xp: Any, s: Any) -> Any:
@@ -35,9 +35,9 @@ def log_softmax(xp: Any, s: Any) -> Any:
 
 
 def _labelled_blocks(logits: Any, labels: Any) -> Iterator[tuple[Any, Any]]:
-    """``(z, y)`` row blocks as float64 and int64, at most :data:`BLOCK_ELEMENTS` values each."""
+    """``(z, y)`` row blocks as float64 and int64, of :func:`glacli.chunking.array_rows` rows each."""
     xp = array_namespace(logits)
-    rows = max(1, BLOCK_ELEMENTS // max(1, logits.shape[1]))
+    rows = chunking.array_rows(logits.shape[1])
     for start in range(0, logits.shape[0], rows):
         yield (xp.astype(logits[start:start + rows], xp.float64),
                xp.astype(labels[start:start + rows], xp.int64))
@@ -106,7 +106,7 @@ def fit_temperature_nll(logits: Any, labels: Any, tol: float = 1e-10, max_iter: 
 def mean_confidence(logits: Any, temperature: float) -> float:
     """Mean over rows of the largest softmax probability of ``logits / temperature``."""
     xp = array_namespace(logits)
-    rows = max(1, BLOCK_ELEMENTS // max(1, logits.shape[1]))
+    rows = chunking.array_rows(logits.shape[1])
     total = 0.0
     for start in range(0, logits.shape[0], rows):
         z = xp.astype(logits[start:start + rows], xp.float64) / temperature

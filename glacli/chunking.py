@@ -1,14 +1,18 @@
 """The one chunking policy: how many rows every streamed loop of gla takes at a time.
 
 Files can hold more rows than fit in memory, so reading, writing and computing all go block by
-block. Four budgets size the blocks, each in one place:
+block. These budgets size the blocks, each in one place:
 
 - ``IO_BYTES``: the values of one block read from or written to a file (64 MiB);
 - ``COMPUTE_BYTES``: the working memory of one block of computation, per device type (32 MiB on a
   CPU, where it stays cache friendly; 512 MiB on a GPU, where large matmuls pay);
 - ``STORAGE_BYTES``: one HDF5 storage chunk of a row dataset (1 MiB);
 - ``TEXT_ROWS`` / ``TEXT_CELLS``: rows of text (ids, CSV records) per block, bounding the Python
-  strings alive at once.
+  strings alive at once;
+- ``ARRAY_ELEMENTS``: the values of one block of a pass over an array already in memory (the
+  temperature fits, the prior solver's input), so its float64 temporaries stay bounded (32 MiB);
+- ``CACHE_ELEMENTS``: the values of one block of the prior solver's passes on a CPU, small enough
+  that its temporaries stay in cache (1 MiB of float32).
 
 No result depends on these numbers (tests shrink them to a few rows); they only trade memory for
 speed. Callers use the functions below through the module (``chunking.io_rows``), so a test can
@@ -21,6 +25,8 @@ COMPUTE_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
 STORAGE_BYTES = 2**20
 TEXT_ROWS = 65536
 TEXT_CELLS = 2**20
+ARRAY_ELEMENTS = 2**22
+CACHE_ELEMENTS = 2**18
 
 
 def _rows(budget_bytes: int, row_bytes: int) -> int:
@@ -46,3 +52,13 @@ def storage_rows(n_cols: int, itemsize: int) -> int:
 def text_rows(cells_per_row: int = 1) -> int:
     """Rows of text per block: at most ``TEXT_ROWS``, and at most ``TEXT_CELLS`` strings."""
     return min(TEXT_ROWS, _rows(TEXT_CELLS, cells_per_row))
+
+
+def array_rows(n_cols: int) -> int:
+    """Rows of ``n_cols`` values per block of a pass over an in-memory array."""
+    return _rows(ARRAY_ELEMENTS, n_cols)
+
+
+def cache_rows(n_cols: int) -> int:
+    """Rows of ``n_cols`` values per cache-sized block of the prior solver on a CPU."""
+    return _rows(CACHE_ELEMENTS, n_cols)

@@ -49,15 +49,30 @@ def _save_png(fig: Any, path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
+@dataclass
+class GroupBars:
+    """One method's group accuracies (fractions, NaN for an empty group) and their intervals."""
+
+    name: str
+    groups: list[str]
+    values: list[float | None]
+    intervals: list[Sequence[float | None]] | None = None
+    """``[low, high]`` per group, from the bootstrap; None without one."""
+
+
 def evaluation_figure(path: str | Path, names: Sequence[str], class_accuracies: Sequence[np.ndarray],
-                      order: np.ndarray, rank_label: str, reliabilities: Sequence[Reliability]) -> None:
-    """Per-class accuracy against class rank (left) and a reliability diagram (right), one series per file.
+                      order: np.ndarray, rank_label: str, reliabilities: Sequence[Reliability],
+                      group_bars: Sequence[GroupBars] = ()) -> None:
+    """Per-class accuracy against class rank (left), a reliability diagram (middle) and, where there
+    are groups, the group accuracies as bars with interval bars (right); one series per file.
 
     ``order`` lists class indices from rank 1 (most likely / most frequent) on; the accuracy curve
     is a NaN-aware moving average over ``max(1, 5% of C)`` ranks, as in Figure 1 of the GLA paper.
     """
-    fig = _figure(12, 4.5)
-    left, right = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    with_groups = bool(group_bars) and bool(group_bars[0].groups)
+    fig = _figure(18 if with_groups else 12, 4.5)
+    panels = fig.subplots(1, 3 if with_groups else 2, width_ratios=[1.6, 1, 1.4] if with_groups else [1.6, 1])
+    left, right = panels[0], panels[1]
     n_classes = len(order)
     window = max(1, round(SMOOTHING_FRACTION * n_classes))
     ranks = np.arange(1, n_classes + 1)
@@ -81,7 +96,30 @@ def evaluation_figure(path: str | Path, names: Sequence[str], class_accuracies: 
     right.grid(alpha=0.3)
     right.legend(loc="upper left", fontsize="small")
     right.set_title("reliability diagram")
+    if with_groups:
+        _group_panel(panels[2], group_bars)
     _save_png(fig, path)
+
+
+def _group_panel(ax: Any, bars: Sequence[GroupBars]) -> None:
+    """Grouped bars of the group accuracies (%), one colour per file, with interval bars."""
+    groups = bars[0].groups
+    x = np.arange(len(groups), dtype=np.float64)
+    width = 0.8 / len(bars)
+    for j, bar in enumerate(bars):
+        values = 100 * np.array([np.nan if v is None else v for v in bar.values], dtype=np.float64)
+        offset = x - 0.4 + (j + 0.5) * width
+        ax.bar(offset, np.nan_to_num(values), width, label=bar.name)
+        if bar.intervals is not None:
+            bounds = 100 * np.array([[np.nan if b is None else b for b in pair] for pair in bar.intervals],
+                                    dtype=np.float64)
+            ax.vlines(offset, bounds[:, 0], bounds[:, 1], color="black", lw=1.2)  # low to high, as measured
+    ax.set_xticks(x, groups, rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("group top-1 accuracy (%)")
+    title = "group accuracy" + (", bootstrap intervals" if bars[0].intervals is not None else "")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize="small")
 
 
 @dataclass

@@ -60,6 +60,7 @@ from glacli.prior_passes import (
     log_moments,
     prepare,
 )
+from glacli.types import PriorEstimate
 
 DEFAULT_TOL = 1e-8
 START_TOL = 1e-6
@@ -74,35 +75,6 @@ MAX_RIDGE_RETRIES = 30
 """Each retry multiplies the ridge by 100: from 1e-12 to far beyond any finite Hessian's scale."""
 UNDERFLOW = 1e-30
 """A mean class probability below this is recomputed in log space."""
-
-
-@dataclass
-class PriorEstimate:
-    """The fitted prior and how the solver got there."""
-
-    log_prior: np.ndarray
-    """``log q``, float64 [C], normalised so that ``q`` sums to 1 (finite even where ``q`` underflows)."""
-    temperature: float
-    iterations: int
-    """Newton iterations, on the subsample (``nll``'s start) and on all rows."""
-    max_moment_gap: float
-    """``max_k |f_k - mean_i softmax(z_i / T - log q + log f)_k|`` at the solution."""
-    converged: bool
-    objective: float | None
-    """Mean cross-entropy of ``softmax(z / T - log q + log f)`` on the labels; None without labels."""
-    temperature_gradient: float | None = None
-    """``dL/dbeta`` at the solution when T was fitted (``nll``), else None."""
-    moment_gaps: np.ndarray | None = None
-    """``f_k - mean_i p_ik`` per class, float64 [C]: where a fit that did not converge falls short."""
-    passes: int = 0
-    """Passes over the rows (float32 and float64), for benchmarks."""
-    correct: np.ndarray | None = None
-    """[2, C] right predictions per class on the estimation set, of ``z`` and of ``z / T - log q``
-    (with labels)."""
-
-    @property
-    def prior(self) -> np.ndarray:
-        return np.exp(self.log_prior)
 
 
 def _subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray) -> np.ndarray:
@@ -267,7 +239,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
             cross-entropy. ``"nll"`` requires that ``target`` are the proportions of these labels,
             since both come from the same likelihood.
         tol: stop when ``max_k |f_k - mean_i p_ik|`` (and the beta gradient) is below this, in float64.
-        hold_bytes: with T fixed, keep ``exp(z / T)`` in memory (float32) when it fits this budget.
+        hold_bytes: with T fixed, keep ``exp(z / T)`` in memory (float32) when it fits this budget;
+            with ``"nll"``, keep the rows as given (every pass needs them).
 
     Returns:
         A :class:`PriorEstimate`; ``converged`` is False if ``max_iter`` ran out first.
@@ -300,6 +273,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
 
     b, start_iterations = np.zeros(c), 0
     fit_beta = temperature == "nll"
+    if fit_beta and 4.0 * n * c <= hold_bytes:  # every nll pass reads all rows: read them once
+        engine.hold()
     if fit_beta:
         beta, b, start_iterations = _start_from_subsample(z_sub, labels[sub_rows])
     elif temperature == "confidence":

@@ -20,12 +20,11 @@ import numpy as np
 from array_api_compat import array_namespace, is_numpy_namespace
 from array_api_compat import device as device_of
 
+from glacli import chunking
 from glacli.calibration import log_softmax
 
 HESSIAN_ROWS = 8192
 """Rows of the fixed subsample that gives the dense Hessian block."""
-CPU_BLOCK_ELEMENTS = 2**18
-"""Values per compute block on a CPU: its temporaries stay in cache."""
 
 
 @dataclass
@@ -41,7 +40,7 @@ class LogitSource:
     @classmethod
     def from_array(cls, logits: Any) -> LogitSource:
         n, c = logits.shape
-        rows = max(1, 2**22 // max(1, c))
+        rows = chunking.array_rows(c)
         return cls(lambda: (logits[start:start + rows] for start in range(0, n, rows)), n, c)
 
 
@@ -86,18 +85,23 @@ class Engine:
     def numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value.cpu() if hasattr(value, "cpu") else value, dtype=np.float64)
 
+    def hold(self) -> None:
+        """Keep the rows in memory as the source gives them: later passes read no file. (The shift is
+        still taken out per pass, in the pass's dtype, so a float64 pass sees exactly what it would.)"""
+        held = list(self.source.blocks())
+        self.source = LogitSource(lambda: iter(held), self.n, self.c)
+
     def blocks(self, dtype: Any) -> Iterator[tuple[int, Any]]:
         """``(first row, block)`` in ``dtype`` with the shift taken out; cache-sized on a CPU."""
         xp, start = self.xp, 0
         shift = None if self.shift is None else self.vector(self.shift, dtype)
-        rows = max(1, CPU_BLOCK_ELEMENTS // self.c) if self.cpu else None
+        rows = chunking.cache_rows(self.c) if self.cpu else None
         for block in self.source.blocks():
-            block = xp.astype(xp.asarray(block, device=self.device), dtype)
-            if shift is not None:
-                block = block - shift
+            block = xp.asarray(block, device=self.device)
             step = rows or block.shape[0]
             for offset in range(0, block.shape[0], step):
-                yield start + offset, block[offset:offset + step]
+                piece = xp.astype(block[offset:offset + step], dtype, copy=False)
+                yield start + offset, piece if shift is None else piece - shift
             start += block.shape[0]
 
     def reduce(self, fn: Callable[[int, Any], tuple], dtype: Any) -> list:

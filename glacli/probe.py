@@ -3,22 +3,27 @@
 Objective. For features ``x_i`` [D], labels ``y_i`` in ``0..C-1`` (``N`` rows), weight ``W`` [C, D]
 and bias ``b`` [C], :func:`fit_probe` minimises
 
-    L(W, b) = (1/N) sum_i CE(W x_i + b + a, y_i)  +  (wd / 2) ||W||_F^2
+    L(W, b) = (1/N) sum_i CE(W x_i + b + a, y_i)  +  (wd / 2) ||W - W_a||_F^2
 
-with ``CE(z, y) = logsumexp(z) - z_y``, the bias unpenalised, and ``a = 0`` -- or ``a = log pi_s``
+with ``CE(z, y) = logsumexp(z) - z_y``, the bias free and unpenalised (held at the anchor's for
+the anchored probe), and ``a = 0`` -- or ``a = log pi_s``
 (the training label frequencies) for the balanced, logit-adjusted loss: the head then predicts
-``W x + b``, which is fitted as if the classes were balanced.
+``W x + b``, which is fitted as if the classes were balanced. The anchor ``W_a`` is zero for the
+plain probe and a zero-shot head's weights for the anchored one (:mod:`glacli.anchor`). In the
+coordinates ``Delta = W - W_a`` the anchored problem is the plain one with every row's logits
+shifted by ``W_a x``; the solver works in them, so the start, the stop rule and the search below
+hold for both with "zero" read as "the anchor".
 
 scikit-learn's ``LogisticRegression(C=C)`` (lbfgs, multinomial, unpenalised intercept) minimises
 ``0.5 ||W||^2 + C sum_i CE_i``. Dividing it by ``C N`` gives ``L`` above, so both solve the same
-problem when ``wd = 1 / (C N)`` (:func:`wd_to_c`, :func:`c_to_wd`). The problem is strictly convex
+problem when ``wd = 1 / (C N)`` (:func:`wd_to_c`). The problem is strictly convex
 in ``W`` (for ``wd > 0``), so the solution does not depend on the starting point; starting from a
 zero-shot head (``init``) or a neighbouring penalty's solution only saves iterations. Because
-the bias is free, the balanced loss gives exactly the plain solution with ``log pi_s`` subtracted
-from the bias (post-hoc logit adjustment).
+the plain probe's bias is free, its balanced loss gives exactly the plain solution with
+``log pi_s`` subtracted from the bias (post-hoc logit adjustment).
 
 Computation. Loss and gradient are accumulated over row chunks (closed-form gradient
-``(softmax(z) - onehot(y))^T x / N + wd W``), so memory is one chunk of
+``(softmax(z) - onehot(y))^T x / N + wd (W - W_a)``), so memory is one chunk of
 logits whatever ``N`` is. The rows come from a :class:`ProbeData`, whose ``chunks`` callable either
 slices tensors held on the compute device (GPU when present) or streams a file from disk on every
 pass; this module does no I/O itself.
@@ -27,12 +32,17 @@ Penalty search (:func:`search_penalty`), as the CLIP paper's linear-probe protoc
 grid of penalties, 8 per decade from 1 down to 1e-7. First every 8th (one per decade), from the
 strongest penalty down, each fit warm-started from the previous solution; the walk stops at the
 first decade (``patience``) that validates worse than the best so far, counted once the path
-has left the plateau of the strongest penalties. On that plateau the head is still close to zero
-(``W`` is about the gradient at zero over ``wd``): every fit ranks the classes alike, so
-validation accuracy moves only by noise, and an early stop there misses the optimum. The path
-has left it once the validation NLL has fallen by ``PLATEAU_NLL_DROP`` of its value at the
-strongest penalty. Beyond, validation accuracy is unimodal in the penalty in practice, and the
-weakest penalties are the costliest fits.
+has left the plateau of the strongest penalties. On that plateau the head is still close to its
+anchor (``W - W_a`` is about minus the gradient at the anchor over ``wd``): every fit ranks the
+classes as the anchor does (zero: by that gradient), so validation accuracy moves only by
+noise, and an early stop there misses the optimum. The path has left it once the validation NLL
+has fallen by ``PLATEAU_NLL_DROP`` of its value at the strongest penalty. Beyond, validation
+accuracy is unimodal in the penalty in practice, and the weakest penalties are the costliest fits.
+The anchored walk never stops early: its strongest penalty's head is already a good model (the
+zero-shot one), so a 10% fall of its NLL is a few hundredths of a nat, and validation accuracy
+then moves by single rows across decades before the shots pay off. On the demo embeddings
+(4 shots, 20 validation rows) the early stop chose ``wd = 0.24`` at 86.3% test accuracy where the
+full walk chose ``1e-5`` at 89.7%; the anchored fits are cheap (the shots are few, the start good).
 Then a finer search around the best:
 its neighbours at half, quarter and eighth decades, each level re-centred on the best so far.
 The chosen penalty is the best evaluated one by validation accuracy (ties: lower validation
@@ -154,14 +164,18 @@ class PenaltySearch:
         return max(self.points, key=PathPoint.key)
 
 
-def probe_objective(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor, wd: float,
-                    adjustment: torch.Tensor | None = None
+def probe_objective(data: ProbeData, displacement: torch.Tensor, bias: torch.Tensor, wd: float,
+                    adjustment: torch.Tensor | None = None, anchor: torch.Tensor | None = None
                     ) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """``L(W, b)`` of the module docstring with its gradients ``(dL/dW [C, D], dL/db [C])``.
+    """``L`` of the module docstring at ``W = anchor + displacement``, with its gradients ``(dL/dW [C, D], dL/db [C])``.
 
-    Computed in the dtype and on the device of ``weight``; the loss is summed in float64.
+    Without an anchor ``displacement`` is ``W``. Taking ``W - W_a`` rather than ``W`` keeps the
+    penalty exact when ``W`` is close to a large anchor (float32 would round ``W - W_a`` to
+    ``eps ||W_a||``). Computed in the dtype and on the device of ``displacement``; the loss is
+    summed in float64.
     """
-    device, dtype = weight.device, weight.dtype
+    device, dtype = displacement.device, displacement.dtype
+    weight = displacement if anchor is None else anchor.to(device, dtype) + displacement
     shift = bias if adjustment is None else bias + adjustment.to(device, dtype)
     total = torch.zeros((), dtype=torch.float64, device=device)
     grad_w = torch.zeros_like(weight)
@@ -177,46 +191,58 @@ def probe_objective(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor, w
         grad_w += residual.T @ x
         grad_b += residual.sum(0)
     n = data.n_rows
-    w64 = weight.to(torch.float64)
-    loss = float(total) / n + 0.5 * wd * float((w64 * w64).sum())
-    return loss, grad_w.div_(n).add_(weight, alpha=wd), grad_b.div_(n)
+    d64 = displacement.to(torch.float64)
+    loss = float(total) / n + 0.5 * wd * float((d64 * d64).sum())
+    return loss, grad_w.div_(n).add_(displacement, alpha=wd), grad_b.div_(n)
 
 
 def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions(), *,
+              anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
               start: tuple[torch.Tensor, torch.Tensor] | None = None,
               adjustment: torch.Tensor | None = None, tol: float | None = None,
               on_evaluation: Callable[[float], None] | None = None) -> ProbeFit:
-    """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS.
+    """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS over ``W - W_a`` (and ``b``).
 
-    ``start`` is an initial ``(weight, bias)`` (a warm start or a zero-shot head); by default
-    ``W = 0`` and ``b`` the log label frequencies minus ``adjustment`` (the optimum as ``wd -> inf``).
-    Stops when ``||grad L|| <= tol * wd * ||W||`` (default ``options.tol``): ``L`` is
-    ``wd``-strongly convex in ``W``, so the distance to the optimum is then about ``tol * ||W||``
-    whatever the scale of the penalty -- an absolute gradient tolerance would stop warm starts at
-    small penalties before they move. Also stops when no step decreases ``L`` at working precision
-    (counted as converged) or after ``options.max_iter`` iterations (not converged).
+    ``anchor`` is ``(W_a, b_a)``: the penalty pulls ``W`` towards ``W_a`` and the bias is held at
+    ``b_a`` (not learnt: see :mod:`glacli.anchor`). Without one, ``W_a = 0`` and the bias is free.
+    ``start`` is an initial ``(weight, bias)`` (a warm start or another head; an anchored fit uses
+    its weight only); by default the anchor, and for the plain probe ``W = 0`` with
+    ``b = log pi_s - adjustment``, the optimum as ``wd -> inf``.
+    Stops when ``||grad L|| <= tol * wd * ||W - W_a||`` (default ``options.tol``): ``L`` is
+    ``wd``-strongly convex in ``W``, so the distance to the optimum is then about ``tol`` times
+    what the rows moved the head from its anchor, whatever the scale of the penalty -- an absolute
+    gradient tolerance would stop warm starts at small penalties before they move. Also stops when
+    no step decreases ``L`` at working precision (counted as converged) or after
+    ``options.max_iter`` iterations (not converged).
     """
     if wd <= 0 or not math.isfinite(wd):
         raise ValueError(f"penalty must be positive, got {wd}")
     c, d = data.n_classes, data.n_features
     device, dtype = options.device, options.dtype
-    if start is None:
-        weight0 = torch.zeros(c, d, dtype=torch.float64)
+    if anchor is None:
+        anchor_w = torch.zeros(c, d, dtype=dtype, device=device)
         bias0 = data.log_label_frequencies().clamp_min(-30.0)
         if adjustment is not None:
             bias0 = bias0 - adjustment.to(torch.float64).cpu()
+        fixed_bias = None
     else:
-        weight0, bias0 = start
-    theta = torch.cat([weight0.reshape(-1).to(device, dtype), bias0.reshape(-1).to(device, dtype)])
+        anchor_w, fixed_bias = anchor[0].to(device, dtype), anchor[1].to(device, dtype)
+    weight0 = anchor_w if start is None else start[0].to(device, dtype)
+    parts = [(weight0 - anchor_w).reshape(-1)]
+    if fixed_bias is None:
+        parts.append((bias0 if start is None else start[1]).reshape(-1).to(device, dtype))
+    theta = torch.cat(parts)
     evaluations = 0
 
     def objective(point: torch.Tensor) -> tuple[float, torch.Tensor]:
         nonlocal evaluations
-        loss, grad_w, grad_b = probe_objective(data, point[: c * d].view(c, d), point[c * d:], wd, adjustment)
+        bias = point[c * d:] if fixed_bias is None else fixed_bias
+        loss, grad_w, grad_b = probe_objective(data, point[: c * d].view(c, d), bias, wd, adjustment,
+                                               None if anchor is None else anchor_w)
         evaluations += 1
         if on_evaluation is not None:
             on_evaluation(loss)
-        return loss, torch.cat([grad_w.reshape(-1), grad_b])
+        return loss, grad_w.reshape(-1) if fixed_bias is not None else torch.cat([grad_w.reshape(-1), grad_b])
 
     rtol = options.tol if tol is None else tol
 
@@ -224,8 +250,8 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
         return float(grad.norm()) <= rtol * wd * float(point[: c * d].norm())
 
     theta, loss, iterations, converged = lbfgs(objective, theta, small_enough, options.max_iter, options.history)
-    return ProbeFit(theta[: c * d].view(c, d).clone(), theta[c * d:].clone(), wd, loss, iterations,
-                    evaluations, converged)
+    bias = theta[c * d:].clone() if fixed_bias is None else fixed_bias.clone()
+    return ProbeFit(anchor_w + theta[: c * d].view(c, d), bias, wd, loss, iterations, evaluations, converged)
 
 
 def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta: torch.Tensor,
@@ -308,6 +334,7 @@ def probe_scores(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor,
 
 
 def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = SolverOptions(), *,
+                   anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
                    start: tuple[torch.Tensor, torch.Tensor] | None = None,
                    adjustment: torch.Tensor | None = None, grid: np.ndarray = WD_GRID,
                    coarse_stride: int = COARSE_STRIDE, patience: int = 1,
@@ -324,7 +351,7 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
 
     def evaluate(index: int, warm: tuple[torch.Tensor, torch.Tensor] | None, stage: str) -> ProbeFit:
         nonlocal best_index, best_fit
-        fit = fit_probe(train, float(grid[index]), options, start=warm, adjustment=adjustment,
+        fit = fit_probe(train, float(grid[index]), options, anchor=anchor, start=warm, adjustment=adjustment,
                         tol=options.search_tol, on_evaluation=on_evaluation)
         accuracy, nll = probe_scores(val, fit.weight, fit.bias)
         point = PathPoint(fit.wd, accuracy, nll, fit.iterations, fit.loss, fit.converged, stage)
@@ -340,7 +367,7 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
         fit = evaluate(index, warm, "coarse")
         warm = (fit.weight, fit.bias)
         assert best_index is not None
-        off_plateau = points[index].val_nll < (1 - PLATEAU_NLL_DROP) * points[0].val_nll
+        off_plateau = anchor is None and points[index].val_nll < (1 - PLATEAU_NLL_DROP) * points[0].val_nll
         if off_plateau and (index - best_index) // coarse_stride >= patience:
             break
     span = coarse_stride // 2
@@ -363,14 +390,16 @@ def planned_fits(grid: np.ndarray = WD_GRID, coarse_stride: int = COARSE_STRIDE)
 
 def train_probe(train: ProbeData, *, val: ProbeData | None = None, wd: float | None = None,
                 options: SolverOptions = SolverOptions(), init: tuple[torch.Tensor, torch.Tensor] | None = None,
-                balanced: bool = False, grid: np.ndarray = WD_GRID,
+                anchor: tuple[torch.Tensor, torch.Tensor] | None = None, balanced: bool = False,
+                grid: np.ndarray = WD_GRID,
                 on_fit: Callable[[PathPoint], None] | None = None,
                 on_evaluation: Callable[[float], None] | None = None) -> ProbeResult:
     """Fit a linear head: at ``wd``, or (``wd=None``) at the penalty chosen on ``val``.
 
     With ``val``, the final head is refitted to ``options.tol`` and its temperature calibrated
     on ``val`` by NLL; without, the temperature is 1. ``balanced`` trains with the logit-adjusted
-    loss (``a = log pi_s``). ``init`` is a starting ``(weight, bias)``, e.g. a zero-shot head.
+    loss (``a = log pi_s``). ``anchor`` is ``(W_a, b_a)`` for the anchored penalty
+    ``wd/2 ||W - W_a||^2``; ``init`` is a starting ``(weight, bias)`` (by default the anchor, or zero).
     """
     if wd is None and val is None:
         raise ValueError("either a penalty or a validation set is needed")
@@ -379,11 +408,12 @@ def train_probe(train: ProbeData, *, val: ProbeData | None = None, wd: float | N
     start = init
     if wd is None:
         assert val is not None
-        search = search_penalty(train, val, options, start=init, adjustment=adjustment, grid=grid,
+        search = search_penalty(train, val, options, anchor=anchor, start=init, adjustment=adjustment, grid=grid,
                                 on_fit=on_fit, on_evaluation=on_evaluation)
         path, wd = search.points, search.chosen.wd
         start = (search.best.weight, search.best.bias)
-    fit = fit_probe(train, wd, options, start=start, adjustment=adjustment, on_evaluation=on_evaluation)
+    fit = fit_probe(train, wd, options, anchor=anchor, start=start, adjustment=adjustment,
+                    on_evaluation=on_evaluation)
     result = ProbeResult(fit.weight.float().cpu().numpy(), fit.bias.float().cpu().numpy(), wd=wd,
                          temperature=1.0, iterations=fit.iterations, final_loss=fit.loss,
                          converged=fit.converged, path=path)

@@ -37,8 +37,6 @@ from glacli.validation import (
     require_prior,
     require_unique,
 )
-# Re-exported until glacli/commands/estimate.py imports it from glacli.validation (docs/architecture.md).
-from glacli.validation import check_same_classnames  # noqa: F401
 
 FORMAT_VERSION = 1
 KINDS = ("features", "head", "logits", "prior")
@@ -46,10 +44,6 @@ ROW_KINDS = ("features", "logits")
 COMPLETE_ATTR = "gla_complete"
 PROVENANCE_ATTRS = ("gla_kind", "gla_format", "gla_version", "created", "gla_id", "parents", COMPLETE_ATTR)
 STRING_DTYPE = h5py.string_dtype("utf-8")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def provenance_attrs(kind: str, parents: Iterable[str] = ()) -> dict[str, Any]:
@@ -61,7 +55,7 @@ def provenance_attrs(kind: str, parents: Iterable[str] = ()) -> dict[str, Any]:
         "gla_format": FORMAT_VERSION,
         "gla_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "gla_id": new_id(),
+        "gla_id": uuid.uuid4().hex,
         "parents": [p for p in parents if p],
     }
 
@@ -494,7 +488,12 @@ def check_same_rows(a: RowFile, b: RowFile) -> None:
             k = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y)
             raise GlaInputError(f"ids disagree with {b.path} at row {start + k} "
                                 f"({ids_a[k]!r} vs {ids_b[k]!r})", a.path)
-    both = (a.labels >= 0) & (b.labels >= 0)
-    if (a.labels[both] != b.labels[both]).any():
-        k = int(np.argmax(both & (a.labels != b.labels)))
-        raise GlaInputError(f"labels disagree with {b.path} at row {k}", a.path)
+    check_same_labels(a.labels, a.path, b.labels, b.path)
+
+
+def check_same_labels(labels: np.ndarray, path: str | Path, ref_labels: np.ndarray, ref_path: str | Path) -> None:
+    """Refuse labels of the same rows that disagree with ``ref_labels`` where both are known (not -1)."""
+    bad = (labels >= 0) & (ref_labels >= 0) & (labels != ref_labels)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise GlaInputError(f"labels disagree with {ref_path} at row {k} ({labels[k]} vs {ref_labels[k]})", path)

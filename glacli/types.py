@@ -2,10 +2,10 @@
 
 What a gla file holds (:class:`Head`, :class:`Prior`), what a data source lists (:class:`Rows` and
 its locators), how a service reports while it works (:class:`Reporter`) and the results the math
-and the services hand upward (:class:`PathPoint`, :class:`ProbeResult`, :class:`Metrics`,
-:class:`Record`, :class:`ExtractResult`, :class:`ImportReport`, :class:`ExportReport`). Every
-layer may import this module; it imports only numpy and the standard library, so that reading
-a type never pulls in h5py, torch or the command line.
+and the services hand upward (:class:`PriorEstimate`, :class:`PathPoint`, :class:`ProbeResult`,
+:class:`Metrics`, :class:`Record`, :class:`ExtractResult`, :class:`ImportReport`,
+:class:`ExportReport`). Every layer may import this module; it imports only numpy and the
+standard library, so that reading a type never pulls in h5py, torch or the command line.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-HEAD_TYPES = ("zeroshot", "linear")
+HEAD_TYPES = ("zeroshot", "linear", "anchored", "prompt")
 PROMPT_PLACEHOLDER = "{}"
 """Where the class name goes in a prompt template (read by :mod:`glacli.templates`, filled by
 :mod:`glacli.zeroshot`)."""
@@ -164,6 +164,35 @@ class Reporter:
 
 
 @dataclass
+class PriorEstimate:
+    """The fitted prior and how the solver got there (what :func:`glacli.prior.estimate_prior` returns)."""
+
+    log_prior: np.ndarray
+    """``log q``, float64 [C], normalised so that ``q`` sums to 1 (finite even where ``q`` underflows)."""
+    temperature: float
+    iterations: int
+    """Newton iterations, on the subsample (``nll``'s start) and on all rows."""
+    max_moment_gap: float
+    """``max_k |f_k - mean_i softmax(z_i / T - log q + log f)_k|`` at the solution."""
+    converged: bool
+    objective: float | None
+    """Mean cross-entropy of ``softmax(z / T - log q + log f)`` on the labels; None without labels."""
+    temperature_gradient: float | None = None
+    """``dL/dbeta`` at the solution when T was fitted (``nll``), else None."""
+    moment_gaps: np.ndarray | None = None
+    """``f_k - mean_i p_ik`` per class, float64 [C]: where a fit that did not converge falls short."""
+    passes: int = 0
+    """Passes over the rows (float32 and float64), for benchmarks."""
+    correct: np.ndarray | None = None
+    """[2, C] right predictions per class on the estimation set, of ``z`` and of ``z / T - log q``
+    (with labels)."""
+
+    @property
+    def prior(self) -> np.ndarray:
+        return np.exp(self.log_prior)
+
+
+@dataclass
 class PathPoint:
     """One evaluated penalty of the probe's search, with its validation scores."""
 
@@ -248,11 +277,15 @@ class Metrics:
 @dataclass
 class Record:
     """One evaluated file of an evaluate results document: its keys (``method`` and the document's
-    tags), its scalar metrics, and the document it came from."""
+    tags), its scalar metrics, and the document it came from; with a bootstrap, the interval of
+    each metric (``ci``) and the paired differences to the document's ``baseline``."""
 
     keys: dict[str, Any]
     metrics: dict[str, float | None]
     source: str
+    ci: dict[str, Any] = field(default_factory=dict)
+    vs_baseline: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
 
 
 @dataclass

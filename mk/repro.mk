@@ -1,7 +1,7 @@
 # Reproductions of the GLA paper's three settings, and a quick start. See docs/reproduce.md.
 #
 #   make repro-imagenet   IMAGENET=data/imagenet
-#   make repro-fewshot    DATASET=dtd COOP_DATA=data/coop       (SHOTS="1 2 4 8 16" SEEDS="1 2 3")
+#   make repro-fewshot    DATASET=dtd COOP_DATA=data/coop       (SHOTS="1 2 4 8 16" SEEDS="1 2 3" HEAD=linear|prompt|anchored)
 #   make repro-fewshot-all COOP_DATA=data/coop IMAGENET=data/imagenet
 #   make repro-lt         DATASET=imagenet_lt|places_lt
 #   make quickstart-clip  (downloads CIFAR-100 into TV_DATA)
@@ -29,6 +29,20 @@ IMAGENET_CLASSNAMES ?= $(RUNS)/imagenet/classnames.txt
 COOP_DATA  ?= data/coop
 SHOTS      ?= 1 2 4 8 16
 SEEDS      ?= 1 2 3
+# The fine-tuned head of the few-shot runs: prompt (the default, as the paper: the GLA authors'
+# prompt learner, over AUGMENT_VIEWS cached views of each training image, PROMPT_EPOCHS epochs at
+# their learning rate for the shot count, which is gla fit's default), linear (a probe on the
+# features) or anchored (a probe pulled towards the zero-shot head).
+HEAD       ?= prompt
+AUGMENT_VIEWS ?= 10
+PROMPT_EPOCHS ?= 50
+HEAD_FILE_linear := lp
+HEAD_NAME_linear := linear-probe
+HEAD_FILE_prompt := prompt
+HEAD_NAME_prompt := prompt
+# anchored: a probe whose penalty pulls it towards the dataset's zero-shot head (gla fit --anchor).
+HEAD_FILE_anchored := anchored
+HEAD_NAME_anchored := anchored-probe
 FEWSHOT_ALL := imagenet caltech101 oxfordpets stanfordcars oxfordflowers food101 fgvcaircraft sun397 dtd \
                eurosat ucf101
 FEWSHOT_DATASETS ?= $(FEWSHOT_ALL)
@@ -82,7 +96,7 @@ $(1)/results.json: $(1)/zs_test.h5 $(1)/debiased_test.h5 $(1)/lp_test.h5 $(1)/en
                    $(1)/gla_test.h5 $(1)/prior.h5
 	$$(GLA) evaluate $(1)/zs_test.h5 $(1)/debiased_test.h5 $(1)/lp_test.h5 $(1)/ensemble_test.h5 \
 	    $(1)/gla_test.h5 --name zero-shot --name zero-shot-debiased --name linear-probe --name ensemble \
-	    --name GLA --prior $(1)/prior.h5 $(6) --device $$(DEVICE) --json $$@
+	    --name GLA --prior $(1)/prior.h5 $(6) --device $$(DEVICE) --bootstrap 1000 --json $$@
 $(1)/report.md: $(1)/results.json
 	$$(GLA) report $$< -o $$@
 endef
@@ -147,6 +161,12 @@ fs_source = $(if $(filter fgvcaircraft,$(1)),torchvision:FGVCAircraft --split $(
     --root $(COOP_DATA)/$(word 1,$(FS_$(1)))/$(word 3,$(FS_$(1))))
 FEWSHOT_DIR := $(RUNS)/fewshot/$(MODEL_TAG)
 val_shots = $(if $(filter 1 2 3,$(1)),$(1),4)
+# The training split a dataset's views are cropped from, and its prompt for the prompt head
+# (ImageNet: CoOp's and the authors' "a photo of a {}.", not the first of CLIP's 80).
+fs_train_source = $(if $(filter imagenet,$(1)),$(IMAGENET)/train --classnames $(IMAGENET_CLASSNAMES),\
+    $(call fs_source,$(1),train))
+prompt_template = $(if $(filter imagenet,$(1)),simple,$(1))
+FS_HEAD := $(HEAD_FILE_$(HEAD))
 
 # $(call fewshot_split,NAME,SPLIT) and $(call fewshot_head,NAME): features of a dataset's splits
 # and its zero-shot head with the dataset's prompts.
@@ -162,8 +182,11 @@ endef
 
 # $(call fewshot_run,NAME,K,SEED,TRAIN_POOL,VAL_POOL,TEST,ZS_HEAD,ZS_TEST): one K-shot run. K training
 # images per class, min(K, 4) validation images per class from the validation part (as CoOp does);
-# a probe whose penalty and temperature are chosen on the validation shots; q from the zero-shot
-# logits of training and validation shots pooled; zero-shot, probe and GLA on the test set.
+# the fine-tuned head (HEAD): a probe whose penalty and temperature are chosen on the validation
+# shots, or prompts learned on AUGMENT_VIEWS views of each training image (the images of train.h5,
+# cropped from the training split) with the epoch and temperature chosen on the validation shots;
+# q from the zero-shot logits of training and validation shots pooled; zero-shot, the head and GLA
+# on the test set.
 define fewshot_run
 $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/train.h5: $(4)
 	@mkdir -p $$(@D)
@@ -183,23 +206,37 @@ $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prior.h5: $(FEWSHOT_DIR)/$(1)/$(2)shot/see
 	$$(GLA) estimate-prior $$^ --temperature $$(Q_TEMPERATURE) -o $$@
 $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/lp_test.h5: $(6) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/lp_head.h5
 	$$(GLA) logits $$^ -o $$@
-$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/gla_test.h5: $(8) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prior.h5 \
-                                                   $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/lp_test.h5
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/anchored_head.h5: $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/train.h5 \
+                                                        $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/val.h5 $(7)
+	$$(GLA) fit $$< --val $$(word 2,$$^) --anchor $$(word 3,$$^) --device $$(DEVICE) -o $$@
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/anchored_test.h5: $(6) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/anchored_head.h5
+	$$(GLA) logits $$^ -o $$@
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/train_views.h5: $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/train.h5
+	$$(GLA) extract $$(call fs_train_source,$(1)) --rows-of $$< --augment-views $$(AUGMENT_VIEWS) --seed $(3) \
+	    -o $$@ $$(MODEL_ARGS) $$(EXTRACT_FLAGS)
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prompt_head.h5: $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/train_views.h5 \
+                                                      $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/val.h5
+	$$(GLA) fit $$< --method prompt --val $$(word 2,$$^) --template $(call prompt_template,$(1)) \
+	    --epochs $$(PROMPT_EPOCHS) --seed $(3) $$(MODEL_ARGS) -o $$@
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prompt_test.h5: $(6) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prompt_head.h5
+	$$(GLA) logits $$^ -o $$@
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/gla-$(HEAD)_test.h5: $(8) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prior.h5 \
+                                                   $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/$(FS_HEAD)_test.h5
 	$$(GLA) combine --zeroshot $(8) --prior $$(word 2,$$^) --finetuned $$(word 3,$$^) -o $$@
-$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/results.json: $(8) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/lp_test.h5 \
-        $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/gla_test.h5 $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prior.h5
-	$$(GLA) evaluate $$(wordlist 1,3,$$^) --name zero-shot --name linear-probe --name GLA \
-	    --prior $$(word 4,$$^) --tag dataset=$(1) --tag shots=$(2) --tag seed=$(3) --device $$(DEVICE) --json $$@
+$(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/results-$(HEAD).json: $(8) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/$(FS_HEAD)_test.h5 \
+        $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/gla-$(HEAD)_test.h5 $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prior.h5
+	$$(GLA) evaluate $$(wordlist 1,3,$$^) --name zero-shot --name $(HEAD_NAME_$(HEAD)) --name GLA \
+	    --prior $$(word 4,$$^) --tag dataset=$(1) --tag shots=$(2) --tag seed=$(3) --device $$(DEVICE) --bootstrap 1000 --json $$@
 endef
 
 # The files a dataset's runs start from. ImageNet (no split JSON) reuses the many-shot setting's:
 # shots from its training part, validation shots from its held-out part, test = ImageNet val.
 fs_file = $(if $(filter imagenet,$(1)),$(IMAGENET_DIR)/$(2).h5,$(FEWSHOT_DIR)/$(1)/$(3).h5)
-fs_results = $(foreach k,$(SHOTS),$(foreach s,$(SEEDS),$(FEWSHOT_DIR)/$(1)/$(k)shot/seed$(s)/results.json))
+fs_results = $(foreach k,$(SHOTS),$(foreach s,$(SEEDS),$(FEWSHOT_DIR)/$(1)/$(k)shot/seed$(s)/results-$(HEAD).json))
 
-# One report per dataset: methods x shots, mean ± std over seeds.
+# One report per dataset and head: methods x shots, mean ± std over seeds.
 define fewshot_report
-$(FEWSHOT_DIR)/$(1)/report.md: $(call fs_results,$(1))
+$(FEWSHOT_DIR)/$(1)/report-$(HEAD).md: $(call fs_results,$(1))
 	$$(GLA) report $$^ -o $$@ --cols shots
 endef
 
@@ -214,12 +251,12 @@ $(foreach d,$(FEWSHOT_RULES),\
         $(call fs_file,$(d),zs_head,zs_head),$(call fs_file,$(d),zs_test,zs_test))))))
 
 # One report over all datasets: methods x shots, mean ± std over datasets and seeds.
-$(FEWSHOT_DIR)/report.md: $(foreach d,$(FEWSHOT_DATASETS),$(FEWSHOT_DIR)/$(d)/report.md)
+$(FEWSHOT_DIR)/report-$(HEAD).md: $(foreach d,$(FEWSHOT_DATASETS),$(FEWSHOT_DIR)/$(d)/report-$(HEAD).md)
 	$(GLA) report $(foreach d,$(FEWSHOT_DATASETS),$(call fs_results,$(d))) -o $@ --cols shots
 
 .PHONY: repro-fewshot repro-fewshot-all
-repro-fewshot: $(FEWSHOT_DIR)/$(DATASET)/report.md
-repro-fewshot-all: $(FEWSHOT_DIR)/report.md
+repro-fewshot: $(FEWSHOT_DIR)/$(DATASET)/report-$(HEAD).md
+repro-fewshot-all: $(FEWSHOT_DIR)/report-$(HEAD).md
 
 # ------------------------------------------------------------------------------ repro-lt
 # The published lists as manifests (integer labels named by a class-names file). The probe is
@@ -251,7 +288,7 @@ $(call LT_DIR,$(1))/results.json: $(call LT_DIR,$(1))/zs_test.h5 $(call LT_DIR,$
         $(call LT_DIR,$(1))/gla_test.h5 $(call LT_DIR,$(1))/prior.h5 $(call LT_DIR,$(1))/train.h5
 	$$(GLA) evaluate $$(wordlist 1,3,$$^) --name zero-shot --name linear-probe --name GLA \
 	    --prior $$(word 4,$$^) --train $$(word 5,$$^) --tag dataset=$(1) --tag model=$$(MODEL_TAG) \
-	    --device $$(DEVICE) --json $$@
+	    --device $$(DEVICE) --bootstrap 1000 --json $$@
 $(call LT_DIR,$(1))/report.md: $(call LT_DIR,$(1))/results.json
 	$$(GLA) report $$< -o $$@
 endef
@@ -266,6 +303,11 @@ repro-lt: $(call LT_DIR,$(DATASET))/report.md
 ifneq ($(filter repro-fewshot,$(MAKECMDGOALS)),)
   ifeq ($(filter $(DATASET),$(FEWSHOT_ALL)),)
     $(error repro-fewshot needs DATASET=one of: $(FEWSHOT_ALL))
+  endif
+endif
+ifneq ($(filter repro-fewshot repro-fewshot-all,$(MAKECMDGOALS)),)
+  ifeq ($(FS_HEAD),)
+    $(error HEAD must be linear, prompt or anchored, not $(HEAD))
   endif
 endif
 ifneq ($(filter repro-lt,$(MAKECMDGOALS)),)

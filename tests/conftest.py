@@ -1,6 +1,10 @@
-"""Shared test fixtures: run ``gla`` in-process, locate the real CLIP fixtures; the e2e budgets."""
+"""Shared test fixtures: run ``gla`` in-process, locate the real CLIP fixtures, an extraction that blocks
+half-way in a child process; the e2e budgets."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +55,64 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
     assert "Traceback" not in run.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child ``python``: this checkout importable, one thread (as torchrun gives ranks)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+@dataclass
+class BlockedExtraction:
+    """``gla extract`` of a manifest of 12 JPEGs whose row 8 is a named pipe: with ``--commit-every 4`` a
+    run commits rows 0-7 (two chunks of parts), then blocks reading the pipe until :meth:`unblock`."""
+
+    args: list[str]
+    output: Path
+    parts: Path
+    pipe: Path
+
+    def start(self, timeout: float = 120) -> subprocess.Popen:
+        """The extraction in a child process, returned once rows 0-7 are committed (killed if it fails first)."""
+        proc = subprocess.Popen([sys.executable, "-m", "glacli", *self.args], env=subprocess_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        try:
+            while not (self.parts / "chunk-00000001.npz").exists():
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "extraction did not reach the named pipe"
+                time.sleep(0.05)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+            raise
+        return proc
+
+    def unblock(self) -> None:
+        """Replace the pipe by a JPEG, so the next run reads row 8."""
+        from tiny_clip import write_jpeg
+        self.pipe.unlink()
+        write_jpeg(self.pipe, seed=8)
+
+
+def blocked_extraction(folder: Path, model_args: list[str]) -> BlockedExtraction:
+    """The images, the pipe and the manifest in ``folder``; ``model_args`` choose the (tiny) model.
+
+    ``tiny_clip`` imports torch, so it is imported here, by the tests that extract, not by every test."""
+    from tiny_clip import write_jpeg
+    names = [f"images/{k:02d}.jpg" for k in range(12)]
+    for k, name in enumerate(names):
+        if k != 8:
+            write_jpeg(folder / name, seed=k)
+    os.mkfifo(folder / names[8])
+    manifest = folder / "m.csv"
+    manifest.write_text("path,label\n" + "".join(f"{n},{'ab'[k % 2]}\n" for k, n in enumerate(names)))
+    out = folder / "out.h5"
+    args = ["extract", str(manifest), "-o", str(out), *model_args, "--batch-size", "2", "--commit-every", "4",
+            "--workers", "0", "--dtype", "float32"]
+    return BlockedExtraction(args, out, folder / ".out.h5.parts", folder / names[8])
 
 
 @pytest.hookimpl(wrapper=True)

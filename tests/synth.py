@@ -58,3 +58,22 @@ def write_features(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | 
     store.write_features(path, x, y, [f"img/{i:05d}.jpg" for i in range(len(y))], names,
                          attrs={"model": "ViT-B-32", "pretrained": "synthetic"}, dtype=np.float32)
     return path
+
+
+
+def write_combine_inputs(folder: Path, ft_temperature: float = 1.0) -> Path:
+    """The inputs of ``combine`` with known values, in ``folder``: ``zs.h5`` and ``ft.h5`` (50 rows, 4
+    classes; ``ft`` has ``ft_temperature`` applied), ``q.h5`` (q = [0.1, 0.2, 0.3, 0.4] at T_zs 1.7) and
+    ``train.h5`` (features with 10, 20, 30 and 40 rows of the four classes)."""
+    rng = np.random.default_rng(1)
+    n, c = 50, 4
+    labels = rng.integers(0, c, n)
+    write_logits_file(folder / "zs.h5", rng.normal(size=(n, c)) * 5, labels, head_type="zeroshot")
+    write_logits_file(folder / "ft.h5", rng.normal(size=(n, c)), labels, head_type="linear",
+                      temperature=ft_temperature)
+    store.write_prior(folder / "q.h5", store.Prior(prior=np.array([0.1, 0.2, 0.3, 0.4]), classnames=classnames(c),
+                                                   temperature=1.7, method="nll"))
+    train_labels = np.repeat(np.arange(c), [10, 20, 30, 40])
+    store.write_features(folder / "train.h5", np.eye(c, 8)[train_labels], train_labels,
+                         [f"t{i}" for i in range(len(train_labels))], classnames(c))
+    return folder

@@ -5,24 +5,14 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, wideresnet_cifar10, write_rows
-from synth import classnames, write_logits_file
+from synth import classnames, write_combine_inputs, write_logits_file
 
 from glacli import chunking, store
 
 
 @pytest.fixture
 def files(tmp_path):
-    rng = np.random.default_rng(1)
-    n, c = 50, 4
-    labels = rng.integers(0, c, n)
-    write_logits_file(tmp_path / "zs.h5", rng.normal(size=(n, c)) * 5, labels, head_type="zeroshot")
-    write_logits_file(tmp_path / "ft.h5", rng.normal(size=(n, c)), labels, head_type="linear")
-    q = np.array([0.1, 0.2, 0.3, 0.4])
-    store.write_prior(tmp_path / "q.h5", store.Prior(prior=q, classnames=classnames(c), temperature=1.7, method="nll"))
-    train_labels = np.repeat(np.arange(c), [10, 20, 30, 40])
-    store.write_features(tmp_path / "train.h5", np.eye(c, 8)[train_labels], train_labels,
-                         [f"t{i}" for i in range(len(train_labels))], classnames(c))
-    return tmp_path
+    return write_combine_inputs(tmp_path)
 
 
 def read(path):
@@ -140,3 +130,15 @@ def test_gla_without_prior_and_zero_prior(gla, files):
     with h5py.File(files / "q.h5", "a") as f:
         del f["log_prior"]  # as in files written before log_prior was stored
     assert_one_line_error(gla(*combine), "q.h5", "positive prior")
+
+
+@pytest.mark.parametrize("head_type", ["anchored", "prompt"])
+def test_warns_once_when_the_finetuned_head_already_holds_the_zeroshot_model(gla, files, head_type):
+    with store.read_rows(files / "ft.h5", "logits") as ft:
+        write_logits_file(files / "ft_zs.h5", ft.read(), ft.labels, head_type=head_type)
+    common = ("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "-o", files / "out.h5")
+    r = gla(*common, "--finetuned", files / "ft_zs.h5")
+    assert r.code == 0, r.err
+    warnings = [line for line in r.err.splitlines() if "counts it twice" in line]
+    assert len(warnings) == 1 and head_type in warnings[0]
+    assert "counts it twice" not in gla(*common, "--finetuned", files / "ft.h5").err

@@ -11,6 +11,7 @@ from real import balanced_split, clip_cifar10, write_rows
 from synth import biased_logits, classnames, write_logits_file
 
 from glacli import store
+from glacli.prior import class_proportions, estimate_prior
 
 
 @pytest.fixture
@@ -26,7 +27,11 @@ def test_writes_a_prior_file_with_its_attributes_and_reports_json(gla, zs_file, 
     prior = store.read_prior(tmp_path / "q.h5")
     assert prior.method == "nll" and prior.converged and prior.max_moment_gap < 1e-8
     assert prior.temperature == pytest.approx(report["temperature"])
-    assert prior.iterations == report["iterations"] >= 1
+    # the file and the report record what the solver did on these rows (one block here, as in the command)
+    with store.read_rows(zs_file, "logits") as rows:
+        direct = estimate_prior(rows.read(), class_proportions(rows.labels, 6), "nll", labels=rows.labels)
+    assert prior.iterations == report["iterations"] == direct.iterations
+    np.testing.assert_allclose(prior.log_prior, direct.log_prior, atol=1e-9)
     assert abs(prior.prior.sum() - 1) < 1e-12
     assert prior.attrs["parents"] == [store.read_rows(zs_file, "logits").gla_id]
     assert report["top1_after"] >= report["top1_before"] - 5
@@ -116,7 +121,8 @@ def test_wrong_kind_nan_and_missing_labels(gla, zs_file, tmp_path):
 
 def test_class_without_samples_is_a_clear_error(gla, tmp_path):
     path = write_logits_file(tmp_path / "zs.h5", np.random.default_rng(0).normal(size=(6, 3)), np.array([0, 1, 0, 1, 0, 1]))
-    assert_one_line_error(gla("estimate-prior", path, "-o", tmp_path / "q.h5"), "class 'class 2' has no samples")
+    assert_one_line_error(gla("estimate-prior", path, "-o", tmp_path / "q.h5"), "class 'class 2' has no rows",
+                          "--target labels needs every class")
 
 
 @pytest.mark.parametrize("option, value, fragment", [

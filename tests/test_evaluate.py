@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ from conftest import assert_one_line_error
 from scipy.special import log_softmax
 from synth import biased_logits, classnames, write_logits_file
 
-from glacli import chunking, store
+from glacli import bootstrap, chunking, store
 
 C = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -54,7 +57,11 @@ def test_json_schema_and_numbers(gla, files):
     assert doc["prior"]["gla_id"] == store.read_prior(files["prior"]).gla_id
     np.testing.assert_allclose(doc["prior"]["q"], files["q"])
     assert doc["train"]["counts"] == np.bincount(files["train_labels"], minlength=C).tolist()
-    assert set(doc["groups"]) == {"q_head", "q_medium", "q_tail", "many_shot", "medium_shot", "few_shot"}
+    shot_groups = {"many_shot", "medium_shot", "few_shot"}
+    assert set(doc["groups"]) == {"q_head", "q_medium", "q_tail"} | shot_groups \
+        | {g + "_class_mean" for g in shot_groups}
+    assert doc["train"]["many_shot_above"] == 100 and doc["train"]["few_shot_below"] == 20
+    assert doc["bootstrap"] is None and doc["target_prior"] is None
     assert doc["groups"]["many_shot"]["classes"] == [0, 1, 2, 9]
     assert doc["groups"]["medium_shot"]["classes"] == [3, 4, 5, 10]
     assert doc["groups"]["few_shot"]["classes"] == [6, 7, 8, 11]
@@ -76,6 +83,9 @@ def test_json_schema_and_numbers(gla, files):
         head = np.isin(y, order[:4])
         assert m["q_head"] == pytest.approx(correct[head].mean())
         assert m["few_shot"] == pytest.approx(correct[np.isin(y, [6, 7, 8, 11])].mean())
+        # the paper's shot_acc: the mean of the few-shot classes' accuracies, not pooled
+        assert m["few_shot_class_mean"] == pytest.approx(np.mean([correct[y == c].mean() for c in (6, 7, 8, 11)]))
+        assert "ci" not in result and "vs_baseline" not in result
         per_class = result["per_class"]
         assert per_class["count"] == np.bincount(y, minlength=C).tolist()
         assert per_class["correct"] == np.bincount(y[correct], minlength=C).tolist()
@@ -141,6 +151,106 @@ def test_same_result_whatever_the_chunking(gla, files, monkeypatch):
     r2 = gla("evaluate", files["zs"], "--json", "-")
     m1, m2 = (json.loads(r.out)["results"][0]["metrics"] for r in (r1, r2))
     assert m1 == pytest.approx(m2, rel=1e-12)
+
+
+# ------------------------------------------------------------------ bootstrap, target prior, shot thresholds
+
+
+def test_bootstrap_intervals_are_paired_reproducible_and_wired(gla, files, monkeypatch):
+    """A copy of the baseline differs from it by exactly 0 on every resample (the resamples are shared);
+    the intervals do not depend on chunk or block sizes; top-1's interval is the percentile of
+    ``counts @ correct / N`` over the resamples the service draws."""
+    copy = shutil.copy(files["zs"], files["dir"] / "zs_copy.h5")
+    args = ["evaluate", files["zs"], files["debiased"], copy, "--prior", files["prior"], "--train", files["train"],
+            "--name", "zero-shot", "--name", "debiased", "--name", "copy", "--bootstrap", "200",
+            "--bootstrap-seed", "4", "--baseline", "zero-shot", "--json", "-", "--device", "cpu"]
+    r = gla(*args)
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["bootstrap"] == {"resamples": 200, "seed": 4, "confidence": 0.95, "sampling": "stratified",
+                                "interval": "percentile", "baseline": "zero-shot"}
+    zs, deb, twin = doc["results"]
+    assert "vs_baseline" not in zs
+    for result in doc["results"]:
+        assert set(result["ci"]) == set(result["metrics"])
+        for key, (low, high) in result["ci"].items():
+            assert low <= high, key
+        assert result["ci"]["top1"][0] < result["metrics"]["top1"] < result["ci"]["top1"][1]
+    assert twin["ci"] == zs["ci"]
+    assert all(entry == {"difference": 0.0, "ci": [0.0, 0.0]} for entry in twin["vs_baseline"].values())
+    for key, entry in deb["vs_baseline"].items():
+        assert entry["difference"] == pytest.approx(deb["metrics"][key] - zs["metrics"][key], abs=1e-12), key
+        assert entry["ci"][0] < entry["ci"][1], key  # the methods differ, so resamples disagree
+
+    z32 = files["z"].astype(np.float32).astype(np.float64)
+    correct = (z32.argmax(1) == files["y"]).astype(np.float64)
+    counts = bootstrap.resample_counts(bootstrap.Design.of(files["y"], C), 0, 200, seed=4, stratified=True)
+    expected = np.quantile(counts @ correct / len(correct), [0.025, 0.975])
+    np.testing.assert_allclose(zs["ci"]["top1"], expected, rtol=1e-12)
+
+    monkeypatch.setattr(chunking, "compute_rows", lambda row_bytes, device_type="cpu": 5)
+    again = json.loads(gla(*args).out)
+    for res, ref in zip(again["results"], doc["results"]):  # equal up to float64 summation order
+        assert {k: pytest.approx(v, rel=1e-12) for k, v in ref["ci"].items()} == res["ci"]
+    plain = json.loads(gla(*args, "--plain").out)
+    assert plain["bootstrap"]["sampling"] == "plain" and plain["results"][0]["ci"] != zs["ci"]
+
+
+def test_table_shows_half_widths_and_marks_differences(gla, files):
+    r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--bootstrap", "100",
+            "--baseline", "zs", "--device", "cpu")
+    assert r.code == 0, r.err
+    assert "±" in r.out and "half the width of the 95% percentile interval" in r.out
+    assert "difference to zs" in r.out and "excludes 0" in r.out
+    tail_row = next(line for line in r.out.splitlines() if line.startswith("tail") and "[" in line)
+    assert "*" in tail_row  # debiasing lifts the tail third by far more than its interval's width
+
+
+def test_target_prior_error_against_the_test_labels(gla, files, tmp_path):
+    estimate = np.full(C, 1 / C)
+    target = tmp_path / "target.h5"
+    store.write_prior(target, store.Prior(estimate, classnames(C), 1.0, "mlls"))
+    r = gla("evaluate", files["zs"], "--target-prior", target, "--json", "-")
+    assert r.code == 0, r.err
+    info = json.loads(r.out)["target_prior"]
+    true = np.bincount(files["y"], minlength=C) / len(files["y"])
+    assert info["method"] == "mlls" and info["true"] == pytest.approx(true.tolist())
+    assert info["l1"] == pytest.approx(np.abs(estimate - true).sum())
+    assert info["max_abs_error"] == pytest.approx(np.abs(estimate - true).max())
+    r = gla("evaluate", files["zs"], "--target-prior", target)
+    assert f"L1 {np.abs(estimate - true).sum():.4f}" in r.out
+    assert_one_line_error(gla("evaluate", files["zs"], "--target-prior", files["prior"]),
+                          "prior.h5", "pre-training prior q")
+    assert_one_line_error(gla("evaluate", files["zs"], "--prior", target), "target.h5", "--target-prior")
+
+
+def test_shot_thresholds_are_options(gla, files):
+    r = gla("evaluate", files["zs"], "--train", files["train"], "--many-shot-above", "50",
+            "--few-shot-below", "10", "--json", "-")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    # training images per class: 150 120 101 100 60 20 19 5 1 200 30 10
+    assert doc["groups"]["many_shot"]["classes"] == [0, 1, 2, 3, 4, 9]
+    assert doc["groups"]["medium_shot"]["classes"] == [5, 6, 10, 11]
+    assert doc["groups"]["few_shot_class_mean"]["classes"] == [7, 8]
+    assert "more than 50" in doc["groups"]["many_shot"]["rule"]
+    assert doc["train"]["many_shot_above"] == 50 and doc["train"]["few_shot_below"] == 10
+
+
+def test_plot_with_interval_bars(gla, files):
+    png = files["dir"] / "ci.png"
+    r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--bootstrap", "30",
+            "--plot", png)
+    assert r.code == 0, r.err
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_evaluate_on_cpu_imports_no_torch(files):
+    code = (f"import sys; from glacli.cli import main; "
+            f"main(['evaluate', {str(files['zs'])!r}, '--bootstrap', '10', '--device', 'cpu', '--json', '-']); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.stdout.strip().endswith("False"), (r.stdout[-200:], r.stderr[-500:])
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2
@@ -209,6 +319,11 @@ def test_existing_output_untouched_on_error(gla, files, tmp_path):
     (["--tag", "seed=1", "--tag", "seed=2"], "given twice"),
     (["--device", "tpu"], "--device"),
     (["--name", "a", "--name", "a"], "named 'a'"),
+    (["--baseline", "zs"], "--bootstrap N"),
+    (["--bootstrap", "10", "--baseline", "nope"], "no file is named 'nope'"),
+    (["--bootstrap", "-1"], "--bootstrap"),
+    (["--bootstrap", "10", "--confidence", "1.5"], "--confidence"),
+    (["--few-shot-below", "200"], "--many-shot-above"),
 ])
 def test_bad_options(gla, files, args, fragment):
     assert_one_line_error(gla("evaluate", files["zs"], files["debiased"], *args), fragment)

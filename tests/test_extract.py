@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error
+from conftest import assert_one_line_error, blocked_extraction, subprocess_env
 from tiny_clip import EMBED_DIM, tiny_clip_fixture, write_image_folder, write_jpeg  # noqa: F401
 
 from glacli import store
@@ -212,34 +211,13 @@ def test_existing_output_is_kept_done_or_refused_unless_overwrite(gla, tiny_clip
     assert (tmp_path / "notes.h5").read_text() == "precious"
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1"}
-
-
 @pytest.mark.e2e(budget=30)
 def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, tiny_clip, tmp_path):
     """Row 8 is a named pipe: the run commits rows 0-7, blocks reading it, and is killed there."""
-    images = tmp_path / "images"
-    names = [f"{k:02d}.jpg" for k in range(12)]
-    for k, name in enumerate(names):
-        if k != 8:
-            write_jpeg(images / name, seed=k)
-    os.mkfifo(images / names[8])
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label\n" + "".join(f"images/{n},{'ab'[k % 2]}\n" for k, n in enumerate(names)))
-    out = tmp_path / "out.h5"
-    args = ["extract", str(manifest), "-o", str(out), *model_args(tiny_clip), "--batch-size", "2",
-            "--commit-every", "4", "--workers", "0", "--dtype", "float32"]
-    parts = tmp_path / ".out.h5.parts"
+    blocked = blocked_extraction(tmp_path, model_args(tiny_clip))
+    args, out, parts = blocked.args, blocked.output, blocked.parts
 
-    proc = subprocess.Popen([sys.executable, "-m", "glacli", *args], env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (parts / "chunk-00000001.npz").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "extraction did not reach the named pipe"
-        time.sleep(0.05)
+    proc = blocked.start()
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -249,8 +227,7 @@ def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, ti
     with pytest.raises(GlaInputError, match="no such file"):
         read_rows(out, "features")
 
-    (images / names[8]).unlink()
-    write_jpeg(images / names[8], seed=8)
+    blocked.unblock()
     r = gla(*args)
     assert r.code == 0, r.err
     assert "resuming from row 8 of 12" in r.err
@@ -303,7 +280,7 @@ def test_torchrun_two_ranks_give_the_single_process_file(gla, tiny_clip, tmp_pat
     assert gla("extract", images, "-o", single, *common).code == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "glacli", "extract", str(images), "-o", str(sharded), *common, "--json"]
-    done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert '"ranks": 2' in done.stdout
     assert_same_file(sharded, single, exact=False)  # ranks run with OMP_NUM_THREADS=1, the single process not

@@ -5,11 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import ROOT, assert_one_line_error
-from tiny_clip import tiny_clip_fixture, write_jpeg  # noqa: F401
+from conftest import assert_one_line_error, blocked_extraction, subprocess_env
+from tiny_clip import tiny_clip_fixture  # noqa: F401
 
 from glacli.errors import GlaInputError
 from glacli.extraction import output_lock
@@ -29,15 +28,10 @@ with output_lock(Path(sys.argv[1])):
 """
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1"}
-
-
 def test_the_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
     """Killed, the holder releases the lock at once, even while a process it forked lives on."""
     out = tmp_path / "out.h5"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=_env(), stdout=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=subprocess_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     child = None
     try:
@@ -71,28 +65,12 @@ def test_the_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
 def test_a_second_extraction_into_a_running_ones_output_is_refused_and_a_killed_one_resumes(
         gla, tiny_clip, tmp_path):
     """Row 8 is a named pipe: the first run commits rows 0-7 and blocks reading it, holding the lock."""
-    images = tmp_path / "images"
-    names = [f"{k:02d}.jpg" for k in range(12)]
-    for k, name in enumerate(names):
-        if k != 8:
-            write_jpeg(images / name, seed=k)
-    os.mkfifo(images / names[8])
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label\n" + "".join(f"images/{n},{'ab'[k % 2]}\n" for k, n in enumerate(names)))
-    out = tmp_path / "out.h5"
-    args = ["extract", str(manifest), "-o", str(out), "--model", str(tiny_clip.config), "--pretrained",
-            str(tiny_clip.checkpoint), "--device", "cpu", "--batch-size", "2", "--commit-every", "4",
-            "--workers", "0", "--dtype", "float32"]
-    parts = tmp_path / ".out.h5.parts"
+    blocked = blocked_extraction(tmp_path, ["--model", str(tiny_clip.config), "--pretrained",
+                                            str(tiny_clip.checkpoint), "--device", "cpu"])
+    args, out, parts = blocked.args, blocked.output, blocked.parts
 
-    first = subprocess.Popen([sys.executable, "-m", "glacli", *args], env=_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    first = blocked.start()
     try:
-        deadline = time.monotonic() + 120
-        while not (parts / "chunk-00000001.npz").exists():
-            assert first.poll() is None, first.stderr.read().decode()
-            assert time.monotonic() < deadline, "extraction did not reach the named pipe"
-            time.sleep(0.05)
         committed = sorted(p.name for p in parts.iterdir())
 
         r = gla(*args)
@@ -105,8 +83,7 @@ def test_a_second_extraction_into_a_running_ones_output_is_refused_and_a_killed_
         first.stderr.close()
 
     assert (tmp_path / ".out.h5.lock").exists()  # left by the kill, but no longer locked
-    (images / names[8]).unlink()
-    write_jpeg(images / names[8], seed=8)
+    blocked.unblock()
     r = gla(*args)
     assert r.code == 0, r.err
     assert "resuming from row 8 of 12" in r.err

@@ -215,6 +215,95 @@ def test_import_json_summary(gla, tmp_path, logits_file):
     assert data["ids_from"] == "column 'id'" and data["labelled_rows"] == 100 - 15
 
 
+# --------------------------------------------------------------------------- two tools, the same rows
+
+
+@pytest.fixture
+def two_tools(tmp_path: Path) -> Path:
+    """The outputs of two tools on the same 24 rows, as the real fixtures come: a CLIP-style CSV (class-name
+    header, float labels in ``target-0``, ids ``0..23`` in ``instance_id``; row 9 unlabelled) imported as
+    ``zs.h5``, and a supervised model's ``.npz`` of probabilities with ``ground_truth`` and no ids or names."""
+    z, y, _ = biased_logits(8, 3, seed=5)
+    lines = ["cat,dog,bird,target-0,instance_id"]
+    lines += [",".join([*map(repr, row.tolist()), "" if i == 9 else f"{float(label)}", str(i)])
+              for i, (row, label) in enumerate(zip(z, y))]
+    (tmp_path / "clip.csv").write_text("\n".join(lines) + "\n")
+    report = interchange.import_file(tmp_path / "clip.csv", "logits", tmp_path / "zs.h5")
+    assert report.ids_from == "column 'instance_id'"
+    other = np.random.default_rng(6).normal(size=z.shape)
+    probabilities = np.exp(other) / np.exp(other).sum(1, keepdims=True)
+    np.savez(tmp_path / "wrn.npz", predictions=probabilities, ground_truth=y)
+    return tmp_path
+
+
+def test_ids_from_another_file_line_up_two_tools_outputs_for_combine(gla, two_tools, small_chunks):
+    t = two_tools
+    ensemble = ["combine", "--zeroshot", t / "zs.h5", "--method", "ensemble", "--alpha", "0.5", "--zs-temperature",
+                "1", "--finetuned"]
+    (t / "names.txt").write_text("cat\ndog\nbird\n")
+    assert gla("import", t / "wrn.npz", "--kind", "logits", "--probabilities", "--classnames", t / "names.txt",
+               "-o", t / "apart.h5").code == 0
+    assert_one_line_error(gla(*ensemble, t / "apart.h5", "-o", t / "out.h5"), "ids disagree", "at row 0")
+
+    r = gla("import", t / "wrn.npz", "--kind", "logits", "--probabilities", "--ids-from", t / "zs.h5",
+            "-o", t / "ft.h5", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["ids_from"] == report["classnames_from"] == str(t / "zs.h5")
+    assert "labels agree on all 23 rows labelled in both" in report["notes"][0]  # row 9 has no CSV label
+    _, y_zs, ids_zs, names_zs, zs_attrs = read_logits(t / "zs.h5")
+    _, y_ft, ids_ft, names_ft, ft_attrs = read_logits(t / "ft.h5")
+    assert ids_zs == [str(i) for i in range(24)] and ids_ft == ids_zs
+    assert names_ft == names_zs == ["cat", "dog", "bird"]
+    assert y_zs[9] == -1 and y_ft[9] == np.load(t / "wrn.npz")["ground_truth"][9]  # each file keeps its labels
+    assert ft_attrs["parents"] == [zs_attrs["gla_id"]]
+    r = gla(*ensemble, t / "ft.h5", "-o", t / "out.h5")
+    assert r.code == 0, r.err
+
+
+def test_ids_range_numbers_rows_as_a_csv_id_column_reads(gla, two_tools, small_chunks):
+    t = two_tools
+    r = gla("import", t / "wrn.npz", "--kind", "logits", "--probabilities", "--ids-range", "0", "-o", t / "ft.h5")
+    assert r.code == 0, r.err
+    assert read_logits(t / "ft.h5")[2] == read_logits(t / "zs.h5")[2]
+    assert gla("import", t / "wrn.npz", "--kind", "logits", "--ids-range", "1000", "-o", t / "late.h5").code == 0
+    assert read_logits(t / "late.h5")[2] == [str(i) for i in range(1000, 1024)]
+
+
+def write_misaligned(t: Path, case: str) -> list[object]:
+    """Arguments of an import that must be refused: the file, then the options."""
+    data = dict(np.load(t / "wrn.npz"))
+    if case == "fewer rows":
+        data = {key: value[:-1] for key, value in data.items()}
+    if case == "labels disagree":
+        data["ground_truth"][9] = (data["ground_truth"][9] + 1) % 3  # unlabelled in zs.h5: not compared
+        data["ground_truth"][13] = (data["ground_truth"][13] + 1) % 3  # the first disagreement
+    np.savez(t / "other.npz", **data)
+    options = {"two id sources": ["--ids-from", t / "zs.h5", "--ids-range", "0"],
+               "negative range": ["--ids-range", "-1"]}.get(case, ["--ids-from", t / "zs.h5"])
+    return [t / "other.npz", "--kind", "logits", "--probabilities", *options]
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("fewer rows", ["other.npz", "has 23 rows but", "zs.h5 (--ids-from) has 24"]),
+    ("labels disagree", ["other.npz", "labels disagree with", "zs.h5 at row 13 ("]),
+    ("two id sources", ["--ids-from and --ids-range both say where the ids come from"]),
+    ("negative range", ["--ids-range: expected an integer of at least 0, got -1"]),
+])
+def test_misaligned_rows_are_refused_naming_the_first_problem(gla, two_tools, case, fragments):
+    output = two_tools / "ft.h5"
+    output.write_bytes(b"keep me")
+    assert_one_line_error(gla("import", *write_misaligned(two_tools, case), "-o", output), *fragments)
+    assert output.read_bytes() == b"keep me"
+
+
+def test_ids_options_do_not_apply_to_a_prior(gla, two_tools):
+    np.save(two_tools / "q.npy", np.ones(3))
+    r = gla("import", two_tools / "q.npy", "--kind", "prior", "--ids-from", two_tools / "zs.h5",
+            "-o", two_tools / "q.h5")
+    assert_one_line_error(r, "--ids-from does not apply to a prior")
+
+
 # --------------------------------------------------------------------------- the real fixtures
 
 
@@ -245,18 +334,24 @@ def test_official_prior(gla, tmp_path, shared_fixtures):
 
 
 def test_supervised_probabilities_line_up_with_clip_rows(gla, tmp_path, shared_fixtures):
+    """Issue 13.6: the WideResNet's rows take the CLIP CSV's ids, so combine accepts the pair."""
     npz = shared_fixtures / "supervised" / "wideresnet-16-4-cifar-10.npz"
-    r = gla("import", npz, "--kind", "logits", "--probabilities", "-o", tmp_path / "ft.h5")
-    assert r.code == 0, r.err
-    assert "'ground_truth'" in r.out
     gla("import", shared_fixtures / "clip-zeroshot" / "Clip_CIFAR10_CIFAR10_test.csv", "--kind", "logits",
         "-o", tmp_path / "zs.h5")
-    z, y, *_ = read_logits(tmp_path / "ft.h5")
-    _, y_clip, *_ = read_logits(tmp_path / "zs.h5")
+    r = gla("import", npz, "--kind", "logits", "--probabilities", "--ids-from", tmp_path / "zs.h5",
+            "-o", tmp_path / "ft.h5")
+    assert r.code == 0, r.err
+    assert "'ground_truth'" in r.out and "labels agree on all 10000 rows" in r.out
+    z, y, ids, names, _ = read_logits(tmp_path / "ft.h5")
+    _, y_clip, ids_clip, names_clip, _ = read_logits(tmp_path / "zs.h5")
     np.testing.assert_array_equal(y, y_clip)
+    assert ids == ids_clip and names == names_clip
     p = np.load(npz)["predictions"]
     np.testing.assert_allclose(z, np.log(p.astype(np.float64)), rtol=1e-6)
     assert round(100 * float((z.argmax(1) == y).mean()), 2) == 91.09
+    r = gla("combine", "--zeroshot", tmp_path / "zs.h5", "--finetuned", tmp_path / "ft.h5", "--method", "ensemble",
+            "--alpha", "0.5", "--zs-temperature", "1", "-o", tmp_path / "ensemble.h5")
+    assert r.code == 0, r.err
 
 
 # --------------------------------------------------------------------------- bad input

@@ -139,6 +139,26 @@ def test_shot_groups_boundaries():
     assert groups["few_shot"].tolist() == [0, 1]
     assert groups["medium_shot"].tolist() == [2, 3]
     assert groups["many_shot"].tolist() == [4, 5]
+    for name in ("few_shot", "medium_shot", "many_shot"):
+        assert groups[name + "_class_mean"].tolist() == groups[name].tolist()
+    moved = metrics.shot_groups(np.array([0, 9, 10, 50, 51]), many_above=50, few_below=10)
+    assert moved["few_shot"].tolist() == [0, 1] and moved["medium_shot"].tolist() == [2, 3]
+    assert moved["many_shot"].tolist() == [4]
+
+
+def test_kept_rows_equal_the_reference_per_row_values(data):
+    z, y = data
+    acc = metrics.MetricAccumulator(z.shape[1], keep_rows=True)
+    for start in range(0, len(z), 333):
+        acc.update(z[start:start + 333], y[start:start + 333])
+    rows, ref = acc.rows(), reference(z, y)
+    z64 = z.astype(np.float64)
+    np.testing.assert_array_equal(rows.correct, ref["correct"])
+    np.testing.assert_allclose(rows.nll, -log_softmax(z64, axis=1)[np.arange(len(y)), y], rtol=1e-12)
+    np.testing.assert_allclose(rows.confidence, np.exp(log_softmax(z64, axis=1).max(1)), rtol=1e-12)
+    np.testing.assert_array_equal(np.bincount(rows.bin, minlength=15), ref["bin_count"])
+    with pytest.raises(ValueError):
+        metrics.MetricAccumulator(4).rows()
 
 
 def test_group_accuracy_pools_samples():
@@ -151,3 +171,16 @@ def test_group_accuracy_pools_samples():
     assert np.isnan(dataclasses.replace(result, class_count=np.zeros(2, int)).group_accuracy(np.array([0])))
     summary = metrics.summarise(result, {"q_head": np.array([1])})
     assert summary["q_head"] == pytest.approx(1 / 3) and summary["top1"] == pytest.approx(0.5)
+
+
+def test_class_mean_groups_average_the_classes():
+    # class 0: 1/1 correct, class 1: 1/3, class 2: no test samples -> mean of the tested classes, (1 + 1/3) / 2
+    z = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    y = np.array([0, 1, 1, 1])
+    result = accumulate(z, y, rows=4)
+    groups = {"few_shot": np.array([0, 1, 2]), "few_shot_class_mean": np.array([0, 1, 2]),
+              "many_shot_class_mean": np.array([2])}
+    summary = metrics.summarise(result, groups)
+    assert summary["few_shot"] == pytest.approx(0.5)
+    assert summary["few_shot_class_mean"] == pytest.approx((1 + 1 / 3) / 2)
+    assert np.isnan(summary["many_shot_class_mean"])

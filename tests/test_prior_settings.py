@@ -15,6 +15,7 @@ from synth import (
     biased_logits,
     class_features,
     classnames,
+    write_combine_inputs,
     write_features,
     write_logits_file,
 )
@@ -108,17 +109,7 @@ def test_real_clip_cifar10_q_from_a_long_tailed_subset(gla, shared_fixtures, tmp
 
 @pytest.fixture
 def files(tmp_path):
-    rng = np.random.default_rng(1)
-    n, c = 50, 4
-    labels = rng.integers(0, c, n)
-    write_logits_file(tmp_path / "zs.h5", rng.normal(size=(n, c)) * 5, labels, head_type="zeroshot")
-    write_logits_file(tmp_path / "ft.h5", rng.normal(size=(n, c)), labels, head_type="linear", temperature=2.5)
-    store.write_prior(tmp_path / "q.h5", store.Prior(prior=np.array([0.1, 0.2, 0.3, 0.4]), classnames=classnames(c),
-                                                    temperature=1.7, method="nll"))
-    train_labels = np.repeat(np.arange(c), [10, 20, 30, 40])
-    store.write_features(tmp_path / "train.h5", np.eye(c, 8)[train_labels], train_labels,
-                         [f"t{i}" for i in range(len(train_labels))], classnames(c))
-    return tmp_path
+    return write_combine_inputs(tmp_path, ft_temperature=2.5)
 
 
 def test_source_prior_is_removed_at_the_fine_tuned_logits_scale(gla, files):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,83 @@ def test_plot_with_categorical_columns(gla, tmp_path):
     r = gla("report", *paths, "-o", tmp_path / "r.md", "--cols", "data", "--plot", png)
     assert r.code == 0, r.err
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+# ------------------------------------------------------------------ paired differences to a baseline
+
+
+@pytest.fixture
+def paired_docs(tmp_path: Path) -> list[Path]:
+    """zs and probe x shots {1, 4} x seeds, evaluated with --bootstrap --baseline zs: probe's top-1
+    intervals of the difference exclude 0 at seeds 1 and 2 of 1 shot only."""
+    top1 = {("zs", 1): [0.60, 0.60, 0.60], ("probe", 1): [0.50, 0.53, 0.56],
+            ("zs", 4): [0.60, 0.60, 0.60], ("probe", 4): [0.70, 0.75]}
+    ci = {1: [[-0.12, -0.08], [-0.09, -0.01], [-0.08, 0.01]], 4: [[-0.01, 0.2], [0.0, 0.3]]}
+    paths = []
+    for shots in (1, 4):
+        for seed in (1, 2, 3):
+            results = [{"name": "zs", "metrics": {"top1": 0.60}, "ci": {"top1": [0.55, 0.65]}}]
+            if seed <= len(top1[("probe", shots)]):
+                value = top1[("probe", shots)][seed - 1]
+                results.append({"name": "probe", "metrics": {"top1": value}, "ci": {"top1": [value - .05, value + .05]},
+                                "vs_baseline": {"top1": {"difference": value - 0.60, "ci": ci[shots][seed - 1]}}})
+            doc = {"schema": "gla-evaluate", "schema_version": 2, "tags": {"shots": shots, "seed": seed},
+                   "bootstrap": {"resamples": 1000, "seed": 0, "confidence": 0.95, "sampling": "stratified",
+                                 "interval": "percentile", "baseline": "zs"}, "results": results}
+            paths.append(tmp_path / f"p_{shots}_{seed}.json")
+            paths[-1].write_text(json.dumps(doc))
+    return paths
+
+
+def test_baseline_differences_equal_hand_computation(gla, paired_docs, tmp_path):
+    md = tmp_path / "report.md"
+    r = gla("report", *paired_docs, "-o", md, "--baseline", "zs")
+    assert r.code == 0, r.err
+    text = md.read_text()
+    # 1 shot: probe - zs = -0.10, -0.07, -0.04 -> mean -7.00, sample std 3.00; intervals exclude 0 twice
+    # 4 shots: +0.10, +0.15 -> +12.50 ± 3.54; [-0.01, 0.2] and [0.0, 0.3] both touch 0
+    assert "## difference to zs" in text
+    assert "| probe | -7.00 ± 3.00 (2/3 excl. 0) (n=3) | +12.50 ± 3.54 (0/2 excl. 0) (n=2) |" in text
+    assert "| zs | 60.00 ± 0.00 (n=3) | 60.00 ± 0.00 (n=3) |" in text  # the main table is unchanged
+    assert "-7.00 ± 3.00" in r.out
+
+    r = gla("report", *paired_docs, "-o", md, "--baseline", "zs", "--json")
+    differences = json.loads(r.out)["differences"]
+    assert differences["baseline"] == "zs"
+    cell = next(c for c in differences["cells"] if c["col"] == 1)
+    assert cell["row"] == "probe" and cell["values"] == pytest.approx([-0.10, -0.07, -0.04])
+    assert cell["std"] == pytest.approx(0.03) and cell["excluding_zero"] == 2 and cell["with_interval"] == 3
+
+
+def test_single_run_shows_its_interval(gla, paired_docs, tmp_path):
+    md = tmp_path / "one.md"
+    r = gla("report", paired_docs[0], "-o", md, "--baseline", "zs")
+    assert r.code == 0, r.err
+    text = md.read_text()
+    assert "| zs | 60.00 [55.00, 65.00] |" in text
+    assert "| probe | -10.00 [-12.00, -8.00] (1/1 excl. 0) |" in text
+
+
+def test_differences_without_bootstrap_have_no_counts(gla, docs, tmp_path):
+    md = tmp_path / "r.md"
+    assert gla("report", *docs, "-o", md, "--baseline", "zs").code == 0
+    assert "| probe | -7.00 ± 3.00 (n=3) | +12.50 ± 3.54 (n=2) |" in md.read_text()
+
+
+def test_baseline_errors(gla, paired_docs, tmp_path):
+    assert_one_line_error(gla("report", *paired_docs, "-o", tmp_path / "r.md", "--baseline", "GLA"),
+                          "no result is named 'GLA'", "zs, probe")
+    lonely = write_doc(tmp_path / "lonely.json", {"shots": 8, "seed": 1}, {"probe": {"top1": 0.5}})
+    assert_one_line_error(gla("report", *paired_docs, lonely, "-o", tmp_path / "r.md", "--baseline", "zs"),
+                          "lonely.json", "no 'zs' result", "seed=1 shots=8")
+
+
+def test_report_imports_no_torch(docs, tmp_path):
+    code = (f"import sys; from glacli.cli import main; "
+            f"main(['report', *{[str(d) for d in docs]!r}, '-o', {str(tmp_path / 'r.md')!r}, '--baseline', 'zs']); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.stdout.strip().endswith("False"), (r.stdout[-300:], r.stderr[-500:])
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2

@@ -94,7 +94,8 @@ def workspace(tmp_path_factory, tiny_clip) -> dict[str, str]:
 
 
 def make(workspace: dict[str, str], *goals: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
-    variables = {k: v for k, v in {**workspace, **extra}.items() if k.isupper()}
+    # HEAD=linear unless a test asks for another: the recipes' plumbing, without prompt learning's epochs
+    variables = {k: v for k, v in {"HEAD": "linear", **workspace, **extra}.items() if k.isupper()}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(["make", "-C", str(ROOT), "-j2", *goals, *(f"{k}={v}" for k, v in variables.items())],
                             check=False, capture_output=True, text=True, env=env, timeout=900)
@@ -163,14 +164,14 @@ def test_repro_lt(workspace):
 def test_repro_fewshot_all_and_one_dataset(workspace):
     make(workspace, "repro-fewshot-all")
     out = model_dir(workspace, "fewshot")
-    for report in (out / "report.md", out / "oxfordpets" / "report.md", out / "imagenet" / "report.md"):
+    for report in (out / "report-linear.md", out / "oxfordpets" / "report-linear.md", out / "imagenet" / "report-linear.md"):
         rows = report_rows(report)
         assert list(rows) == ["zero-shot", "linear-probe", "GLA"], report
         assert all(len(cells) == 1 and "-" not in cells for cells in rows.values()), report
-    assert "| method | shots=2 |" in (out / "report.md").read_text()
+    assert "| method | shots=2 |" in (out / "report-linear.md").read_text()
     # two seeds per setting: every per-dataset cell is a mean ± std over them
-    assert all("±" in cells[0] for cells in report_rows(out / "oxfordpets" / "report.md").values())
-    assert (out / "oxfordpets" / "2shot" / "seed2" / "results.json").exists()
+    assert all("±" in cells[0] for cells in report_rows(out / "oxfordpets" / "report-linear.md").values())
+    assert (out / "oxfordpets" / "2shot" / "seed2" / "results-linear.json").exists()
     # each K-shot run drew K training and min(K, 4) validation images per class
     from glacli.store import read_rows
     with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "train.h5", "features") as f:
@@ -179,6 +180,20 @@ def test_repro_fewshot_all_and_one_dataset(workspace):
         assert np.bincount(f.labels).tolist() == [2, 2, 2]
     # repro-fewshot of one dataset is the per-dataset report, already made above
     assert make(workspace, "-q", "repro-fewshot", DATASET="oxfordpets", check=False).returncode == 0
+
+
+@pytest.mark.e2e(budget=120)
+def test_repro_fewshot_with_the_prompt_head_keeps_its_results_apart(workspace):
+    make(workspace, "repro-fewshot", DATASET="oxfordpets", HEAD="prompt", SHOTS="1", SEEDS="1",
+         PROMPT_EPOCHS="2", AUGMENT_VIEWS="2")
+    out = model_dir(workspace, "fewshot") / "oxfordpets"
+    assert list(report_rows(out / "report-prompt.md")) == ["zero-shot", "prompt", "GLA"]
+    from glacli.store import read_head, read_rows
+    run = out / "1shot" / "seed1"
+    assert read_head(run / "prompt_head.h5").head_type == "prompt"
+    with read_rows(run / "train_views.h5", "features") as views, read_rows(run / "train.h5", "features") as train:
+        assert views.n_rows == 2 * train.n_rows          # two views of exactly the training images
+    assert json.loads((run / "results-prompt.json").read_text())["results"][1]["name"] == "prompt"
 
 
 @pytest.mark.e2e(budget=90)

@@ -8,6 +8,7 @@ from synth import classnames, write_logits_file
 
 from glacli import store
 from glacli.errors import GlaInputError
+from glacli.validation import check_same_classnames
 
 
 def test_logits_round_trip_keeps_values_labels_ids_and_provenance(tmp_path):
@@ -98,4 +99,4 @@ def test_rows_must_match_across_files(tmp_path):
         with pytest.raises(GlaInputError, match="labels disagree .* row 2"):
             store.check_same_rows(fc, fa)
     with pytest.raises(GlaInputError, match="class 1: 'b' vs 'c'"):
-        store.check_same_classnames(["a", "b"], "x.h5", ["a", "c"], "y.h5")
+        check_same_classnames(["a", "b"], "x.h5", ["a", "c"], "y.h5")

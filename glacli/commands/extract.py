@@ -37,10 +37,19 @@ def extract_command(
                              "order.")] = None,
     shots: Annotated[int | None, typer.Option(
         "--shots", help="Keep K images per class: the rows 'gla subset --shots K --seed S' would take.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots selection.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots selection and of the augmented views.")
+                    ] = 0,
     allow_fewer: Annotated[bool, typer.Option(
         "--allow-fewer", help="With --shots, a class with fewer images keeps all it has instead of stopping with "
                               "an error.")] = False,
+    rows_of: Annotated[Path | None, typer.Option(
+        "--rows-of", metavar="FEATURES.h5",
+        help="Keep only the images whose ids this features file lists (e.g. the K-shot train.h5 of gla subset).")
+    ] = None,
+    augment_views: Annotated[int, typer.Option(
+        "--augment-views", metavar="K",
+        help="Encode K augmented views of each image (random resized crop and flip, seeded by --seed; ids "
+             "ID#v0 ... ID#v<K-1>) instead of the image: training data for gla fit --method prompt.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 128,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding images.")
                        ] = DEFAULT_WORKERS,
@@ -80,13 +89,17 @@ def extract_command(
             --model ViT-B-16 --pretrained openai --classnames classnames.txt
 
         gla extract bbcnews/data -o news.h5 --backend sentence-transformers --model models/all-MiniLM-L6-v2
+
+        gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
+            -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
     options = ExtractOptions(batch_size=batch_size, workers=workers, dtype=dtype, commit_rows=commit_every,
-                             skip_bad=skip_bad, overwrite=overwrite, decode_on_device=gpu_decode)
+                             skip_bad=skip_bad, overwrite=overwrite, decode_on_device=gpu_decode,
+                             augment_views=augment_views, seed=seed)
     with reporting() as reporter:
         summary = extract(source, output, model=model, pretrained=pretrained, backend=backend, options=options,
                           split=split, root=root, classnames=classnames, shots=shots, seed=seed,
-                          allow_fewer=allow_fewer, device=device, autocast=autocast, download=download,
-                          reporter=reporter)
+                          allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
+                          download=download, reporter=reporter)
     if summary is not None:
         print_summary(summary, json_output, "gla extract")

@@ -9,7 +9,7 @@ import typer
 
 from glacli.app import JsonOutput, app, out, output_option, print_fields, print_json
 from glacli.formats import IMPORT_SUFFIXES
-from glacli.formats.base import LABEL_KEYS, VALUE_KEYS, ReadOptions
+from glacli.formats.base import ID_KEYS, LABEL_KEYS, VALUE_KEYS, ReadOptions
 from glacli.formats.delimited import ID_COLUMNS, LABEL_COLUMNS
 from glacli.services.interchange import IMPORT_KINDS, import_file
 from glacli.validation import require_positive
@@ -38,6 +38,18 @@ def import_command(
         "--label-column", help=f"CSV: the label column (default: {_names(LABEL_COLUMNS)}).")] = None,
     id_column: Annotated[str | None, typer.Option(
         "--id-column", help=f"CSV: the sample-id column (default: {_names(ID_COLUMNS)}).")] = None,
+    ids_key: Annotated[str | None, typer.Option(
+        "--ids-key", help=f".npz/.pt: the entry holding the sample ids (default: {_names(ID_KEYS)}).")] = None,
+    ids_from: Annotated[Path | None, typer.Option(
+        "--ids-from", metavar="OTHER.h5",
+        help="Take the ids of a gla logits or features file holding the same rows in the same order (another "
+             "tool's outputs on the same set), so that combine and evaluate accept both; its row count must match, "
+             "labels must agree where both files have one, and its class names are used when the input has "
+             "none.")] = None,
+    ids_range: Annotated[int | None, typer.Option(
+        "--ids-range", metavar="START",
+        help="Number the rows START, START+1, ... (as text, as a CSV's integer id column is read: "
+             "--ids-range 0 matches ids 0, 1, ...).")] = None,
     classnames: Annotated[Path | None, typer.Option(
         "--classnames", help="Class names, one per line or a JSON list, when the file has none "
                              "(else class_0, class_1, ...).")] = None,
@@ -56,18 +68,22 @@ def import_command(
     CSV: one column per class (header = class names), a label column and an optional id column.
     Priors are normalised to sum to 1; features are L2-normalised.
 
+    Two tools' outputs on the same rows: import the second with --ids-from the first (or number both with
+    --ids-range), so that combine and evaluate take them as the same rows.
+
     Examples:
 
       gla import Clip_CIFAR10_test.csv --kind logits -o zs.h5
 
       gla import q.pt --kind prior --classnames imagenet.txt -o prior.h5
 
-      gla import wrn.npz --kind logits --probabilities --labels-key ground_truth -o ft.h5
+      gla import wrn.npz --kind logits --probabilities --labels-key ground_truth --ids-from zs.h5 -o ft.h5
     """
     report = import_file(
-        source, kind, output, options=ReadOptions(key, labels_key, label_column, id_column),
+        source, kind, output, options=ReadOptions(key, labels_key, label_column, id_column, ids_key=ids_key),
         classnames_file=classnames, labels_file=labels, probabilities=probabilities,
-        temperature=None if temperature is None else require_positive(temperature, "--temperature"))
+        temperature=None if temperature is None else require_positive(temperature, "--temperature"),
+        ids_from=ids_from, ids_range=ids_range)
     if json_output:
         print_json(dataclasses.asdict(report))
         return

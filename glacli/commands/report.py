@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from glacli import report
@@ -30,6 +31,10 @@ def report_command(
     cols: Annotated[str | None, typer.Option(
         "--cols", help=f"Tag whose values are the columns; default: {DEFAULT_COLS} where the results "
                        "have it, else a single column.", show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", metavar="NAME", help="Also tabulate each method minus this one, paired by tags (seeds): "
+                                           "mean ± std, and in how many runs the bootstrap interval of the "
+                                           "difference excludes 0 (evaluate --bootstrap --baseline NAME).")] = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Aggregate evaluate results into a methods x settings table: mean ± std over the other tags (seeds).
@@ -40,26 +45,32 @@ def report_command(
 
         for s in 1 2 4; do for seed in 1 2 3; do
           gla evaluate zs.h5 lp_${s}_${seed}.h5 gla_${s}_${seed}.h5 \\
-              --name zero-shot --name probe --name GLA \\
+              --name zero-shot --name probe --name GLA --bootstrap 1000 --baseline zero-shot \\
               --tag shots=$s --tag seed=$seed --json res_${s}_${seed}.json
         done; done
-        gla report res_*.json -o report.md --plot report.png --cols shots
+        gla report res_*.json -o report.md --plot report.png --cols shots --baseline zero-shot
     """
     with reporting() as reporter:
-        table = report_files(results, output, plot=plot, metric=metric, rows=rows, cols=cols, reporter=reporter)
+        table, difference = report_files(results, output, plot=plot, metric=metric, rows=rows, cols=cols,
+                                         baseline=baseline, reporter=reporter)
     if json_output:
-        print_json(report.to_json(table))
-    else:
-        out.print(_rich_table(table))
+        payload = report.to_json(table)
+        if difference is not None:
+            payload["differences"] = report.to_json(difference)
+        print_json(payload)
+        return
+    out.print(_rich_table(table))
+    if difference is not None:
+        out.print(_rich_table(difference))
 
 
 def _rich_table(table: report.ReportTable) -> Table:
     show_n = len(report.run_counts(table)) > 1
-    rich_table = Table(title=report.caption(table), title_justify="left")
+    rich_table = Table(title=escape(report.caption(table)), title_justify="left")
     rich_table.add_column(table.row_key)
     for col in table.cols:
         rich_table.add_column(report.column_header(table, col), justify="right")
     for row in table.rows:
-        rich_table.add_row(str(row), *(report.format_cell(table, table.cells.get((row, col)), show_n)
-                                       for col in table.cols))
+        rich_table.add_row(escape(str(row)), *(escape(report.format_cell(table, table.cells.get((row, col)), show_n))
+                                               for col in table.cols))
     return rich_table

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from glacli.encoders import AUTOCAST_CHOICES
+from glacli.errors import GlaInputError
 from glacli.validation import require_choice
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = dict(zip(AUTOCAST_CHOICES, (torch.float16, torch.bfloat16, None)))
@@ -53,6 +54,12 @@ class Encoder(abc.ABC):
         Raises :class:`DecodeError` for rows it cannot read. With ``decode_on_device`` the
         function may return raw data that :meth:`prepare` decodes on the device instead.
         """
+
+    def view_loader(self) -> Callable[[bytes, int], Any]:
+        """A picklable function run in DataLoader workers: (raw bytes, seed) -> the model input of one
+        augmented view (``gla extract --augment-views``); backends without views refuse."""
+        raise GlaInputError(f"--augment-views: the {self.backend} backend has no augmented views "
+                            f"(they are image crops and flips)")
 
     @abc.abstractmethod
     def prepare(self, batch: Any, decode_on_device: bool = False) -> tuple[Any, list[int]]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from glacli.encoders.augment import ViewLoader
 from glacli.encoders.base import DecodeError, Encoder, amp_dtype_for
 from glacli.errors import GlaInputError, one_line
 
@@ -98,6 +99,16 @@ class OpenClipEncoder(Encoder):
 
     def loader(self, decode_on_device: bool = False) -> Callable[[bytes], torch.Tensor]:
         return RawJpegLoader() if decode_on_device else PilImageLoader(self.preprocess)
+
+    def view_loader(self) -> ViewLoader:
+        """Augmented views at the model's input size, normalised as its own preprocessing does."""
+        from torchvision.transforms import CenterCrop, Normalize
+
+        steps = getattr(self.preprocess, "transforms", [])
+        normalize = next(step for step in steps if isinstance(step, Normalize))
+        crop = next((step.size for step in steps if isinstance(step, CenterCrop)), self.model.visual.image_size)
+        size = (crop, crop) if isinstance(crop, int) else tuple(crop)
+        return ViewLoader(size, normalize.mean, normalize.std)
 
     def prepare(self, batch: Any, decode_on_device: bool = False) -> tuple[torch.Tensor, list[int]]:
         if not decode_on_device:

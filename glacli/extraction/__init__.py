@@ -20,6 +20,7 @@ encoded in the same batch either way.
     distributed.py  this process's place in a torchrun job
     lock.py         the output lock
     parts.py        the committed chunks: state, resume, merge
+    views.py        augmented views as rows (--augment-views): their ids and seeds
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from glacli.extraction.parts import (
     merge,
     open_parts,
 )
+from glacli.extraction.views import expand_views, view_seeds
 from glacli.sources import read_bytes
 from glacli.types import ExtractResult, Locator, Reporter, Rows
 from glacli.validation import feature_dtype, require_count
@@ -67,27 +69,36 @@ class ExtractOptions:
     skip_bad: bool = False
     overwrite: bool = False
     decode_on_device: bool = False
+    augment_views: int = 0
+    """Augmented views per image (0: the image itself, through the model's own preprocessing)."""
+    seed: int = 0
+    """Seed of the views' crops and flips."""
 
     def __post_init__(self) -> None:
         feature_dtype(self.dtype)
         require_count(self.batch_size, "--batch-size")
         require_count(self.commit_rows, "--commit-every")
         require_count(self.workers, "--workers", minimum=0)
+        require_count(self.augment_views, "--augment-views", minimum=0)
+        if self.augment_views and self.decode_on_device:
+            raise GlaInputError("--gpu-decode does not apply with --augment-views (views are cropped by the workers)")
 
 
 class RowDataset(torch.utils.data.Dataset):
     """Row index -> (index, model input or None, error or None); never raises, so a bad file
     becomes a one-line error (or a skipped row) in the main process instead of a worker traceback."""
 
-    def __init__(self, locators: list[Locator], load: Callable[[bytes], Any]):
-        self.locators, self.load = locators, load
+    def __init__(self, locators: list[Locator], load: Callable[..., Any], seeds: list[int] | None = None):
+        self.locators, self.load, self.seeds = locators, load, seeds
+        """``seeds``: one per row for a view loader (``load(bytes, seed)``); None for ``load(bytes)``."""
 
     def __len__(self) -> int:
         return len(self.locators)
 
     def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
         try:
-            return index, self.load(read_bytes(self.locators[index])), None
+            data = read_bytes(self.locators[index])
+            return index, self.load(data) if self.seeds is None else self.load(data, self.seeds[index]), None
         except OSError as exc:
             return index, None, f"cannot read file ({exc.strerror or exc})"
         except DecodeError as exc:
@@ -115,8 +126,11 @@ def extract(rows: Rows, encoder: Encoder, output: str | Path, options: ExtractOp
     """Encode ``rows`` with ``encoder`` into the features file ``output`` (see the module docstring).
 
     Rank 0 takes the output's lock before it looks at the output and keeps it to the end; the
-    other ranks of its job write their chunks under that lock.
+    other ranks of its job write their chunks under that lock. With ``options.augment_views`` each
+    row becomes that many views (:mod:`glacli.extraction.views`).
     """
+    if options.augment_views:
+        rows = expand_views(rows, options.augment_views, options.seed)
     with contextlib.ExitStack() as lock:
         return _extract(rows, encoder, Path(output), options, dist or Distributed(device=encoder.device),
                         report or Reporter(), lock)
@@ -207,8 +221,12 @@ def _encode_chunks(rows: Rows, encoder: Encoder, parts: Path, chunks: list[int],
         return 0
     decode_on_device = options.decode_on_device and encoder.device.type == "cuda"
     stack = encoder.input_kind == "image" and not decode_on_device
+    if options.augment_views:
+        dataset = RowDataset(rows.locators, encoder.view_loader(), view_seeds(rows.ids, options.seed))
+    else:
+        dataset = RowDataset(rows.locators, encoder.loader(decode_on_device))
     loader = torch.utils.data.DataLoader(
-        RowDataset(rows.locators, encoder.loader(decode_on_device)), batch_sampler=batches,
+        dataset, batch_sampler=batches,
         num_workers=options.workers, collate_fn=Collate(stack), pin_memory=encoder.device.type == "cuda",
         prefetch_factor=4 if options.workers else None, persistent_workers=False)
     dtype = feature_dtype(options.dtype)

@@ -6,9 +6,12 @@
     delimited.py    .csv / .tsv
     json_prior.py   priors as .json
     classnames.py   --classnames files (text or a JSON list)
+    proportions.py  class proportions of an estimation set (estimate-prior --target FILE)
 
 ``gla import`` reads through :data:`ROW_READERS` and :data:`PRIOR_READERS`, ``gla export`` writes
 through :data:`WRITERS`; the services own what happens between (labels, class names, scales).
+``classnames`` and ``proportions`` are read by the services that take those files, each through
+its one reader.
 A new format is one module and one line in each table it serves. Every problem with a foreign
 file is a one-line :class:`~glacli.errors.GlaInputError` naming it; outputs are written atomically.
 """

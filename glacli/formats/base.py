@@ -3,7 +3,7 @@
 A reader turns a file into a :class:`RowSource` (rows of values with what the file said about
 classes, labels and ids) or into a prior vector. Files written by other tools name their arrays
 and columns in many ways; the tables below are the names tried, in order, when the user names
-none (``--key``, ``--labels-key``, ``--label-column``, ``--id-column``).
+none (``--key``, ``--labels-key``, ``--ids-key``, ``--label-column``, ``--id-column``).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class ReadOptions:
     label_column: str | None = None
     id_column: str | None = None
     classnames: Sequence[str] | None = None
+    ids_key: str | None = None
 
 
 @dataclass
@@ -122,9 +123,10 @@ def entry_classnames(entries: dict[str, Any], path: Path) -> list[str] | None:
     return np.asarray(raw).tolist() if isinstance(raw, np.ndarray) else list(raw)
 
 
-def array_rows(path: Path, entries: dict[str, Any], value_key: str | None, labels_key: str | None) -> RowSource:
+def array_rows(path: Path, entries: dict[str, Any], value_key: str | None, labels_key: str | None,
+               ids_key: str | None = None) -> RowSource:
     """The rows of an array entry (``value_key``; None for a bare ``.npy`` array, whose entries are
-    empty) with the labels, ids and class names found beside it."""
+    empty) with the labels, ids and class names found beside it (or in the entries named)."""
     what = f"entry {value_key!r}" if value_key else "the array"
     values = require_numeric(entries[value_key or ""], what, path)
     if values.ndim != 2:
@@ -136,7 +138,7 @@ def array_rows(path: Path, entries: dict[str, Any], value_key: str | None, label
         labels = as_labels(entries[label_key], path, f"entry {label_key!r}")
         if len(labels) != n_rows:
             raise GlaInputError(f"entry {label_key!r} has {len(labels)} labels for {n_rows} rows", path)
-    id_key = pick(entries, None, ID_KEYS, path, "ids", "")
+    id_key = pick(entries, ids_key, ID_KEYS, path, "ids", "--ids-key")
     ids = None
     if id_key is not None:
         ids = np.asarray(entries[id_key])

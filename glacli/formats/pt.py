@@ -43,7 +43,7 @@ def read_rows(path: Path, kind: str, options: ReadOptions) -> RowSource:
     """Rows of a tensor entry (``--key``, else the kind's usual names, else the only tensor)."""
     entries = load_entries(path)
     value_key = pick(entries, options.key, VALUE_KEYS[kind], path, kind, "--key", required=True)
-    return array_rows(path, entries, value_key or None, options.labels_key)
+    return array_rows(path, entries, value_key or None, options.labels_key, options.ids_key)
 
 
 def read_prior(path: Path, key: str | None) -> tuple[list[str] | None, Any, dict[str, Any]]:

@@ -5,15 +5,13 @@
     fit.py          fit_head                       features -> a linear-probe head file
     logits.py       logits_file                    features x head -> a logits file
     calibrate.py    calibrate_file                 temperature scaling of a logits file
+    estimate.py     estimate_prior_file            zero-shot logits -> the label prior q (a prior file)
     combine.py      combine_files                  GLA, the debiased zero-shot model, the ensemble
     evaluate.py     evaluate_files                 metrics of logits files; owns the results JSON schema
     report.py       report_files                   results JSON -> a Markdown table and a plot
     subset.py       subset_file                    class-balanced few-shot splits
     interchange.py  import_file, export_file       foreign formats <-> gla files
     info.py         describe_file                  what a gla file is and where it came from
-
-(``estimate-prior`` still works in its command module, glacli/commands/estimate.py; its service
-``estimate`` is to come: docs/architecture.md, open ends.)
 
 A service validates its inputs first (glacli.validation), reads and writes through the store and
 the formats, calls the math, and returns plain data; it talks to the user only through a

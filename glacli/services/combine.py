@@ -30,6 +30,9 @@ from glacli.validation import (
 )
 
 METHODS = ("gla", "ensemble")
+HEADS_WITH_ZEROSHOT = ("anchored", "prompt")
+"""Fine-tuned heads built from the zero-shot model (anchored at it, or its prompts tuned): adding the
+zero-shot logits to theirs counts that model twice."""
 
 
 def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, finetuned: Path | None = None,
@@ -63,6 +66,9 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
             store.check_same_rows(ft, zs)
             parents.append(ft.gla_id)
         log_pi_s = None
+        if ft is not None and method == "gla" and ft.attrs.get("head_type") in HEADS_WITH_ZEROSHOT:
+            reporter.warning(f"{ft.path} comes from a '{ft.attrs['head_type']}' head, which already holds the "
+                             "zero-shot model: GLA counts it twice (docs/probe.md measures what that costs)")
         if ft is not None and method == "gla":
             log_pi_s, source_id = _log_source_prior(source_prior, zs.classnames)
             parents.append(source_id)

@@ -3,7 +3,8 @@
 This module owns the results JSON (schema ``gla-evaluate``, documented in docs/evaluate.md): it
 writes it (:func:`evaluate_files`, :func:`dumps`) and reads it back for ``gla report``
 (:func:`read_records`), so writer and reader cannot drift. The metrics are computed by
-:mod:`glacli.metrics` while the rows stream from the store.
+:mod:`glacli.metrics` while the rows stream from the store; with a bootstrap, the per-row values
+kept on the way are resampled by :mod:`glacli.bootstrap` (the logits are read once).
 
 Version 2 names the top-k metric ``top{k}`` (``top5`` whenever there are 5 classes or more, as in
 version 1) and records k as ``top_k``; version 1 called it ``top5`` for any k, with ``top5_k``.
@@ -15,18 +16,20 @@ import datetime as _dt
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glacli import __version__, chunking, metrics, store
-from glacli.devices import resolve_device
+from glacli import __version__, bootstrap, chunking, metrics, store
+from glacli.devices import compute_device
 from glacli.errors import GlaInputError
-from glacli.plots import evaluation_figure
+from glacli.label_shift import TARGET_METHODS
+from glacli.plots import GroupBars, evaluation_figure
 from glacli.report import METHOD_KEY
 from glacli.types import Evaluation, Metrics, Record, Reporter
-from glacli.validation import check_same_classnames
+from glacli.validation import check_same_classnames, require_count
 
 SCHEMA = "gla-evaluate"
 SCHEMA_VERSION = 2
@@ -35,16 +38,40 @@ TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 STDOUT = "-"
 
 
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """``--bootstrap N``: resamples of the test rows (0: none), their seed, the interval's
+    confidence, stratification by class, and the method that differences are taken against."""
+
+    resamples: int = 0
+    seed: int = 0
+    confidence: float = 0.95
+    stratified: bool = True
+    baseline: str | None = None
+
+
+@dataclass(frozen=True)
+class ShotThresholds:
+    """Many-shot: more than ``many_above`` training images; few-shot: fewer than ``few_below``."""
+
+    many_above: int = metrics.MANY_SHOT_ABOVE
+    few_below: int = metrics.FEW_SHOT_BELOW
+
+
 def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path | None = None,
-                   names: list[str] | None = None, tags: list[str] | None = None, device: str = "auto",
-                   json_path: str | None = None, plot: Path | None = None, reporter: Reporter = Reporter()
-                   ) -> Evaluation:
+                   target_prior: Path | None = None, names: list[str] | None = None, tags: list[str] | None = None,
+                   device: str = "auto", resampling: BootstrapOptions = BootstrapOptions(),
+                   shots: ShotThresholds = ShotThresholds(), json_path: str | None = None,
+                   plot: Path | None = None, reporter: Reporter = Reporter()) -> Evaluation:
     """Measure every logits file (labels needed; same rows and classes in all), with head / medium /
-    tail groups by ``prior`` and many / medium / few-shot groups by ``train``. Writes the results
+    tail groups by ``prior``, many / medium / few-shot groups by ``train``, the error of the
+    estimated label distribution ``target_prior`` and bootstrap intervals. Writes the results
     document to ``json_path`` (unless it is ``-``: the caller prints it) and the figure to ``plot``."""
     names = _names(logits, names or [])
     tag_values = parse_tags(tags or [])
-    torch_device = resolve_device(device)
+    _check_resampling(resampling, names)
+    _check_shots(shots)
+    compute = compute_device(device)
     if json_path not in (None, STDOUT):
         store.check_output_path(json_path)
     if plot is not None:
@@ -57,18 +84,43 @@ def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path
         for f in files[1:]:
             check_same_classnames(f.classnames, f.path, first.classnames, first.path)
             store.check_same_rows(f, first)
-        groups, prior_info, train_info = _groups(prior, train, first)
-        results = _measure(files, torch_device.type, str(torch_device), reporter)
-        document = _document(files, names, results, groups, tag_values, prior_info, train_info)
+        groups, prior_info, train_info = _groups(prior, train, first, shots)
+        target_info = _target_prior(target_prior, first)
+        results, rows = _measure(files, compute, resampling.resamples > 0, reporter)
+        summaries = [metrics.summarise(r, groups) for r in results]
+        resampled = _resample(rows, first.labels, results[0], groups, summaries, names, resampling, reporter)
+        document = _document(files, names, results, summaries, groups, tag_values,
+                             {"prior": prior_info, "train": train_info, "target_prior": target_info},
+                             resampled, resampling)
     if json_path not in (None, STDOUT):
         store.write_text_atomic(json_path, dumps(document))
         reporter.message(f"wrote {json_path}")
     if plot is not None:
         order, label = _plot_order(prior_info, train_info, first.n_classes)
         evaluation_figure(plot, names, [r.class_accuracy for r in results], order, label,
-                          [r.reliability for r in results])
+                          [r.reliability for r in results], _group_bars(document))
         reporter.message(f"wrote {plot}")
     return Evaluation(names, results, groups, document, first.n_rows, first.n_classes)
+
+
+def _check_resampling(options: BootstrapOptions, names: list[str]) -> None:
+    require_count(options.resamples, "--bootstrap", minimum=0)
+    require_count(options.seed, "--bootstrap-seed", minimum=0)
+    if not 0 < options.confidence < 1:
+        raise GlaInputError(f"--confidence: expected a number between 0 and 1 (e.g. 0.95), got {options.confidence}")
+    if options.baseline is not None:
+        if not options.resamples:
+            raise GlaInputError("--baseline compares methods on bootstrap resamples: give --bootstrap N too")
+        if options.baseline not in names:
+            raise GlaInputError(f"--baseline: no file is named {options.baseline!r} (names: {', '.join(names)})")
+
+
+def _check_shots(shots: ShotThresholds) -> None:
+    require_count(shots.many_above, "--many-shot-above", minimum=0)
+    require_count(shots.few_below, "--few-shot-below", minimum=0)
+    if shots.few_below > shots.many_above:
+        raise GlaInputError(f"--few-shot-below ({shots.few_below}) must not exceed --many-shot-above "
+                            f"({shots.many_above}): a class would be both many-shot and few-shot")
 
 
 def parse_tags(tags: list[str]) -> dict[str, Any]:
@@ -114,12 +166,15 @@ def _names(paths: list[Path], names: list[str]) -> list[str]:
     return names
 
 
-def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFile
+def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFile, shots: ShotThresholds
             ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None, dict[str, Any] | None]:
     groups: dict[str, np.ndarray] = {}
     prior_info = train_info = None
     if prior_path is not None:
         prior = store.read_prior(prior_path)
+        if prior.method in TARGET_METHODS:
+            raise GlaInputError(f"holds a test label distribution (method {prior.method}, from gla estimate-target), "
+                                "not a pre-training prior q: give it to --target-prior", prior_path)
         check_same_classnames(prior.classnames, prior_path, first.classnames, first.path)
         groups.update(metrics.prior_groups(prior.prior))
         prior_info = {"path": str(prior_path), "gla_id": prior.gla_id, "q": prior.prior}
@@ -128,29 +183,93 @@ def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFi
             labels = train.require_labels("to count training images per class")
             check_same_classnames(train.classnames, train.path, first.classnames, first.path)
             counts = metrics.class_counts(labels, first.n_classes)
-            train_info = {"path": str(train_path), "gla_id": train.gla_id, "counts": counts}
-        groups.update(metrics.shot_groups(counts))
+            train_info = {"path": str(train_path), "gla_id": train.gla_id, "counts": counts,
+                          "many_shot_above": shots.many_above, "few_shot_below": shots.few_below}
+        groups.update(metrics.shot_groups(counts, shots.many_above, shots.few_below))
     return groups, prior_info, train_info
 
 
-def _measure(files: list[store.RowFile], device_type: str, device: str, reporter: Reporter) -> list[Metrics]:
+def _target_prior(path: Path | None, first: store.RowFile) -> dict[str, Any] | None:
+    """An estimated test label distribution against the label proportions of the evaluated rows."""
+    if path is None:
+        return None
+    estimate = store.read_prior(path)
+    if estimate.method not in TARGET_METHODS:
+        raise GlaInputError(f"holds a pre-training prior q (method {estimate.method}), not a test label "
+                            "distribution: give it to --prior, and estimate pi_t with gla estimate-target", path)
+    check_same_classnames(estimate.classnames, path, first.classnames, first.path)
+    true = metrics.class_counts(first.labels, first.n_classes) / first.n_rows
+    error = np.abs(estimate.prior - true)
+    return {"path": str(path), "gla_id": estimate.gla_id, "method": estimate.method,
+            "estimate": estimate.prior, "true": true, "l1": float(error.sum()), "max_abs_error": float(error.max())}
+
+
+def _measure(files: list[store.RowFile], device: str, keep_rows: bool, reporter: Reporter
+             ) -> tuple[list[Metrics], list[metrics.RowValues]]:
+    """The metrics of every file, and with ``keep_rows`` the per-row values the bootstrap resamples."""
+    device_type = device.split(":")[0]
     rows = chunking.compute_rows(8 * files[0].n_cols, device_type)
-    results = []
+    to_device = _mover(device)
+    results, row_values = [], []
     reporter.start("evaluating", sum(f.n_rows for f in files))
     for f in files:
-        acc = metrics.MetricAccumulator(f.n_classes, device=device)
+        acc = metrics.MetricAccumulator(f.n_classes, keep_rows=keep_rows)
         for chunk in f.iter_chunks(rows):
-            acc.update(chunk.values, chunk.labels)
+            acc.update(to_device(chunk.values), to_device(chunk.labels))
             reporter.advance(chunk.stop - chunk.start)
         results.append(acc.result())
-    return results
+        if keep_rows:
+            row_values.append(acc.rows())
+    return results, row_values
 
 
-def _document(files: list[store.RowFile], names: list[str], results: list[Metrics], groups: dict[str, np.ndarray],
-              tags: dict[str, Any], prior_info: dict[str, Any] | None, train_info: dict[str, Any] | None
-              ) -> dict[str, Any]:
+def _mover(device: str) -> Any:
+    """How a numpy block reaches ``device`` (torch is imported only for a GPU)."""
+    if device == "cpu":
+        return lambda array: array
+    import torch
+
+    return lambda array: torch.from_numpy(array).to(device)
+
+
+def _resample(rows: list[metrics.RowValues], labels: np.ndarray, first: Metrics, groups: dict[str, np.ndarray],
+              summaries: list[dict[str, float]], names: list[str], options: BootstrapOptions, reporter: Reporter
+              ) -> list[dict[str, Any]] | None:
+    """Per result: ``ci`` (interval per metric) and, against the baseline, ``vs_baseline``."""
+    if not options.resamples:
+        return None
+    reporter.start("bootstrap resamples", options.resamples)
+    block = chunking.compute_rows(6 * 8 * len(labels))  # counts, two key arrays, weighted copies
+    draws = bootstrap.resampled_metrics(rows, labels, first.class_count.size, first.k,
+                                        len(first.reliability.count), groups, options.resamples, options.seed,
+                                        options.stratified, block, reporter.advance)
+    out = [{"ci": bootstrap.intervals(d, options.confidence)} for d in draws]
+    if options.baseline is not None:
+        base = names.index(options.baseline)
+        for i, entry in enumerate(out):
+            if i != base:
+                paired = bootstrap.paired_intervals(draws[i], draws[base], options.confidence)
+                entry["vs_baseline"] = {key: {"difference": summaries[i][key] - summaries[base][key],
+                                              "ci": paired[key]} for key in summaries[i]}
+    return out
+
+
+def _bootstrap_info(options: BootstrapOptions) -> dict[str, Any] | None:
+    if not options.resamples:
+        return None
+    return {"resamples": options.resamples, "seed": options.seed, "confidence": options.confidence,
+            "sampling": "stratified" if options.stratified else "plain", "interval": "percentile",
+            "baseline": options.baseline}
+
+
+def _document(files: list[store.RowFile], names: list[str], results: list[Metrics], summaries: list[dict[str, float]],
+              groups: dict[str, np.ndarray], tags: dict[str, Any], inputs: dict[str, dict[str, Any] | None],
+              resampled: list[dict[str, Any]] | None, resampling: BootstrapOptions) -> dict[str, Any]:
     """The results document of one run (schema in docs/evaluate.md)."""
     first = files[0]
+    train = inputs["train"] or {}
+    rules = metrics.group_rules(train.get("many_shot_above", metrics.MANY_SHOT_ABOVE),
+                                train.get("few_shot_below", metrics.FEW_SHOT_BELOW))
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -162,22 +281,30 @@ def _document(files: list[store.RowFile], names: list[str], results: list[Metric
         "classnames": first.classnames,
         "top_k": results[0].k,
         "ece_bins": len(results[0].reliability.count),
-        "prior": prior_info,
-        "train": train_info,
-        "groups": {name: {"rule": metrics.GROUP_RULES[name], "classes": classes}
-                   for name, classes in groups.items()},
+        **inputs,
+        "bootstrap": _bootstrap_info(resampling),
+        "groups": {name: {"rule": rules[name], "classes": classes} for name, classes in groups.items()},
         "results": [{
             "name": name,
             "path": f.path,
             "gla_id": f.gla_id,
             "parents": list(f.attrs.get("parents", [])),
             "temperature": f.temperature,
-            "metrics": metrics.summarise(r, groups),
+            "metrics": summary,
+            **(resampled[i] if resampled else {}),
             "per_class": {"accuracy": r.class_accuracy, "correct": r.class_correct, "count": r.class_count},
             "reliability": {"edges": r.reliability.edges, "count": r.reliability.count,
                             "confidence": r.reliability.confidence, "accuracy": r.reliability.accuracy},
-        } for f, name, r in zip(files, names, results)],
+        } for i, (f, name, r, summary) in enumerate(zip(files, names, results, summaries))],
     }
+
+
+def _group_bars(document: dict[str, Any]) -> list[GroupBars]:
+    """The group accuracies of each result, with their intervals where the document has them."""
+    keys = list(document["groups"])
+    return [GroupBars(result["name"], keys, [result["metrics"][k] for k in keys],
+                      [result["ci"][k] for k in keys] if "ci" in result else None)
+            for result in document["results"]]
 
 
 def _plot_order(prior_info: dict[str, Any] | None, train_info: dict[str, Any] | None,
@@ -248,10 +375,17 @@ def read_records(document: Any, source: str) -> list[Record]:
         raise GlaInputError("field 'tags' is missing or not an object", source)
     if not isinstance(results, list) or not results:
         raise GlaInputError("field 'results' is missing or empty", source)
+    resampling = document.get("bootstrap") or {}
+    if not isinstance(resampling, dict):
+        raise GlaInputError("field 'bootstrap' is not an object", source)
     records = []
     for k, result in enumerate(results):
         if not isinstance(result, dict) or not isinstance(result.get("name"), str) \
                 or not isinstance(result.get("metrics"), dict):
             raise GlaInputError(f"results[{k}] lacks a 'name' string or a 'metrics' object", source)
-        records.append(Record({METHOD_KEY: result["name"], **tags}, result["metrics"], source))
+        ci, vs_baseline = result.get("ci", {}), result.get("vs_baseline", {})
+        if not isinstance(ci, dict) or not isinstance(vs_baseline, dict):
+            raise GlaInputError(f"results[{k}]: 'ci' or 'vs_baseline' is not an object", source)
+        records.append(Record({METHOD_KEY: result["name"], **tags}, result["metrics"], source,
+                              ci, vs_baseline, resampling.get("baseline")))
     return records

@@ -36,15 +36,22 @@ def check_backend(backend: str, pretrained: str | None) -> type[Encoder]:
 def extract(source: str, output: Path, *, model: str, pretrained: str | None, backend: str,
             options: extraction.ExtractOptions, split: str | None = None, root: Path | None = None,
             classnames: Path | None = None, shots: int | None = None, seed: int = 0, allow_fewer: bool = False,
-            device: str = "auto", autocast: str = "fp16", download: bool = False,
+            rows_of: Path | None = None, device: str = "auto", autocast: str = "fp16", download: bool = False,
             reporter: Reporter = Reporter()) -> dict[str, Any] | None:
-    """Encode the rows of ``source`` (``shots`` per class when given) into ``output``; returns the
-    summary of ``gla extract --json`` (None on the ranks of a torchrun job other than rank 0)."""
+    """Encode the rows of ``source`` (``shots`` per class, or the rows that the features file
+    ``rows_of`` lists, when given) into ``output``, as ``options.augment_views`` views each when
+    set; returns the summary of ``gla extract --json`` (None on the ranks of a torchrun job other
+    than rank 0)."""
     input_kind = check_backend(backend, pretrained).input_kind
     require_choice(autocast, AUTOCAST_CHOICES, "--autocast")
     if allow_fewer and shots is None:
         raise GlaInputError("--allow-fewer applies with --shots only")
+    if options.augment_views and input_kind != "image":
+        raise GlaInputError(f"--augment-views applies to images; the {backend} backend reads {input_kind}s")
+    if rows_of is not None and shots is not None:
+        raise GlaInputError("give --shots or --rows-of, not both")
     store.check_output_path(output)
+    wanted = None if rows_of is None else _ids_of(rows_of)
     dist = init_distributed(device)
     try:
         rows = sources.open_source(source, split=split, root=None if root is None else str(root),
@@ -52,6 +59,8 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
                                    input_kind=input_kind, download=download)
         if shots is not None:
             rows = sources.select_shots(rows, shots, seed, allow_fewer)
+        if wanted is not None:
+            rows = sources.select_ids(rows, wanted, str(rows_of))
         if dist.is_main:
             for warning in rows.warnings:
                 reporter.warning(warning)
@@ -68,5 +77,13 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
         "classes": len(rows.classnames), "resumed_from_row": result.resumed_from, "encoded": result.encoded,
         "seconds": round(result.seconds, 3), "already_complete": result.already_complete,
         f"{rows.input_kind}s_per_second": round(result.encoded / result.seconds, 1) if result.seconds > 0 else None,
-        "ranks": dist.world_size,
+        "ranks": dist.world_size, "augment_views": options.augment_views,
     }
+
+
+def _ids_of(path: Path) -> list[str]:
+    """The image ids a features file lists (``--rows-of``); a file of augmented views is refused."""
+    with store.read_rows(path, "features") as f:
+        if f.attrs.get("augment_views"):
+            raise GlaInputError("--rows-of: holds augmented views; give the features file of the images", path)
+        return f.ids()

@@ -1,7 +1,8 @@
 """``fit``: a linear-probe head on cached features, with its penalty chosen on a validation set.
 
-The solver and the penalty search are :mod:`glacli.probe`; this module owns the policies around
-them: where the features live during the fit (held on the compute device when they fit
+The solver and the penalty search are :mod:`glacli.probe`, the anchor of ``--anchor`` is
+:mod:`glacli.anchor`; this module owns the policies around them: which heads may anchor which
+features, where the features live during the fit (held on the compute device when they fit
 ``--memory`` and, on a GPU, half its free memory; else streamed from disk on every pass), what the
 head file records, and the warnings a user should read before trusting the head.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from glacli import store
+from glacli.anchor import AnchorFit, fit_anchor
 from glacli.calibration import T_MAX, T_MIN
 from glacli.devices import resolve_device
 from glacli.errors import GlaInputError
@@ -34,16 +36,22 @@ from glacli.validation import (
 DEFAULT_MEMORY_GIB = 8.0
 RECORDED_TRAIN_ATTRS = ("model", "pretrained")
 """Attributes of the training features that the head records."""
+ANCHOR_MUST_MATCH = ("encoder", "model")
+"""Attributes an anchor head and the training features must agree on, where both record them:
+a head from another embedding space is no anchor for these features."""
 
 
 def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | None = None,
-             init: Path | None = None, balanced: bool = False, device: str = "auto", float64: bool = False,
+             init: Path | None = None, anchor: Path | None = None, balanced: bool = False,
+             device: str = "auto", float64: bool = False,
              max_iter: int = 1000, tol: float = SolverOptions.tol, memory_gib: float = DEFAULT_MEMORY_GIB,
              reporter: Reporter = Reporter()) -> dict[str, Any]:
     """Fit a head on ``train`` at penalty ``wd``, or at the one chosen on ``val``, and write it.
 
     With ``val`` the head's temperature is calibrated on it by NLL. ``init`` is a head to start
-    from (a zero-shot head saves iterations). Returns the report of ``gla fit --json``, with the
+    from (a zero-shot head saves iterations). ``anchor`` is a zero-shot head: the penalty pulls the
+    weights towards it (:mod:`glacli.anchor`; the head written is ``anchored``, started from the
+    anchor unless ``init`` says otherwise). Returns the report of ``gla fit --json``, with the
     warnings (:func:`fit_warnings`) and the seconds spent loading and fitting.
     """
     if wd is None and val is None:
@@ -60,6 +68,10 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
         train_labels = train_file.require_labels("to fit a probe")
         require_every_class(train_labels, train_file.classnames, train_file.path, "a linear probe needs every class")
         parents = [train_file.gla_id]
+        zero_shot = None
+        if anchor is not None:
+            zero_shot = store.read_head(anchor)
+            check_anchor(zero_shot, anchor, train_file, reporter)
         val_data = None
         if val is not None:
             val_file = files.enter_context(store.read_rows(val, "features"))
@@ -77,7 +89,12 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
             parents.append(head.gla_id)
         train_data = probe_data(train_file, options, memory_bytes)
         fit_start = time.perf_counter()
-        result = _run_fit(train_data, val_data, wd, options, start, balanced, reporter)
+        anchor_fit = None
+        if zero_shot is not None:
+            anchor_fit = fit_anchor(train_data, *head_tensors(zero_shot, dtype=torch.float64), zero_shot.temperature,
+                                    options)
+            parents.append(zero_shot.gla_id)
+        result = _run_fit(train_data, val_data, wd, options, start, anchor_fit, balanced, reporter)
         fit_seconds = time.perf_counter() - fit_start
         attrs = {"wd": result.wd, "c_equivalent": wd_to_c(result.wd, train_file.n_rows),
                  "iterations": result.iterations, "final_loss": result.final_loss,
@@ -87,24 +104,65 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
         if result.val_accuracy is not None:
             attrs["val_accuracy"] = result.val_accuracy
             attrs["val_nll"] = result.val_nll
+        if anchor_fit is not None:
+            attrs.update(anchor_attrs(anchor_fit, zero_shot.gla_id, anchor))
         store.write_head(output, Head(weight=result.weight, bias=result.bias, classnames=train_file.classnames,
-                                      head_type="linear", temperature=result.temperature, attrs=attrs), parents)
+                                      head_type="linear" if anchor_fit is None else "anchored",
+                                      temperature=result.temperature, attrs=attrs), parents)
         report = _report(result, train_file, output, balanced, torch_device)
     report["seconds"] = {"load": fit_start - load_start, "fit": fit_seconds}
-    report["warnings"] = fit_warnings(result, searched=wd is None)
+    report["anchor"] = None if anchor_fit is None else anchor_attrs(anchor_fit, zero_shot.gla_id, anchor)
+    report["warnings"] = fit_warnings(result, searched=wd is None, anchor=anchor_fit)
     return report
 
 
-def fit_warnings(result: ProbeResult, searched: bool) -> list[str]:
-    """What a user should look at before trusting the head: no convergence, a penalty or temperature at a bound."""
+def check_anchor(head: Head, path: Path, train: store.RowFile, reporter: Reporter) -> None:
+    """Refuse an anchor that is not a zero-shot head (the method anchors at the zero-shot model) or
+    belongs to other features (classes, dimension, encoder, model); warn when only the recorded
+    ``pretrained`` differs (a tag and a path may name the same weights)."""
+    if head.head_type != "zeroshot":
+        raise GlaInputError(f"is a {head.head_type!r} head; --anchor takes the zero-shot head of these features "
+                            "(gla zeroshot --like TRAIN_FEATURES.h5)", path)
+    check_head_fits(head, path, train.classnames, train.n_cols, train.path)
+    for key in ANCHOR_MUST_MATCH:
+        ours, theirs = head.attrs.get(key), train.attrs.get(key)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise GlaInputError(f"was made with {key} {ours!r} but {train.path} was extracted with {theirs!r}", path)
+    ours, theirs = head.attrs.get("pretrained"), train.attrs.get("pretrained")
+    if ours is not None and theirs is not None and ours != theirs:
+        reporter.warning(f"{path} was made with pretrained {ours!r}, {train.path} extracted with {theirs!r}")
+
+
+def anchor_attrs(anchor: AnchorFit, anchor_id: str, path: Path) -> dict[str, Any]:
+    """What an anchored head records of its anchor: which head, and the divisor that made ``W_a``."""
+    return {"anchor_id": anchor_id, "anchor": str(path), "anchor_temperature": anchor.temperature,
+            "anchor_t_zs": anchor.t_zs, "anchor_t_zs_fitted": anchor.fitted}
+
+
+def fit_warnings(result: ProbeResult, searched: bool, anchor: AnchorFit | None = None) -> list[str]:
+    """What a user should look at before trusting the head: no convergence, a penalty or temperature at a bound.
+
+    The strongest penalty's head is close to the anchor: zero for the plain probe (so validating no
+    better than it means the features carry little signal), the zero-shot model for the anchored
+    one (so the shots did not improve on it)."""
     warnings = []
+    if anchor is not None and not anchor.fitted:
+        cause = ("classifies every training row correctly" if anchor.t_zs < 1
+                 else "carries no signal for these labels")
+        warnings.append(f"the anchor's temperature has no finite NLL optimum on the training rows (the zero-shot "
+                        f"head {cause}); the anchor keeps the head's own scale (T_zs = 1)")
     if not result.converged:
         warnings.append(f"the final fit stopped after {result.iterations} iterations without converging; "
                         "raise --max-iter")
     strongest = max(result.path, key=lambda point: point.wd, default=None)
     if searched and strongest is not None and result.val_accuracy <= strongest.val_accuracy:
-        warnings.append(f"no penalty validated better than the strongest searched (wd {strongest.wd:g}), whose head "
-                        "is close to zero: the features carry little signal for these labels; check them")
+        if anchor is None:
+            warnings.append(f"no penalty validated better than the strongest searched (wd {strongest.wd:g}), whose "
+                            "head is close to zero: the features carry little signal for these labels; check them")
+        else:
+            warnings.append(f"no penalty validated better than the strongest searched (wd {strongest.wd:g}), whose "
+                            "head is close to the anchor: on the validation rows the shots did not improve on the "
+                            "zero-shot head")
     if searched and result.wd <= WD_GRID[-2]:
         warnings.append(f"the chosen penalty wd {result.wd:.3g} is at the weak end of the searched range "
                         f"({WD_GRID[0]:g} to {WD_GRID[-1]:g}): the validation optimum may lie beyond it; "
@@ -145,7 +203,8 @@ def probe_data(rows: store.RowFile, options: SolverOptions, memory_bytes: float)
 
 
 def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options: SolverOptions,
-             start: tuple[torch.Tensor, torch.Tensor] | None, balanced: bool, reporter: Reporter) -> ProbeResult:
+             start: tuple[torch.Tensor, torch.Tensor] | None, anchor: AnchorFit | None, balanced: bool,
+             reporter: Reporter) -> ProbeResult:
     """Fit with a progress count: one step per penalty of the search, or per L-BFGS evaluation at a fixed one."""
     done = 0
 
@@ -154,6 +213,7 @@ def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options:
         done += 1
         reporter.advance(1, description=description)
 
+    pair = None if anchor is None else (anchor.weight, anchor.bias)
     if wd is None:
         total = planned_fits() + 1
         reporter.start("penalty search", total)
@@ -164,12 +224,12 @@ def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options:
                 best[:] = [point]
             step(f"penalty search: wd {point.wd:.1e} (best {best[0].wd:.1e}, val {100 * best[0].val_accuracy:.2f}%)")
 
-        result = train_probe(train, val=val, options=options, init=start, balanced=balanced, grid=WD_GRID,
-                             on_fit=on_fit)
+        result = train_probe(train, val=val, options=options, init=start, anchor=pair, balanced=balanced,
+                             grid=WD_GRID, on_fit=on_fit)
     else:
         total = 2 * options.max_iter
         reporter.start(f"fitting at wd {wd:.1e} (L-BFGS evaluations)", total)
-        result = train_probe(train, val=val, wd=wd, options=options, init=start, balanced=balanced,
+        result = train_probe(train, val=val, wd=wd, options=options, init=start, anchor=pair, balanced=balanced,
                              on_evaluation=lambda loss: step())
     reporter.advance(max(0, total - done))
     return result

@@ -1,12 +1,16 @@
 """``import`` and ``export``: files of other tools into gla files, and gla files out again.
 
 The readers and writers of each format live in :mod:`glacli.formats`; this module owns what
-happens between: which labels, class names and ids a file gets when it has none, probabilities
-stored as log-probabilities, features L2-normalised, priors normalised, and the notes that say
-so. Rows stream block by block on both sides.
+happens between: which labels, class names and ids a file gets when it has none (or takes from a
+gla file of the same rows, so that two tools' outputs line up), probabilities stored as
+log-probabilities, features L2-normalised, priors normalised, and the notes that say so. Rows
+stream block by block on both sides.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from glacli.validation import (
     PRIOR_SUM_TOLERANCE,
     check_classnames,
     require_choice,
+    require_count,
     require_finite,
     require_label_range,
     require_numeric,
@@ -46,17 +51,21 @@ def default_ids(start: int, stop: int) -> list[str]:
 
 def import_file(path: str | Path, kind: str, output: str | Path, *, options: ReadOptions = ReadOptions(),
                 classnames_file: str | Path | None = None, labels_file: str | Path | None = None,
-                probabilities: bool = False, temperature: float | None = None) -> ImportReport:
+                probabilities: bool = False, temperature: float | None = None,
+                ids_from: str | Path | None = None, ids_range: int | None = None) -> ImportReport:
     """Import logits, features or a prior written by another tool as a gla file at ``output``.
 
     Logits are stored as float32 (``probabilities``: their log, zeros as log(TINY)); features are
     L2-normalised and stored as float32 (float16 input stays float16); a prior is normalised to
-    sum to 1. Options that do not apply to ``kind`` are refused before anything is read.
+    sum to 1. The ids are the file's, or those of the gla file ``ids_from`` (the same rows in the
+    same order, from another tool: labels must agree where both have one), or ``ids_range``,
+    ``ids_range + 1``, ... as text. Options that do not apply are refused before anything is read.
     """
     require_choice(kind, IMPORT_KINDS, "--kind")
+    id_options = {"--id-column": options.id_column, "--ids-key": options.ids_key, "--ids-from": ids_from,
+                  "--ids-range": ids_range}
     row_options = {"--labels": labels_file, "--labels-key": options.labels_key,
-                   "--label-column": options.label_column, "--id-column": options.id_column,
-                   "--probabilities": probabilities or None}
+                   "--label-column": options.label_column, **id_options, "--probabilities": probabilities or None}
     if kind == "prior":
         for option, value in row_options.items():
             if value is not None:
@@ -66,23 +75,65 @@ def import_file(path: str | Path, kind: str, output: str | Path, *, options: Rea
         raise GlaInputError("--temperature applies to priors only")
     if probabilities and kind != "logits":
         raise GlaInputError(f"--probabilities applies to logits, not {kind}")
-    return _import_rows(Path(path), kind, output, options, classnames_file, labels_file, probabilities)
+    given = [option for option, value in id_options.items() if value is not None]
+    if len(given) > 1:
+        raise GlaInputError(f"{' and '.join(given)} both say where the ids come from; give one")
+    if ids_range is not None:
+        require_count(ids_range, "--ids-range", minimum=0)
+    with contextlib.nullcontext() if ids_from is None else store.RowFile(ids_from) as like:
+        return _import_rows(Path(path), kind, output, options, classnames_file, labels_file, probabilities,
+                            _RowIds(like, ids_range))
+
+
+@dataclass
+class _RowIds:
+    """Where the ids of imported rows come from when not from the file: a gla file of the same rows
+    (``like``), or a range of integers from ``start``."""
+
+    like: store.RowFile | None = None
+    start: int | None = None
+
+    def describe(self, src: RowSource) -> str:
+        if self.like is not None:
+            return self.like.path
+        return src.ids_from if self.start is None else f"the range {self.start}, {self.start + 1}, ..."
+
+    def block(self, start: int, stop: int, from_file: list[str] | None) -> list[str]:
+        """The ids of rows ``start:stop``."""
+        if self.like is not None:
+            return self.like.ids(start, stop)
+        if self.start is not None:
+            return [str(self.start + i) for i in range(start, stop)]
+        return from_file or default_ids(start, stop)
+
+    def check(self, src: RowSource, labels: np.ndarray, labels_from: str | Path, report: ImportReport) -> None:
+        """With ``like``: the same number of rows, and labels that agree where both files have one."""
+        if self.like is None:
+            return
+        if src.n_rows != self.like.n_rows:
+            raise GlaInputError(f"has {src.n_rows} rows but {self.like.path} (--ids-from) has {self.like.n_rows}; "
+                                "its ids fit only the same rows in the same order", src.path)
+        store.check_same_labels(labels, labels_from, self.like.labels, self.like.path)
+        both = int(((labels >= 0) & (self.like.labels >= 0)).sum())
+        report.notes.append(f"took the ids of {self.like.path}: labels agree on all {both} rows labelled in both"
+                            if both else f"took the ids of {self.like.path}: no row is labelled in both files, so "
+                                         "nothing checks that they hold the same rows in the same order")
 
 
 def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions, classnames_file: str | Path | None,
-                 labels_file: str | Path | None, probabilities: bool) -> ImportReport:
+                 labels_file: str | Path | None, probabilities: bool, row_ids: _RowIds) -> ImportReport:
     names_given = read_classnames(classnames_file) if classnames_file else None
-    src = formats.read_rows(path, kind, ReadOptions(options.key, options.labels_key, options.label_column,
-                                                    options.id_column, names_given))
+    src = formats.read_rows(path, kind, dataclasses.replace(options, classnames=names_given))
     report = ImportReport(str(path), str(output), kind, n_rows=src.n_rows, n_cols=src.n_cols,
-                          labels_from=src.labels_from, ids_from=src.ids_from)
+                          labels_from=src.labels_from, ids_from=row_ids.describe(src))
     labels = src.labels
     if labels_file is not None:
         labels = npy.read_labels(Path(labels_file), src.n_rows)
         report.labels_from = str(labels_file)
     if labels is None:
         labels = np.full(src.n_rows, -1, dtype=np.int64)
-    names = _row_classnames(src, kind, labels, names_given, classnames_file, report)
+    row_ids.check(src, labels, labels_file or path, report)
+    names = _row_classnames(src, kind, labels, names_given, classnames_file, row_ids.like, report)
     require_label_range(labels, len(names), labels_file or path)
     report.n_classes, report.labelled_rows = len(names), int((labels >= 0).sum())
 
@@ -93,8 +144,9 @@ def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions
         if probabilities:
             attrs["from_probabilities"] = True
     zeros, flagged_probabilities = 0, False
+    parents = [row_ids.like.gla_id] if row_ids.like is not None else []
     with store.write_rows(output, kind, n_rows=src.n_rows, n_cols=src.n_cols, classnames=names,
-                          attrs=attrs, dtype=stored) as sink:
+                          attrs=attrs, parents=parents, dtype=stored) as sink:
         for start, values, ids in src.chunks(chunking.io_rows(src.n_cols, 8)):
             require_finite(values, kind, path, start)
             if kind == "logits" and probabilities:
@@ -105,7 +157,7 @@ def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions
             if kind == "features":
                 values = _l2_normalise(values, path, start)
             stop = start + len(values)
-            sink.write(start, values.astype(stored), labels[start:stop], ids or default_ids(start, stop))
+            sink.write(start, values.astype(stored), labels[start:stop], row_ids.block(start, stop, ids))
     if kind == "features":
         report.notes.append("rows were L2-normalised (the features format requires unit-length rows)")
     if probabilities:
@@ -119,12 +171,15 @@ def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions
 
 
 def _row_classnames(src: RowSource, kind: str, labels: np.ndarray, names_given: list[str] | None,
-                    classnames_file: str | Path | None, report: ImportReport) -> list[str]:
-    """The given names, else the file's, else generated ones (one per logits column, or per label)."""
+                    classnames_file: str | Path | None, like: store.RowFile | None, report: ImportReport) -> list[str]:
+    """The given names, else the file's, else those of the ``--ids-from`` file (the same rows, so the same
+    classes), else generated ones (one per logits column, or per label)."""
     if names_given is not None:
         names, report.classnames_from = names_given, str(classnames_file)
     elif src.classnames is not None:
         names, report.classnames_from = src.classnames, src.classnames_from
+    elif like is not None:
+        names, report.classnames_from = like.classnames, like.path
     elif kind == "logits":
         names, report.classnames_from = default_classnames(src.n_cols), "generated"
     else:

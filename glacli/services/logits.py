@@ -11,8 +11,9 @@ from glacli.heads import apply_head, head_tensors
 from glacli.types import Reporter
 from glacli.validation import check_head_fits
 
-HEAD_ATTRS = ("model", "pretrained", "templates")
-"""Attributes of the head that its logits record (which model, which prompts)."""
+HEAD_ATTRS = ("model", "pretrained", "templates", "anchor_id")
+"""Attributes of the head that its logits record (which model, which prompts, and for an anchored
+head the zero-shot head it already contains)."""
 
 
 def logits_file(features: Path, head: Path, output: Path, reporter: Reporter = Reporter()) -> dict[str, Any]:

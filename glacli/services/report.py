@@ -16,10 +16,11 @@ DEFAULT_COLS = "shots"
 
 
 def report_files(results: list[Path], output: Path, *, plot: Path | None = None, metric: str = "top1",
-                 rows: str = report.METHOD_KEY, cols: str | None = None, reporter: Reporter = Reporter()
-                 ) -> report.ReportTable:
+                 rows: str = report.METHOD_KEY, cols: str | None = None, baseline: str | None = None,
+                 reporter: Reporter = Reporter()) -> tuple[report.ReportTable, report.ReportTable | None]:
     """Pool the results of ``results`` into a table of ``metric`` (rows x cols, mean ± std over the
-    rest) and write it to ``output`` as Markdown, and as a figure to ``plot``."""
+    rest), and with ``baseline`` a table of the paired differences to it; write them to ``output``
+    as Markdown, and the first as a figure to ``plot``."""
     store.check_output_path(output)
     if plot is not None:
         store.check_output_path(plot)
@@ -27,11 +28,12 @@ def report_files(results: list[Path], output: Path, *, plot: Path | None = None,
     if cols is None and any(DEFAULT_COLS in r.keys for r in records):
         cols = DEFAULT_COLS
     table = report.aggregate(records, metric, rows, cols)
-    store.write_text_atomic(output, report.to_markdown(table, [str(p) for p in results]))
+    difference = report.differences(records, metric, baseline, rows, cols) if baseline is not None else None
+    store.write_text_atomic(output, report.to_markdown(table, [str(p) for p in results], difference))
     if plot is not None:
         _plot(table, plot)
     reporter.message(f"wrote {output}" + (f" and {plot}" if plot else ""))
-    return table
+    return table, difference
 
 
 def _plot(table: report.ReportTable, path: Path) -> None:

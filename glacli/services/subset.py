@@ -31,6 +31,10 @@ def subset_file(source: Path, output: Path, *, shots: int, seed: int, val_shots:
                if path is not None}
     _check_distinct(source, outputs)
     with store.RowFile(source) as src:
+        if src.attrs.get("augment_views"):
+            raise GlaInputError(f"holds {src.attrs['augment_views']} augmented views of each image, and subset draws "
+                                "rows: it would split an image's views. Draw the split from the plain features, "
+                                "then extract its views with gla extract --rows-of SPLIT.h5 --augment-views K", source)
         labels = src.require_labels("to draw class-balanced shots")
         try:
             split = few_shot_split(labels, _keys(src, seed), src.n_classes, shots, val_shots, allow_fewer)

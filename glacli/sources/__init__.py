@@ -101,6 +101,24 @@ def select_shots(rows: Rows, shots: int, seed: int, allow_fewer: bool = False) -
     return selected
 
 
+def select_ids(rows: Rows, ids: list[str], where: str) -> Rows:
+    """The rows whose ids ``ids`` lists (read from the features file ``where``), in source order.
+
+    Every id must be one of the source's and appear once; the first that is not is named.
+    """
+    position = {row_id: k for k, row_id in enumerate(rows.ids)}
+    seen: set[str] = set()
+    for row_id in ids:
+        if row_id not in position:
+            raise GlaInputError(f"--rows-of: lists id {row_id!r}, which the source does not", where)
+        if row_id in seen:
+            raise GlaInputError(f"--rows-of: lists id {row_id!r} twice", where)
+        seen.add(row_id)
+    selected = rows.take(np.sort(np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))))
+    selected.attrs["rows_of"] = str(Path(where).resolve())
+    return selected
+
+
 def read_bytes(locator: Locator) -> bytes:
     """The raw bytes of one row (runs in DataLoader workers)."""
     if hasattr(locator, "read_bytes"):  # a locator that reads itself (a torchvision dataset item)

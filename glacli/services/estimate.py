@@ -1,0 +1,218 @@
+"""``estimate-prior``: the label prior q of a zero-shot model (and its temperature), from logits files.
+
+The solver is :func:`glacli.prior.estimate_prior`; this module owns what surrounds it: several
+files pooled at one scale, the class proportions ``f`` of the estimation set (its labels, uniform,
+or a file), where the rows live during the fit (the solver keeps one float32 array of
+exponentials when it fits ``--memory``, else every pass streams the files), the device (on a CPU
+the solver runs on numpy and torch is never imported, so the command starts as fast as those
+without a model), what the prior file records, and the report (entropy of q, top-1 before and
+after on the estimation set).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glacli import store
+from glacli.calibration import T_MIN
+from glacli.devices import compute_device
+from glacli.errors import GlaInputError
+from glacli.formats.proportions import read_proportions
+from glacli.prior import DEFAULT_TOL, LogitSource, class_proportions, estimate_prior
+from glacli.types import Prior, PriorEstimate, Reporter
+from glacli.validation import (
+    check_same_classnames,
+    labels_complete,
+    require_count,
+    require_every_class,
+    require_labels,
+    require_positive,
+)
+
+TEMPERATURE_METHODS = ("nll", "confidence")
+TARGETS = ("labels", "uniform")
+"""The ``--target`` values that name no file."""
+DEFAULT_MEMORY_GIB = 8.0
+HEAD_ATTRS = {"head_id": "zeroshot_head_id", "model": "zeroshot_model", "pretrained": "zeroshot_pretrained",
+              "templates": "zeroshot_templates"}
+"""Logits attribute -> prior attribute naming the zero-shot head that q belongs to."""
+
+
+def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: str | float = "nll",
+                        target: str = "labels", tol: float = DEFAULT_TOL, max_iter: int = 100,
+                        device: str = "auto", memory_gib: float = DEFAULT_MEMORY_GIB, show: int = 5,
+                        reporter: Reporter = Reporter()) -> dict[str, Any]:
+    """Fit q (``temperature``: ``nll`` jointly with T, ``confidence`` after T, or a fixed T) on the
+    pooled ``logits`` and write the prior file; returns the report of ``gla estimate-prior --json``.
+
+    ``target`` gives the class proportions of the estimation set: ``labels``, ``uniform`` or a file.
+    """
+    _check_options(temperature, target, tol, max_iter, memory_gib, show)
+    store.check_output_path(output)
+    compute = compute_device(device)
+    with contextlib.ExitStack() as files:
+        rows = _open_pooled(logits, files, compute, reporter)
+        proportions = _target_proportions(target, rows)
+        if temperature in TEMPERATURE_METHODS:
+            require_labels(rows.labels, rows.path, f"for --temperature {temperature}")
+        labels = rows.labels if labels_complete(rows.labels) else None
+        try:
+            fit = estimate_prior(rows.source, proportions, temperature, labels=labels, tol=tol, max_iter=max_iter,
+                                 hold_bytes=memory_gib * 2**30 * (0.5 if compute != "cpu" else 1.0))
+        except ValueError as exc:
+            raise GlaInputError(str(exc), rows.path) from None
+        method = temperature if isinstance(temperature, str) else "fixed"
+        report = _report(rows, labels, proportions, fit, method, output, show)
+    if method == "nll" and (not fit.converged or fit.temperature <= T_MIN * 1.0001):
+        why = ("the logits carry almost no information about these labels" if fit.temperature > 1 else
+               "with q free, the logits separate the labels, which is common on a few dozen rows")
+        raise GlaInputError(f"--temperature nll has no finite optimum here (T went to {fit.temperature:.3g} in "
+                            f"{fit.iterations} iterations): {why}; give a fixed --temperature", rows.path)
+    attrs = {"target": target if target in TARGETS else str(Path(target)),
+             "objective": fit.objective, "temperature_gradient": fit.temperature_gradient,
+             "n_rows": rows.n_rows, "source": rows.path, **rows.head_attrs}
+    store.write_prior(output, Prior(
+        prior=np.exp(fit.log_prior), log_prior=fit.log_prior, classnames=rows.classnames,
+        temperature=fit.temperature, method=method, converged=fit.converged, max_moment_gap=fit.max_moment_gap,
+        iterations=fit.iterations, logits_temperature=rows.temperature, attrs=attrs), rows.parents)
+    if not fit.converged:
+        reporter.warning(_not_converged(fit, rows.classnames, tol))
+    return report
+
+
+def _check_options(temperature: str | float, target: str, tol: float, max_iter: int, memory_gib: float,
+                   show: int) -> None:
+    """Refuse option values and combinations that cannot give an estimate, before any file is read."""
+    if temperature not in TEMPERATURE_METHODS:
+        require_positive(temperature, "--temperature")
+    require_positive(tol, "--tol")
+    require_count(max_iter, "--max-iter")
+    require_positive(memory_gib, "--memory")
+    require_count(show, "--show", minimum=0)
+    if target != "labels" and temperature == "nll":
+        raise GlaInputError(f"--temperature nll fits T to the labels, so it needs --target labels; with --target "
+                            f"{target} give a number, e.g. --temperature 1")
+    if target not in TARGETS and not Path(target).exists():
+        raise GlaInputError("no such file (--target is labels, uniform or a file of class proportions)", target)
+
+
+def _not_converged(fit: PriorEstimate, classnames: list[str], tol: float) -> str:
+    """Which classes the rows pin down poorly, and what to do about it."""
+    gaps = np.abs(fit.moment_gaps)
+    worst = [k for k in np.argsort(-gaps, kind="stable")[:3] if gaps[k] > tol]
+    named = ", ".join(f"{classnames[k]!r} ({gaps[k]:.1e})" for k in worst)
+    return (f"not converged after {fit.iterations} iterations (max moment gap {fit.max_moment_gap:.2e} > {tol:g}); "
+            f"the rows pin q down poorly for {named}: at T = {fit.temperature:.4g} their probabilities are nearly "
+            "0 or 1 on every row. Fit T (--temperature nll) or raise --max-iter")
+
+
+@dataclass
+class _PooledRows:
+    """One or more open logits files, streamed block by block on every pass of the solver."""
+
+    path: str
+    files: list[store.RowFile]
+    scales: list[float]
+    """What each file's values are multiplied by (1, or its temperature to pool at the raw scale)."""
+    labels: np.ndarray
+    classnames: list[str]
+    parents: list[str]
+    temperature: float
+    """The temperature applied to the pooled values: the inputs' own, or 1 where they differed (raw scale)."""
+    head_attrs: dict[str, str]
+    """Which zero-shot head produced the logits (``zeroshot_head_id``, model, templates), where known."""
+    source: LogitSource
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.labels)
+
+    def blocks(self, device: str = "cpu") -> Iterator[Any]:
+        """Float32 blocks of every file in order, scaled, as numpy (CPU) or torch tensors (``device``)."""
+        for rows, scale in zip(self.files, self.scales):
+            for chunk in rows.iter_chunks():
+                values = chunk.values if scale == 1.0 else chunk.values * np.float32(scale)
+                if device == "cpu":
+                    yield values
+                else:
+                    import torch  # a GPU was asked for: torch is needed, and only then
+                    yield torch.from_numpy(values).to(device)
+
+
+def _open_pooled(paths: Sequence[Path], files: contextlib.ExitStack, device: str, reporter: Reporter) -> _PooledRows:
+    """Every input, at one scale: their common temperature, or the raw scale where they differ."""
+    opened, heads = [], []
+    for path in paths:
+        logits_file = files.enter_context(store.read_rows(path, "logits"))
+        if logits_file.attrs.get("head_type", "zeroshot") != "zeroshot":
+            reporter.warning(f"{path} comes from a '{logits_file.attrs['head_type']}' head; "
+                             "q describes the model whose logits you give")
+        if opened:
+            check_same_classnames(logits_file.classnames, path, opened[0].classnames, paths[0])
+        if logits_file.n_rows == 0:
+            raise GlaInputError("has no rows", path)
+        opened.append(logits_file)
+        heads.append({HEAD_ATTRS[k]: str(v) for k, v in logits_file.attrs.items() if k in HEAD_ATTRS})
+    temperatures = [f.temperature for f in opened]
+    temperature, scales = temperatures[0], [1.0] * len(opened)
+    if any(not math.isclose(t, temperature, rel_tol=1e-9) for t in temperatures):
+        listed = ", ".join(f"{path} x {t:g}" for path, t in zip(paths, temperatures))
+        reporter.message(f"inputs had different temperatures applied; pooled at the raw scale ({listed})")
+        temperature, scales = 1.0, temperatures
+    head_ids = {h.get("zeroshot_head_id") for h in heads} - {None}
+    if len(head_ids) > 1:
+        reporter.warning(f"the inputs come from {len(head_ids)} different zero-shot heads; q describes their mixture")
+    labels = np.concatenate([f.labels for f in opened])
+    pooled = _PooledRows(" + ".join(map(str, paths)), opened, scales, labels, opened[0].classnames,
+                         [f.gla_id for f in opened], temperature, heads[0] if len(head_ids) <= 1 else {},
+                         LogitSource(lambda: None, len(labels), opened[0].n_classes))
+    pooled.source.blocks = lambda: pooled.blocks(device)
+    return pooled
+
+
+def _target_proportions(target: str, rows: _PooledRows) -> np.ndarray:
+    """The class proportions ``f`` that ``--target`` names."""
+    n_classes = len(rows.classnames)
+    if target == "labels":
+        labels = require_labels(rows.labels, rows.path,
+                                "for --target labels (use --target uniform for a balanced unlabelled set)")
+        require_every_class(labels, rows.classnames, rows.path,
+                            "--target labels needs every class (q is undefined for an absent class)")
+        return class_proportions(labels, n_classes)
+    if target == "uniform":
+        return np.full(n_classes, 1.0 / n_classes)
+    return read_proportions(Path(target), rows.classnames)
+
+
+def _report(rows: _PooledRows, labels: np.ndarray | None, proportions: np.ndarray, fit: PriorEstimate,
+            method: str, output: Path, show: int) -> dict[str, Any]:
+    """What ``gla estimate-prior`` prints: the fit, the shape of q, and (with labels) top-1 before and after."""
+    log_q = fit.log_prior
+    q = np.exp(log_q)
+    order = np.argsort(-log_q, kind="stable")
+    classnames = rows.classnames
+    report = {
+        "input": rows.path, "output": str(output), "n_rows": rows.n_rows, "n_classes": len(classnames),
+        "temperature": fit.temperature, "temperature_method": method, "logits_temperature": rows.temperature,
+        "iterations": fit.iterations, "passes": fit.passes, "max_moment_gap": fit.max_moment_gap,
+        "converged": fit.converged, "objective": fit.objective, "temperature_gradient": fit.temperature_gradient,
+        "imbalance": float(proportions.max() / proportions.min()),
+        "effective_classes": float(np.exp(-(q * log_q).sum())),
+        "most_likely": [{"class": classnames[k], "q": float(q[k]), "log_q": float(log_q[k])} for k in order[:show]],
+        "least_likely": [{"class": classnames[k], "q": float(q[k]), "log_q": float(log_q[k])}
+                         for k in order[::-1][:show]],
+    }
+    if labels is not None:
+        counts = np.bincount(labels, minlength=len(classnames))
+        present = counts > 0
+        (top1_before, top1_after), (per_class_before, per_class_after) = (
+            fit.correct.sum(1) / len(labels) * 100, (fit.correct[:, present] / counts[present]).mean(1) * 100)
+        report.update(top1_before=float(top1_before), top1_after=float(top1_after),
+                      mean_per_class_before=float(per_class_before), mean_per_class_after=float(per_class_after))
+    return report
