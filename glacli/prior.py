@@ -239,8 +239,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
             cross-entropy. ``"nll"`` requires that ``target`` are the proportions of these labels,
             since both come from the same likelihood.
         tol: stop when ``max_k |f_k - mean_i p_ik|`` (and the beta gradient) is below this, in float64.
-        hold_bytes: with T fixed, keep ``exp(z / T)`` in memory (float32) when it fits this budget;
-            with ``"nll"``, keep the rows as given (every pass needs them).
+        hold_bytes: keep one float32 copy in memory when it fits this budget: ``exp(z / T)`` with T
+            fixed, the rows as given with ``"nll"``; else every pass streams the rows again.
 
     Returns:
         A :class:`PriorEstimate`; ``converged`` is False if ``max_iter`` ran out first.
@@ -259,7 +259,10 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
     if temperature == "nll" and not np.allclose(label_proportions, target, rtol=0, atol=1e-12):
         raise ValueError("temperature 'nll' fits T to the labels, so the target must be their proportions")
 
-    engine = Engine(source, None)
+    fit_beta = temperature == "nll"
+    # nll passes need the rows themselves every time: read them once when they fit. With T fixed
+    # the passes need exp(z/T), which is what is kept (one float32 copy, not two).
+    engine = Engine(source, None, hold=fit_beta and 4.0 * n * c <= hold_bytes)
     prepared = prepare(engine, labels)
     if not prepared.finite:
         raise ValueError("the logits hold NaN or infinite values")
@@ -272,9 +275,6 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         mean_true_logit -= float(label_proportions @ engine.shift)
 
     b, start_iterations = np.zeros(c), 0
-    fit_beta = temperature == "nll"
-    if fit_beta and 4.0 * n * c <= hold_bytes:  # every nll pass reads all rows: read them once
-        engine.hold()
     if fit_beta:
         beta, b, start_iterations = _start_from_subsample(z_sub, labels[sub_rows])
     elif temperature == "confidence":

@@ -68,7 +68,13 @@ class Kept:
 class Engine:
     """Passes over a :class:`LogitSource` in its array namespace, blocks in parallel on a CPU."""
 
-    def __init__(self, source: LogitSource, shift: np.ndarray | None):
+    def __init__(self, source: LogitSource, shift: np.ndarray | None, hold: bool = False):
+        """``hold``: keep the rows in memory as the source gives them, so later passes read no file.
+        (The shift is still taken out per pass, in the pass's dtype, so a float64 pass sees exactly
+        what it would.)"""
+        if hold:
+            held = list(source.blocks())
+            source = LogitSource(lambda: iter(held), source.n_rows, source.n_classes)
         self.source, self.shift = source, shift
         self.n, self.c = source.n_rows, source.n_classes
         first = next(iter(source.blocks()))
@@ -84,12 +90,6 @@ class Engine:
 
     def numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value.cpu() if hasattr(value, "cpu") else value, dtype=np.float64)
-
-    def hold(self) -> None:
-        """Keep the rows in memory as the source gives them: later passes read no file. (The shift is
-        still taken out per pass, in the pass's dtype, so a float64 pass sees exactly what it would.)"""
-        held = list(self.source.blocks())
-        self.source = LogitSource(lambda: iter(held), self.n, self.c)
 
     def blocks(self, dtype: Any) -> Iterator[tuple[int, Any]]:
         """``(first row, block)`` in ``dtype`` with the shift taken out; cache-sized on a CPU."""

@@ -66,6 +66,8 @@ def test_top_level_help_lists_the_commands(gla):
 @pytest.mark.parametrize(("args", "unloaded"), [
     (["--help"], ["torch", "h5py", "glacli.commands.combine"]),  # listing the commands imports none of them
     (["combine", "--help"], ["torch"]),
+    (["logits", "--help"], ["torch"]),            # numpy applies a head; the recipes call it per split
+    (["estimate-target", "--help"], ["torch"]),
 ])
 def test_commands_that_need_no_torch_start_without_it(args, unloaded):
     code = (f"import sys; from glacli.cli import main; main({args!r}); "

@@ -47,8 +47,8 @@ def estimate_prior_command(
     device: DeviceOption = "auto",
     memory_gib: Annotated[float, typer.Option(
         "--memory", metavar="GIB",
-        help="With T fixed, keep exp(z/T) in memory (float32) when it fits this; else every pass streams the "
-             "files.")] = DEFAULT_MEMORY_GIB,
+        help="Keep one float32 copy in memory when it fits this: exp(z/T) with T fixed, the logits with nll; "
+             "else every pass streams the files.")] = DEFAULT_MEMORY_GIB,
     show: Annotated[int, typer.Option("--show", help="How many most and least likely classes to report.")] = 5,
     json_output: JsonOutput = False,
 ) -> None:

@@ -1,13 +1,14 @@
-"""``logits``: a head applied to a features file, streamed: ``(features @ weight.T + bias) / temperature``."""
+"""``logits``: a head applied to a features file, streamed: ``(features @ weight.T + bias) / temperature``
+(float32 numpy: ``gla logits`` does not import torch)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from glacli import chunking, store
-from glacli.heads import apply_head, head_tensors
+from glacli.heads import apply_head
 from glacli.types import Reporter
 from glacli.validation import check_head_fits
 
@@ -22,7 +23,8 @@ def logits_file(features: Path, head: Path, output: Path, reporter: Reporter = R
     head_file = store.read_head(head)
     with store.read_rows(features, "features") as rows:
         check_head_fits(head_file, head, rows.classnames, rows.n_cols, rows.path)
-        weight, bias = head_tensors(head_file)
+        weight = np.asarray(head_file.weight, dtype=np.float32)
+        bias = np.asarray(head_file.bias, dtype=np.float32)
         attrs = {"temperature": head_file.temperature, "head_type": head_file.head_type, "head_id": head_file.gla_id,
                  **{k: head_file.attrs[k] for k in HEAD_ATTRS if k in head_file.attrs}}
         step = chunking.compute_rows(4 * (rows.n_cols + rows.n_classes))
@@ -30,7 +32,7 @@ def logits_file(features: Path, head: Path, output: Path, reporter: Reporter = R
                               classnames=rows.classnames, attrs=attrs, parents=[rows.gla_id, head_file.gla_id]) as sink:
             reporter.start("logits", rows.n_rows)
             for chunk in rows.iter_chunks(step, with_ids=True):
-                logits = apply_head(torch.from_numpy(chunk.values), weight, bias, head_file.temperature)
-                sink.write(chunk.start, logits.numpy(), chunk.labels, chunk.ids)
+                logits = apply_head(chunk.values, weight, bias, head_file.temperature)
+                sink.write(chunk.start, logits, chunk.labels, chunk.ids)
                 reporter.advance(chunk.stop - chunk.start)
         return {"output": str(output), "n_rows": rows.n_rows, "n_classes": rows.n_classes}
