@@ -184,16 +184,18 @@ def test_repro_fewshot_all_and_one_dataset(workspace):
 
 @pytest.mark.e2e(budget=120)
 def test_repro_fewshot_with_the_prompt_head_keeps_its_results_apart(workspace):
-    make(workspace, "repro-fewshot", DATASET="oxfordpets", HEAD="prompt", SHOTS="1", SEEDS="1",
+    # the 2-shot seed-1 split, q and zero-shot logits of the linear run are reused: only the head's files are new
+    make(workspace, "repro-fewshot", DATASET="oxfordpets", HEAD="prompt", SHOTS="2", SEEDS="1",
          PROMPT_EPOCHS="2", AUGMENT_VIEWS="2")
     out = model_dir(workspace, "fewshot") / "oxfordpets"
     assert list(report_rows(out / "report-prompt.md")) == ["zero-shot", "prompt", "GLA"]
     from glacli.store import read_head, read_rows
-    run = out / "1shot" / "seed1"
+    run = out / "2shot" / "seed1"
     assert read_head(run / "prompt_head.h5").head_type == "prompt"
     with read_rows(run / "train_views.h5", "features") as views, read_rows(run / "train.h5", "features") as train:
         assert views.n_rows == 2 * train.n_rows          # two views of exactly the training images
     assert json.loads((run / "results-prompt.json").read_text())["results"][1]["name"] == "prompt"
+    assert json.loads((run / "results-linear.json").read_text())["results"][1]["name"] == "linear-probe"
 
 
 @pytest.mark.e2e(budget=90)
