@@ -197,6 +197,18 @@ def check_same_dimension(n_features: int, path: PathLike, ref_n_features: int, r
         raise GlaInputError(f"has {n_features}-dimensional features but {ref_path} has {ref_n_features}", path)
 
 
+TEMPERATURE_MATCH = 1e-6
+"""Relative difference below which two files count as having the same temperature applied."""
+
+
+def check_same_temperature(temperature: float, path: PathLike, ref_temperature: float, ref_path: PathLike,
+                           need: str) -> None:
+    """Refuse two logits files at different scales where ``need`` (what the command does) needs one."""
+    if not math.isclose(temperature, ref_temperature, rel_tol=TEMPERATURE_MATCH):
+        raise GlaInputError(f"has temperature {temperature:g} already applied but {ref_path} has "
+                            f"{ref_temperature:g}; {need}", path)
+
+
 def check_head_fits(head: Head, head_path: PathLike, classnames: Sequence[str], n_features: int,
                     features_path: PathLike) -> None:
     """A head applies to features with its classes (same names, same order) and its dimension."""

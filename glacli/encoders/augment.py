@@ -12,15 +12,13 @@ order of rows or a resumed run.
 """
 from __future__ import annotations
 
-import io
 import math
 import random
 from collections.abc import Sequence
 
 import torch
 
-from glacli.encoders.base import DecodeError
-from glacli.errors import one_line
+from glacli.encoders.base import decode_rgb
 
 CROP_SCALE = (0.08, 1.0)
 """Area of the crop as a fraction of the image (torchvision's default, which Dassl keeps)."""
@@ -64,16 +62,10 @@ class ViewLoader:
         self.size, self.mean, self.std = tuple(size), list(mean), list(std)
 
     def __call__(self, data: bytes, seed: int) -> torch.Tensor:
-        from PIL import Image
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                rgb = image.convert("RGB")
-        except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
-            raise DecodeError(f"cannot decode image ({one_line(exc)})") from exc
+        rgb = decode_rgb(data)
         rng = random.Random(seed)
         top, left, h, w = crop_box(rgb.width, rgb.height, rng)
         view = TF.resized_crop(rgb, top, left, h, w, list(self.size), interpolation=InterpolationMode.BICUBIC)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import io
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from glacli.encoders import AUTOCAST_CHOICES
-from glacli.errors import GlaInputError
+from glacli.errors import GlaInputError, one_line
 from glacli.validation import require_choice
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = dict(zip(AUTOCAST_CHOICES, (torch.float16, torch.bfloat16, None)))
@@ -24,6 +25,18 @@ def amp_dtype_for(autocast: str, device: torch.device) -> torch.dtype | None:
 
 class DecodeError(Exception):
     """A row whose bytes the encoder cannot turn into an input (corrupt or unsupported file)."""
+
+
+def decode_rgb(data: bytes) -> Any:
+    """An image file's bytes as an RGB PIL image, or a :class:`DecodeError` saying why not."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
+        raise DecodeError(f"cannot decode image ({one_line(exc)})") from exc
 
 
 class Encoder(abc.ABC):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import warnings
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from glacli.encoders.augment import ViewLoader
-from glacli.encoders.base import DecodeError, Encoder, amp_dtype_for
+from glacli.encoders.base import DecodeError, Encoder, amp_dtype_for, decode_rgb
 from glacli.errors import GlaInputError, one_line
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -27,14 +26,7 @@ class PilImageLoader:
         self.transform = transform
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        from PIL import Image
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                rgb = image.convert("RGB")
-        except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
-            raise DecodeError(f"cannot decode image ({one_line(exc)})") from exc
-        return self.transform(rgb)
+        return self.transform(decode_rgb(data))
 
 
 class RawJpegLoader:

@@ -5,7 +5,6 @@ input already had), so every later scale conversion stays exact.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,9 @@ from glacli import store
 from glacli.calibration import fit_temperature_confidence, fit_temperature_nll, nll
 from glacli.errors import GlaInputError
 from glacli.types import Reporter
-from glacli.validation import check_same_classnames, require_choice
+from glacli.validation import check_same_classnames, check_same_temperature, require_choice
 
 METHODS = ("nll", "confidence")
-TEMPERATURE_MATCH = 1e-6
-"""Relative difference below which two files count as having the same temperature applied."""
 
 
 def calibrate_file(logits: Path, val: Path, output: Path, method: str = "nll",
@@ -34,9 +31,8 @@ def calibrate_file(logits: Path, val: Path, output: Path, method: str = "nll",
         val_classnames, val_temperature, val_id = val_file.classnames, val_file.temperature, val_file.gla_id
     with store.read_rows(logits, "logits") as rows:
         check_same_classnames(val_classnames, val, rows.classnames, rows.path)
-        if not math.isclose(val_temperature, rows.temperature, rel_tol=TEMPERATURE_MATCH):
-            raise GlaInputError(f"has temperature {val_temperature:g} already applied but {rows.path} has "
-                                f"{rows.temperature:g}; calibrate logits on the same scale", val)
+        check_same_temperature(val_temperature, val, rows.temperature, rows.path,
+                               "calibrate logits on the same scale")
         try:
             temperature = (fit_temperature_nll(val_logits, labels) if method == "nll"
                            else fit_temperature_confidence(val_logits, labels))

@@ -19,15 +19,9 @@ import numpy as np
 from glacli import chunking, formats, store
 from glacli.combine import ensemble_logits, gla_logits, log_label_frequencies, zeroshot_divisor
 from glacli.errors import GlaInputError
-from glacli.label_shift import TARGET_METHODS
+from glacli.formats.proportions import check_proportions, read_pretraining_prior, read_target_distribution
 from glacli.types import Prior, Reporter
-from glacli.validation import (
-    check_same_classnames,
-    require_choice,
-    require_every_class,
-    require_finite,
-    require_positive_entries,
-)
+from glacli.validation import check_same_classnames, require_choice, require_every_class
 
 METHODS = ("gla", "ensemble")
 HEADS_WITH_ZEROSHOT = ("anchored", "prompt")
@@ -52,10 +46,7 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         parents = [zs.gla_id]
         divisor, log_q = 1.0, None
         if prior is not None:
-            q = store.read_prior(prior)
-            if q.method in TARGET_METHODS:
-                raise GlaInputError(f"holds a test label distribution (method {q.method}, from gla estimate-target), "
-                                    "not a pre-training prior q: give it to --target-prior", prior)
+            q = read_pretraining_prior(prior)
             check_same_classnames(q.classnames, prior, zs.classnames, zeroshot)
             divisor, log_q = _prior_scale(q, prior, zs, reporter), q.log_prior
             parents.append(q.gla_id)
@@ -169,18 +160,9 @@ def _log_target_prior(target: str, classnames: list[str]) -> tuple[np.ndarray | 
         if kind != "prior":
             raise GlaInputError(f"is a '{kind}' file; --target-prior takes uniform, a prior file from "
                                 "gla estimate-target, or class proportions (.json, .npy, .csv)", path)
-        pi = store.read_prior(path)
-        if pi.method not in TARGET_METHODS:
-            raise GlaInputError(f"holds a pre-training prior q (method {pi.method}), not a test label "
-                                "distribution: give it to --prior, and estimate pi_t with gla estimate-target", path)
+        pi = read_target_distribution(path)
         check_same_classnames(pi.classnames, path, classnames, "the zero-shot logits")
         return pi.log_prior, pi.gla_id
     names, values, _ = formats.read_prior(path, None)
-    if names is not None:
-        check_same_classnames(names, path, classnames, "the zero-shot logits")
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(values) != len(classnames):
-        raise GlaInputError(f"holds {len(values)} proportions for {len(classnames)} classes", path)
-    require_finite(values, "proportions", path)
-    require_positive_entries(values, "proportions", path)
-    return np.log(values / values.sum()), ""
+    return np.log(check_proportions(np.asarray(values).reshape(-1), names, path, classnames,
+                                    "the zero-shot logits")), ""

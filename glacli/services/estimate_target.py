@@ -32,6 +32,7 @@ from glacli.prior_passes import LogitSource
 from glacli.types import Prior, Reporter
 from glacli.validation import (
     check_same_classnames,
+    check_same_temperature,
     require_choice,
     require_count,
     require_every_class,
@@ -151,9 +152,8 @@ def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> TargetEsti
     check_same_classnames(val.classnames, val.path, rows.classnames, rows.path)
     labels = val.require_labels("for --method bbse")
     require_every_class(labels, val.classnames, val.path, "its column of the confusion matrix is undefined")
-    if not math.isclose(val.temperature, rows.temperature, rel_tol=1e-6):
-        raise GlaInputError(f"has temperature {val.temperature:g} applied but {rows.path} has "
-                            f"{rows.temperature:g}; BBSE needs the same model at the same scale", val.path)
+    check_same_temperature(val.temperature, val.path, rows.temperature, rows.path,
+                           "BBSE needs the same model at the same scale")
     test_predictions = np.concatenate([scores(c.values).argmax(1) for c in rows.iter_chunks()])
     val_predictions = np.concatenate([scores(c.values).argmax(1) for c in val.iter_chunks()])
     try:

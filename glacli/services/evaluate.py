@@ -25,7 +25,7 @@ import numpy as np
 from glacli import __version__, bootstrap, chunking, metrics, store
 from glacli.devices import compute_device
 from glacli.errors import GlaInputError
-from glacli.label_shift import TARGET_METHODS
+from glacli.formats.proportions import read_pretraining_prior, read_target_distribution
 from glacli.plots import GroupBars, evaluation_figure
 from glacli.report import METHOD_KEY
 from glacli.types import Evaluation, Metrics, Record, Reporter
@@ -171,10 +171,7 @@ def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFi
     groups: dict[str, np.ndarray] = {}
     prior_info = train_info = None
     if prior_path is not None:
-        prior = store.read_prior(prior_path)
-        if prior.method in TARGET_METHODS:
-            raise GlaInputError(f"holds a test label distribution (method {prior.method}, from gla estimate-target), "
-                                "not a pre-training prior q: give it to --target-prior", prior_path)
+        prior = read_pretraining_prior(prior_path)
         check_same_classnames(prior.classnames, prior_path, first.classnames, first.path)
         groups.update(metrics.prior_groups(prior.prior))
         prior_info = {"path": str(prior_path), "gla_id": prior.gla_id, "q": prior.prior}
@@ -193,10 +190,7 @@ def _target_prior(path: Path | None, first: store.RowFile) -> dict[str, Any] | N
     """An estimated test label distribution against the label proportions of the evaluated rows."""
     if path is None:
         return None
-    estimate = store.read_prior(path)
-    if estimate.method not in TARGET_METHODS:
-        raise GlaInputError(f"holds a pre-training prior q (method {estimate.method}), not a test label "
-                            "distribution: give it to --prior, and estimate pi_t with gla estimate-target", path)
+    estimate = read_target_distribution(path)
     check_same_classnames(estimate.classnames, path, first.classnames, first.path)
     true = metrics.class_counts(first.labels, first.n_classes) / first.n_rows
     error = np.abs(estimate.prior - true)
