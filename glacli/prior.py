@@ -16,19 +16,24 @@ known proportions needs no labels at all when ``beta`` is fixed.
 The solver is Newton's method with a line search, started by one fixed-point step
 ``b += log(m / f)`` (``m`` the mean predicted distribution; computed in log space when a class's
 probability underflows on every row). The dense ``b``-block of the Hessian comes from a fixed
-subsample of rows with its diagonal raised to the exact one, so an iteration costs one pass.
+subsample of rows with its diagonal raised to the exact one, and is then improved by BFGS updates
+from the gradients the passes give anyway.
 
 Passes are what cost, so they are made cheap and few:
 
-- With ``beta`` fixed, one pass computes ``E = exp(beta z - b_ref - rowmax)`` in float32 and keeps
-  it (when it fits ``hold_bytes``); every later pass is two matrix-vector products,
-  ``d = E w`` and ``E^T (1/d)`` with ``w = exp(b_ref - b)``, since
+- With ``beta`` fixed, the first pass over the rows (which also checks them) computes
+  ``E = exp(beta z - rowmax)`` in float32 and keeps it (when it fits ``hold_bytes``); every later
+  pass is two matrix-vector products, ``d = E w`` and ``E^T (1/d)`` with ``w = exp(-b)``, since
   ``softmax(beta z_i - b)_k = E_ik w_k / d_i``. Where ``E`` does not fit, each pass streams the
   rows again (memory stays one block).
-- With ``beta`` free (``nll``), ``beta`` and ``b`` start from the exact solution on the
-  subsample, so a few full passes finish the job.
+- With ``beta`` free (``nll``), the rows are held and ``beta`` is found on the *profile*
+  ``phi(beta) = min_b L(beta, b)``, convex in ``beta``: at each trial ``beta`` one exp pass keeps
+  ``E``, ``b`` is solved by the cheap kept passes, and ``phi'(beta) = mean_i E_p[z_i] - mean_i z_{i,y_i}``
+  and ``phi''(beta) = H_bb_beta - H_beta_b H_bb^-1 H_b_beta`` come from one more kept pass. The next
+  ``b`` starts at ``b + (db/dbeta) dbeta`` with ``db/dbeta = -H_bb^-1 H_b_beta``, so a trial after the
+  first needs one or two kept passes. A joint float64 Newton step or two then finishes.
 - Float32 until the gap is small; the last pass is always float64, and convergence is declared
-  on the float64 gap. On a CPU the blocks of a pass run on all cores.
+  on the float64 gap. On a CPU the pieces of a pass run on all cores.
 
 The arrays may be numpy arrays (CPU, no torch needed) or torch tensors (any device): the array-API
 namespace of the input is used, so one solver serves both.
@@ -36,7 +41,7 @@ namespace of the input is used, so one solver serves both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +49,8 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from glacli.calibration import (
+    T_MAX,
+    T_MIN,
     fit_temperature_nll,
     log_softmax,
     solve_temperature_confidence,
@@ -63,8 +70,6 @@ from glacli.prior_passes import (
 from glacli.types import PriorEstimate
 
 DEFAULT_TOL = 1e-8
-START_TOL = 1e-6
-"""``nll`` is first solved on the subsample to this gap: a start, not the answer."""
 REUSE_HESSIAN_BELOW_GAP = 1e-4
 FLOAT32_FLOOR = 1e-6
 """Below this gap float32 rounding may stall the iteration (the beta gradient cancels): an
@@ -75,11 +80,19 @@ MAX_RIDGE_RETRIES = 30
 """Each retry multiplies the ridge by 100: from 1e-12 to far beyond any finite Hessian's scale."""
 UNDERFLOW = 1e-30
 """A mean class probability below this is recomputed in log space."""
+START_ROWS = 512
+"""Subsample rows on which ``nll``'s first ``beta`` is fitted."""
+PROFILE_GRADIENT = 1e-5
+"""``nll``: the float32 profile iteration hands over to the joint float64 Newton once
+``|phi'(beta)|`` is below this (float32 rounding of ``phi'`` is about 1e-7)."""
 
 
 def _subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray) -> np.ndarray:
-    """``mean_i diag(p_i) - p_i p_i^T`` over the subsample, float64 [C, C]."""
-    p = np.exp(log_softmax(np, z_sub * beta - b)).astype(np.float32)  # it only shapes the step
+    """``mean_i diag(p_i) - p_i p_i^T`` over the subsample, float64 [C, C] (float32 inside: it only shapes the step)."""
+    p = (z_sub * beta - b).astype(np.float32)
+    p -= p.max(1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(1, keepdims=True)
     return np.diag(p.mean(0, dtype=np.float64)) - (p.T @ p).astype(np.float64) / len(p)
 
 
@@ -128,6 +141,17 @@ def _inverse(h: np.ndarray) -> np.ndarray:
     raise ValueError("the Newton system is not positive definite at any ridge (non-finite curvature)")
 
 
+def _joint_inverse(inverse_bb: np.ndarray, hess_beta_b: np.ndarray, curvature: float) -> np.ndarray:
+    """The inverse of ``[[h, u^T], [u, H]]`` from ``H^-1``, ``u`` and the Schur complement
+    ``h - u^T H^-1 u`` (the profile's curvature): no new factorisation for the joint Newton."""
+    v = inverse_bb @ hess_beta_b
+    out = np.empty((len(v) + 1, len(v) + 1))
+    out[0, 0] = 1.0 / curvature
+    out[0, 1:] = out[1:, 0] = -v / curvature
+    out[1:, 1:] = inverse_bb + np.outer(v, v) / curvature
+    return out
+
+
 @dataclass
 class _Problem:
     """What the Newton iteration needs besides the rows: ``f``, the label term, and the stopping rule."""
@@ -139,13 +163,25 @@ class _Problem:
     max_iter: int
 
 
+@dataclass
+class _Run:
+    """Where a Newton run ended: the point, its pass, the iterations, convergence, the inverse Hessian."""
+
+    beta: float
+    b: np.ndarray
+    st: Pass
+    iterations: int
+    converged: bool
+    inverse: np.ndarray | None
+
+
 class _Newton:
     """Newton's method on ``L``: full passes (beta free, or rows too large to keep) or kept-``E`` passes."""
 
     def __init__(self, engine: Engine, problem: _Problem, z_sub: np.ndarray, hold: bool,
-                 accuracy: Accuracy | None = None):
+                 accuracy: Accuracy | None = None, kept: Kept | None = None):
         self.engine, self.problem, self.z_sub, self.hold, self.accuracy = engine, problem, z_sub, hold, accuracy
-        self.kept: Kept | None = None
+        self.kept = kept
 
     def objective(self, beta: float, b: np.ndarray, st: Pass) -> float:
         return st.lse + float(self.problem.target @ b) - beta * self.problem.mean_true_logit
@@ -159,29 +195,32 @@ class _Newton:
         if float64 or not self.hold:
             return full_pass(self.engine, beta, b, self.problem.fit_beta, xp.float64 if float64 else xp.float32,
                               hessian, self.accuracy if float64 else None)
-        if self.kept is None or np.abs(b - self.kept.b_ref).max() > REFERENCE_DRIFT:
-            self.kept = keep(self.engine, beta, b)
-        return kept_pass(self.engine, self.kept, b, hessian)
+        if self.kept is None or self.kept.beta != beta or np.abs(b - self.kept.b_ref).max() > REFERENCE_DRIFT:
+            self.kept = keep(self.engine, beta, b, reuse=self.kept)
+        return kept_pass(self.engine, self.kept, b, hessian)[0]
 
-    def run(self, beta: float, b: np.ndarray, float64: bool) -> tuple[float, np.ndarray, Pass, int, bool]:
-        """Iterate from ``(beta, b)``; returns the end point, its float64 pass, iterations and convergence.
+    def run(self, beta: float, b: np.ndarray, float64: bool, inverse: np.ndarray | None = None,
+            float32_only: bool = False) -> _Run:
+        """Iterate from ``(beta, b)``; returns the end point with its float64 pass (``float32_only``:
+        its float32 pass, stopping at the tolerance in float32, for ``nll``'s inner solves).
 
         The inverse Hessian comes from the subsample (refreshed while the gap is above
-        :data:`REUSE_HESSIAN_BELOW_GAP`) and is then improved by BFGS updates from the gradients the
-        passes give anyway, which turns the subsample's linear convergence superlinear. Float32
-        passes go on while each iteration at least halves the gap; then float64 finishes.
+        :data:`REUSE_HESSIAN_BELOW_GAP`, unless given) and is then improved by BFGS updates from
+        the gradients the passes give anyway, which turns the subsample's linear convergence
+        superlinear. Float32 passes go on while each iteration at least halves the gap; then
+        float64 finishes.
         """
         problem = self.problem
-        st = self.evaluate(beta, b, float64, hessian=True)
-        diag, inverse, iterations = st.hess_diag, None, 0
+        st = self.evaluate(beta, b, float64, hessian=inverse is None)
+        diag, iterations, given = st.hess_diag, 0, inverse is not None
         g = self.gradient(st)
         while True:
             gap = float(np.abs(g).max())
-            if (gap < problem.tol and float64) or iterations >= problem.max_iter:
+            if (gap < problem.tol and (float64 or float32_only)) or iterations >= problem.max_iter:
                 break
             if st.hess_diag is not None:
                 diag = st.hess_diag
-            if inverse is None or gap > REUSE_HESSIAN_BELOW_GAP:
+            if inverse is None or (gap > REUSE_HESSIAN_BELOW_GAP and not given):
                 inverse = _inverse(_newton_system(st, diag, _subsample_hessian(self.z_sub, beta, b), problem.fit_beta))
             direction = -(inverse @ g)
             slope, g_norm = float(g @ direction), float(np.linalg.norm(g))
@@ -205,16 +244,19 @@ class _Newton:
                 inverse = _bfgs_update(inverse, step, new_g - g)
                 beta, b, st, g = new_beta, new_b, trial, new_g
             new_gap = float(np.abs(g).max())
-            if not float64 and (not accepted or new_gap < problem.tol / 4 or (near_float32_floor and new_gap > gap / 2)):
+            stalled = not accepted or (near_float32_floor and new_gap > gap / 2)
+            if float32_only and stalled:
+                break
+            if not float64 and not float32_only and (stalled or new_gap < problem.tol / 4):
                 float64 = True  # float32 has done what it can: its rounding now limits the gap
                 st = self.evaluate(beta, b, True, hessian=False)
                 g = self.gradient(st)
             elif not accepted:
                 break
-        if not float64:
+        if not float64 and not float32_only:
             st = self.evaluate(beta, b, True, hessian=False)
         gap = float(np.abs(self.gradient(st)).max())
-        return beta, b, st, iterations, gap < problem.tol
+        return _Run(beta, b, st, iterations, gap < problem.tol, inverse)
 
 
 def class_proportions(labels: Any, n_classes: int) -> np.ndarray:
@@ -259,41 +301,39 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
     if temperature == "nll" and not np.allclose(label_proportions, target, rtol=0, atol=1e-12):
         raise ValueError("temperature 'nll' fits T to the labels, so the target must be their proportions")
 
-    fit_beta = temperature == "nll"
-    # nll passes need the rows themselves every time: read them once when they fit. With T fixed
-    # the passes need exp(z/T), which is what is kept (one float32 copy, not two).
-    engine = Engine(source, None, hold=fit_beta and 4.0 * n * c <= hold_bytes)
-    prepared = prepare(engine, labels)
+    fit_beta, fits = temperature == "nll", 4.0 * n * c <= hold_bytes
+    fixed_beta = None if temperature in ("nll", "confidence") else 1.0 / float(temperature)
+    # nll passes need the rows themselves every time: the first pass holds them when they fit. With
+    # T fixed the passes need exp(z/T), which the first pass computes and keeps (one float32 copy).
+    engine = Engine(source, None, hold=fit_beta and fits)
+    prepared = prepare(engine, labels, keep_beta=fixed_beta if fits else None)
     if not prepared.finite:
         raise ValueError("the logits hold NaN or infinite values")
-    mean_true_logit, z_sub, sub_rows = prepared.true_logit_sum / n, prepared.z_sub, prepared.sub_rows
-    if temperature == "nll":
+    mean_true_logit, z_sub = prepared.true_logit_sum / n, prepared.z_sub
+    if fit_beta:
         # Per-class constants in z only move b (beta z - b is unchanged with b += beta shift), but a
         # class far below the rest makes the beta curvature huge: centre the columns.
         engine.shift = prepared.column_sums / n
         z_sub = z_sub - engine.shift
         mean_true_logit -= float(label_proportions @ engine.shift)
 
-    b, start_iterations = np.zeros(c), 0
-    if fit_beta:
-        beta, b, start_iterations = _start_from_subsample(z_sub, labels[sub_rows])
-    elif temperature == "confidence":
-        beta = 1.0 / _confidence_temperature(engine, labels)
-    else:
-        beta = 1.0 / float(temperature)
     problem = _Problem(target, mean_true_logit if labels is not None else 0.0, fit_beta, tol, max_iter)
-    accuracy = None
-    if labels is not None:
-        xp = engine.xp
-        accuracy = Accuracy(engine.vector(labels, xp.int64), engine.vector(np.log(target), xp.float64),
-                             None if engine.shift is None else engine.vector(engine.shift, xp.float64))
-    newton = _Newton(engine, problem, z_sub, hold=not fit_beta and 4.0 * n * c <= hold_bytes, accuracy=accuracy)
-    if not fit_beta:  # nll starts from the subsample's solution, already close
-        b = _first_step(newton, beta, b)
-    beta, b, st, iterations, converged = newton.run(beta, b, float64=n * c < 2**20)
+    accuracy = None if labels is None else Accuracy(engine.vector(labels, engine.xp.int64),
+                                                    np.log(target))
+    small = n * c < 2**20  # float64 throughout: passes cost nothing, and float32 would only add rounding
+    if fit_beta and fits and not small:
+        run = _solve_nll(engine, problem, z_sub, labels[prepared.sub_rows], accuracy)
+    else:
+        if fit_beta:
+            beta = _start_beta(z_sub, labels[prepared.sub_rows])
+        else:
+            beta = fixed_beta or 1.0 / _confidence_temperature(engine, labels)
+        newton = _Newton(engine, problem, z_sub, hold=fits and not fit_beta, accuracy=accuracy, kept=prepared.kept)
+        run = newton.run(beta, _first_step(newton, beta, np.zeros(c)), float64=small)
+    beta, b, st = run.beta, run.b, run.st
 
     moment_gaps = target - st.moments
-    objective = newton.objective(beta, b, st)
+    objective = st.lse + float(target @ b) - beta * problem.mean_true_logit
     cross_entropy = None
     if label_proportions is not None:  # L holds sum_k f_k b_k where the cross-entropy has the label mean of b
         cross_entropy = objective + float((label_proportions - target) @ b)
@@ -301,10 +341,11 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         b = b + beta * engine.shift
     log_q = b + np.log(target)
     log_q -= log_q.max() + math.log(np.exp(log_q - log_q.max()).sum())
-    return PriorEstimate(log_q, 1.0 / beta, start_iterations + iterations, float(np.abs(moment_gaps).max()),
-                         converged, cross_entropy,
+    correct = None if labels is None else np.stack([prepared.correct_raw, st.correct])
+    return PriorEstimate(log_q, 1.0 / beta, run.iterations, float(np.abs(moment_gaps).max()),
+                         run.converged, cross_entropy,
                          st.mean_z - problem.mean_true_logit if fit_beta else None, moment_gaps, engine.passes,
-                         st.correct)
+                         correct)
 
 
 def _first_step(newton: _Newton, beta: float, b: np.ndarray) -> np.ndarray:
@@ -314,7 +355,7 @@ def _first_step(newton: _Newton, beta: float, b: np.ndarray) -> np.ndarray:
     if newton.hold:
         moments = newton.evaluate(beta, b, False, hessian=False).moments
     else:
-        moments = full_pass(engine, beta, b, newton.problem.fit_beta, engine.xp.float32, hessian=False).moments
+        moments = full_pass(engine, beta, b, False, engine.xp.float32, hessian=False).moments
     log_m = np.log(np.maximum(moments, 1e-300))
     if (moments < UNDERFLOW).any():
         log_m = log_moments(engine, beta, b)
@@ -322,27 +363,63 @@ def _first_step(newton: _Newton, beta: float, b: np.ndarray) -> np.ndarray:
     return b - b.max()
 
 
-def _start_from_subsample(z_sub: np.ndarray, y_sub: np.ndarray) -> tuple[float, np.ndarray, int]:
-    """``(beta, b)`` solving the ``nll`` problem on the subsample (to :data:`START_TOL`): close to the full optimum,
-    so the passes over all rows only finish the job. T starts at the NLL-optimal T of the logits
-    debiased by one step at T = 1 (a T fitted with q uniform would absorb a strong prior).
-    Classes absent from the subsample are left out of it and start at the smallest q."""
-    c = z_sub.shape[1]
-    f_sub = np.bincount(y_sub, minlength=c) / len(y_sub)
-    present = f_sub > 0
-    z_p, f_p, y_p = z_sub[:, present], f_sub[present], (np.cumsum(present) - 1)[y_sub]
+def _start_beta(z_sub: np.ndarray, y_sub: np.ndarray) -> float:
+    """A first ``beta`` for ``nll``: the NLL-optimal ``beta`` of at most :data:`START_ROWS` subsample rows
+    debiased by one fixed-point step at T = 1 (a T fitted with q uniform would absorb a strong
+    prior). Classes absent from those rows are left out."""
+    every = max(1, len(z_sub) // START_ROWS)
+    z_sub, y_sub = z_sub[::every], y_sub[::every]
+    present = np.bincount(y_sub, minlength=z_sub.shape[1]) > 0
+    z_p, y_p = z_sub[:, present], (np.cumsum(present) - 1)[y_sub]
+    f_p = np.bincount(y_p) / len(y_p)
     log_p = log_softmax(np, z_p)
     top = log_p.max(0)
     b1 = top + np.log(np.exp(log_p - top).mean(0)) - np.log(f_p)  # log-space mean: no underflow
-    b1 -= b1.max()
-    every = max(1, len(z_p) // 2048)  # a starting T for the start: a quarter of the rows is plenty
-    beta = 1.0 / fit_temperature_nll(z_p[::every] - b1, y_p[::every], tol=START_TOL)
-    problem = _Problem(f_p, float(np.take_along_axis(z_p, y_p[:, None], 1).mean()), True, START_TOL, 100)
-    engine = Engine(LogitSource.from_array(z_p), None)
-    beta, b_p, _, iterations, _ = _Newton(engine, problem, z_p, hold=False).run(beta, b1 * beta, float64=True)
-    b = np.full(c, b_p.max())
-    b[present] = b_p
-    return beta, b, iterations
+    return 1.0 / fit_temperature_nll(z_p - b1, y_p, tol=1e-6)
+
+
+def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.ndarray,
+               accuracy: Accuracy | None) -> _Run:
+    """``nll`` with the rows held: Newton on the profile ``phi(beta) = min_b L(beta, b)`` in float32
+    (each ``b`` solved by kept passes), then the joint float64 Newton from there (see the module)."""
+    inner = _Problem(problem.target, problem.mean_true_logit, False, 1e-6, problem.max_iter)
+    newton = _Newton(engine, inner, z_sub, hold=True)
+    beta = _start_beta(z_sub, y_sub)
+    b = _first_step(newton, beta, np.zeros(engine.c))
+    lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
+    inverse, iterations, slope, hess_beta_b, curvature, previous = None, 0, None, None, math.nan, None
+    while True:
+        run = newton.run(beta, b, float64=False, inverse=inverse, float32_only=True)
+        b, inverse, iterations = run.b, run.inverse, iterations + run.iterations
+        _, terms = kept_pass(engine, newton.kept, b, hessian=False,
+                             beta_terms="curvature" if slope is None else "gradient")
+        gradient = terms.mean_z - problem.mean_true_logit
+        if slope is None:  # -db/dbeta and phi'' from the Hessian once; then phi'' by secants
+            hess_beta_b = terms.hess_beta_b
+            slope = inverse @ hess_beta_b
+            curvature = terms.hess_beta - float(hess_beta_b @ slope)
+        elif previous is not None and previous[0] != beta:
+            secant = (gradient - previous[1]) / (beta - previous[0])
+            curvature = secant if secant > 0 else curvature
+        if gradient > 0:
+            hi = beta
+        else:
+            lo = beta
+        new_beta = beta - gradient / curvature if curvature > 0 else math.nan
+        if not lo < new_beta < hi:
+            new_beta = math.sqrt(lo * hi)  # bisect in log beta: the bracket spans decades
+        previous = (beta, gradient)
+        b, beta = b - slope * (new_beta - beta), new_beta
+        iterations += 1
+        inner.tol = max(problem.tol, min(1e-6, 1e-4 * abs(gradient)))
+        pinned = hi - lo <= 1e-9 * hi
+        if abs(gradient) < PROFILE_GRADIENT or pinned or iterations >= problem.max_iter:
+            break
+    joint = _joint_inverse(inverse, hess_beta_b, curvature) if curvature > 0 else None
+    final = _Newton(engine, replace(problem, max_iter=max(1, problem.max_iter - iterations)), z_sub,
+                    hold=False, accuracy=accuracy).run(beta, b, float64=True, inverse=joint)
+    final.iterations += iterations
+    return final
 
 
 def _confidence_temperature(engine: Engine, labels: np.ndarray) -> float:
@@ -350,11 +427,11 @@ def _confidence_temperature(engine: Engine, labels: np.ndarray) -> float:
     xp = engine.xp
     y_all = engine.vector(labels, xp.int64)
     correct = engine.reduce(lambda s, z: (float(xp.sum(xp.astype(
-        xp.argmax(z, axis=1) == y_all[s:s + z.shape[0]], xp.float64))),), xp.float32)[0]
+        xp.argmax(z, axis=1) == y_all[s:s + z.shape[0]], xp.float64))),))[0]
 
     def confidence(temperature: float) -> float:
-        return engine.reduce(lambda _s, z: (float(xp.sum(xp.exp(xp.max(log_softmax(xp, z / temperature), axis=1)))),),
-                             xp.float64)[0] / engine.n
+        return engine.reduce(lambda _s, z: (float(xp.sum(xp.exp(xp.max(
+            log_softmax(xp, engine.load(z, xp.float64, None) / temperature), axis=1)))),))[0] / engine.n
 
     return solve_temperature_confidence(confidence, correct / engine.n, engine.c)
 

@@ -1,16 +1,21 @@
 """Passes over the rows for the prior solver (pure array math, no I/O).
 
-A pass streams a :class:`LogitSource` block by block, in the array namespace of its blocks (numpy
-on a CPU, where the blocks run on all cores; torch on a GPU), and sums what the Newton iteration
+A pass streams a :class:`LogitSource` piece by piece, in the array namespace of its blocks (numpy
+on a CPU, where the pieces run on all cores; torch on a GPU), and sums what the Newton iteration
 of :mod:`glacli.prior` needs: the log-partition, the moments, the Hessian diagonal and, with the
 temperature free, its row. With the temperature fixed, :func:`keep` computes
 ``E = exp(beta z - b_ref - rowmax)`` once and :func:`kept_pass` then costs two matrix-vector
 products: ``softmax(beta z_i - b)_k = E_ik w_k / (E_i . w)`` with ``w = exp(b_ref - b)``.
+
+On a CPU a pass is bound by its elementwise work, so each piece is cache-sized and every
+kernel writes into per-thread buffers instead of allocating a temporary per operation; sums
+over classes are matrix-vector products (BLAS).
 """
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +28,7 @@ from array_api_compat import device as device_of
 from glacli import chunking
 from glacli.calibration import log_softmax
 
-HESSIAN_ROWS = 8192
+HESSIAN_ROWS = 4096
 """Rows of the fixed subsample that gives the dense Hessian block."""
 
 
@@ -31,17 +36,19 @@ HESSIAN_ROWS = 8192
 class LogitSource:
     """The rows the solver passes over: ``blocks()`` yields [rows, C] arrays in the same order on
     every call (numpy on a CPU, torch tensors on a GPU). Streaming a file through it keeps memory
-    at one block whatever ``n_rows`` is."""
+    at one block whatever ``n_rows`` is. ``like``: an empty array of the blocks' kind and device,
+    so that the solver need not read a block to learn them (else the first block is read)."""
 
     blocks: Callable[[], Iterable[Any]]
     n_rows: int
     n_classes: int
+    like: Any = None
 
     @classmethod
     def from_array(cls, logits: Any) -> LogitSource:
         n, c = logits.shape
         rows = chunking.array_rows(c)
-        return cls(lambda: (logits[start:start + rows] for start in range(0, n, rows)), n, c)
+        return cls(lambda: (logits[start:start + rows] for start in range(0, n, rows)), n, c, logits[:0])
 
 
 @dataclass
@@ -54,36 +61,48 @@ class Pass:
     mean_z: float = 0.0            # mean_i E_p[z_i]
     hess_beta: float = 0.0         # mean_i Var_p(z_i)
     hess_beta_b: np.ndarray | None = None   # -mean_i p_i (z_i - E_p z_i)   [C]
-    correct: np.ndarray | None = None       # [2, C] right predictions per class: z, then z/T - log q
+    correct: np.ndarray | None = None       # [C] right predictions per class of z/T - log q
 
 
 @dataclass
 class Kept:
-    """``E = exp(beta z - b_ref - rowmax)`` of every row block (float32) and the row maxima (float64)."""
+    """``E = exp(beta z - b_ref - rowmax)`` of every piece (float32) and the row maxima (float64).
+    On numpy the pieces are views of one [N, C] array, which the next :func:`keep` refills
+    (``nll`` keeps ``E`` at each trial temperature: no new memory to fault in each time)."""
 
+    beta: float
     b_ref: np.ndarray
     blocks: list[tuple[Any, Any]] = field(default_factory=list)
+    storage: Any = None
+
+
+def _storage(engine: Engine, reuse: Kept | None) -> Any:
+    if not engine.on_numpy:
+        return None
+    if reuse is not None and reuse.storage is not None:
+        return reuse.storage
+    return np.empty((engine.n, engine.c), np.float32)
 
 
 class Engine:
-    """Passes over a :class:`LogitSource` in its array namespace, blocks in parallel on a CPU."""
+    """Passes over a :class:`LogitSource` in its array namespace, pieces in parallel on a CPU."""
 
     def __init__(self, source: LogitSource, shift: np.ndarray | None, hold: bool = False):
-        """``hold``: keep the rows in memory as the source gives them, so later passes read no file.
-        (The shift is still taken out per pass, in the pass's dtype, so a float64 pass sees exactly
-        what it would.)"""
-        if hold:
-            held = list(source.blocks())
-            source = LogitSource(lambda: iter(held), source.n_rows, source.n_classes)
-        self.source, self.shift = source, shift
+        """``hold``: the first pass keeps the rows in memory as the source gives them, so later
+        passes read no file. (The shift is still taken out per pass, in the pass's dtype, so a
+        float64 pass sees exactly what it would.)"""
+        self.source, self.shift, self.hold = source, shift, hold
+        self.held: list[Any] | None = None
         self.n, self.c = source.n_rows, source.n_classes
-        first = next(iter(source.blocks()))
-        self.xp = array_namespace(first)
-        self.input_dtype = self.xp.float64 if first.dtype == self.xp.float64 else self.xp.float32
-        self.device = device_of(first)
-        self.cpu = is_numpy_namespace(self.xp) or str(self.device) == "cpu"
+        like = source.like if source.like is not None else next(iter(source.blocks()))
+        self.xp = array_namespace(like)
+        self.input_dtype = self.xp.float64 if like.dtype == self.xp.float64 else self.xp.float32
+        self.device = device_of(like)
+        self.on_numpy = is_numpy_namespace(self.xp)
+        self.cpu = self.on_numpy or str(self.device) == "cpu"
         self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
         self.passes = 0
+        self._local = threading.local()
 
     def vector(self, values: np.ndarray, dtype: Any) -> Any:
         return self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
@@ -91,140 +110,243 @@ class Engine:
     def numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value.cpu() if hasattr(value, "cpu") else value, dtype=np.float64)
 
-    def blocks(self, dtype: Any) -> Iterator[tuple[int, Any]]:
-        """``(first row, block)`` in ``dtype`` with the shift taken out; cache-sized on a CPU."""
-        xp, start = self.xp, 0
-        shift = None if self.shift is None else self.vector(self.shift, dtype)
-        rows = chunking.cache_rows(self.c) if self.cpu else None
+    def _source_blocks(self) -> Iterator[Any]:
+        if self.held is not None:
+            yield from self.held
+            return
+        held: list[Any] | None = [] if self.hold else None
         for block in self.source.blocks():
-            block = xp.asarray(block, device=self.device)
+            block = self.xp.asarray(block, device=self.device)
+            if held is not None:
+                held.append(block)
+            yield block
+        if held is not None:
+            self.held = held
+
+    def pieces(self) -> Iterator[tuple[int, Any]]:
+        """``(first row, piece)`` of the rows as the source gives them; cache-sized on a CPU."""
+        start, rows = 0, chunking.cache_rows(self.c) if self.cpu else None
+        for block in self._source_blocks():
             step = rows or block.shape[0]
             for offset in range(0, block.shape[0], step):
-                piece = xp.astype(block[offset:offset + step], dtype, copy=False)
-                yield start + offset, piece if shift is None else piece - shift
+                yield start + offset, block[offset:offset + step]
             start += block.shape[0]
 
-    def reduce(self, fn: Callable[[int, Any], tuple], dtype: Any) -> list:
-        """Sum over blocks of the tuples ``fn(start, block)`` returns (floats or numpy arrays)."""
-        self.passes += 1
-        total: list | None = None
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A per-thread buffer (numpy), reused by every piece of that shape."""
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        key = (name, shape, np.dtype(dtype))
+        if key not in buffers:
+            buffers[key] = np.empty(shape, dtype)
+        return buffers[key]
 
-        def add(parts: tuple) -> None:
-            nonlocal total
-            total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
+    def load(self, piece: Any, dtype: Any, shift: Any | None) -> Any:
+        """``piece - shift`` in ``dtype`` (a per-thread buffer on numpy)."""
+        if not self.on_numpy:
+            piece = self.xp.astype(piece, dtype, copy=False)
+            return piece if shift is None else piece - shift
+        if shift is None and piece.dtype == dtype:
+            return piece  # kernels never write into their input
+        out = self.scratch("z", piece.shape, dtype)
+        if shift is None:
+            np.copyto(out, piece, casting="unsafe")
+        else:
+            np.subtract(piece, shift, out=out, casting="unsafe")
+        return out
 
+    def shift_vector(self, dtype: Any) -> Any | None:
+        return None if self.shift is None else self.vector(self.shift, dtype)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[tuple]) -> Iterator[Any]:
+        """``fn(*item)`` for every item, in order; in parallel on a CPU, a bounded number in flight
+        (a streamed file is never read ahead whole)."""
         if self.workers == 1:
-            for start, block in self.blocks(dtype):
-                add(fn(start, block))
-            return total
+            for item in items:
+                yield fn(*item)
+            return
         with ThreadPoolExecutor(self.workers) as pool:
             pending = []
-            for start, block in self.blocks(dtype):
-                pending.append(pool.submit(fn, start, block))
-                if len(pending) >= 4 * self.workers:  # bounded: a streamed file is never read ahead whole
-                    add(pending.pop(0).result())
+            for item in items:
+                pending.append(pool.submit(fn, *item))
+                if len(pending) >= 4 * self.workers:
+                    yield pending.pop(0).result()
             for future in pending:
-                add(future.result())
+                yield future.result()
+
+    def reduce(self, fn: Callable[..., tuple], items: Iterable[tuple] | None = None) -> list:
+        """Sum over pieces (or ``items``) of the tuples ``fn(start, piece)`` returns (floats or numpy arrays)."""
+        self.passes += 1
+        total: list | None = None
+        for parts in self.map(fn, self.pieces() if items is None else items):
+            total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
         return total
 
 
-def softmax_terms(xp: Any, s: Any) -> tuple[Any, Any]:
-    """``p = softmax(s)`` and ``logsumexp(s)`` per row."""
-    top = xp.max(s, axis=1, keepdims=True)
-    e = xp.exp(s - top)
-    d = xp.sum(e, axis=1, keepdims=True)
-    return e / d, top[:, 0] + xp.log(d[:, 0])
+def _exp_inplace(xp: Any, a: Any) -> Any:
+    return np.exp(a, out=a) if is_numpy_namespace(xp) else xp.exp(a)
+
+
+def _exp_scores(engine: Engine, z: Any, beta: float, b_x: Any, name: str, out: Any = None,
+                log_f: Any = None) -> tuple[Any, Any]:
+    """``e = exp(beta z - b - rowmax)`` and ``rowmax``, into ``out`` or a per-thread buffer on numpy.
+    With ``log_f``, ``e`` comes with ``argmax(beta z - b - log_f)`` per row: the debiased model's prediction."""
+    xp = engine.xp
+    if engine.on_numpy:
+        s = out if out is not None else engine.scratch(name, z.shape, z.dtype)
+        np.multiply(z, z.dtype.type(beta), out=s)
+        s -= b_x
+    else:
+        s = z * beta - b_x
+    predicted = None
+    if log_f is not None:
+        debiased = s - log_f if not engine.on_numpy else np.subtract(s, log_f, out=engine.scratch("e2", s.shape, s.dtype))
+        predicted = xp.argmax(debiased, axis=1)
+    top = xp.max(s, axis=1)
+    s -= top[:, None]
+    e = _exp_inplace(xp, s)
+    return ((e, predicted) if log_f is not None else e), top
 
 
 @dataclass
 class Accuracy:
-    """Labels and what turns ``beta z - b`` (shifted ``z``) into the debiased model, to count right
-    predictions in the float64 passes: the solver's last pass then also scores the estimate."""
+    """Labels and ``log f``, to count right predictions of the debiased model ``beta z - b - log f``
+    in the float64 pass: the solver's last pass then also scores the estimate."""
 
     labels: Any
     log_f: Any
-    shift: Any | None
 
 
 def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype: Any, hessian: bool,
                accuracy: Accuracy | None = None) -> Pass:
-    """One pass computing the softmax of every row at ``(beta, b)``."""
-    xp, to_np = engine.xp, engine.numpy
-    b_x = engine.vector(b, dtype)
-    f64 = xp.float64
+    """One pass computing the softmax of every row at ``(beta, b)``; ``hessian``: also the Hessian's
+    diagonal and, with ``fit_beta``, its beta row (the gradient alone is all a float64 check needs)."""
+    xp, to_np, f64 = engine.xp, engine.numpy, engine.xp.float64
+    b_x, shift = engine.vector(b, dtype), engine.shift_vector(dtype)
+    log_f = None if accuracy is None else engine.vector(accuracy.log_f, dtype)
 
-    def correct(y: Any, logits: Any) -> np.ndarray:
-        right = to_np(xp.astype(xp.argmax(logits, axis=1) == y, f64))
-        return np.bincount(to_np(y).astype(np.int64), weights=right, minlength=engine.c)
-
-    def terms(start: int, z: Any) -> tuple:
-        s = z * beta - b_x
-        p, lse = softmax_terms(xp, s)
-        out = [float(xp.sum(lse, dtype=f64)), to_np(xp.sum(p, axis=0, dtype=f64)),
-               to_np(xp.sum(p * p, axis=0, dtype=f64)) if hessian else 0.0]
+    def terms(start: int, piece: Any) -> tuple:
+        z = engine.load(piece, dtype, shift)
+        e, top = _exp_scores(engine, z, beta, b_x, "e", log_f=log_f)
+        right = None
         if accuracy is not None:
             y = accuracy.labels[start:start + z.shape[0]]
-            raw = z if accuracy.shift is None else z + accuracy.shift
-            out.append(np.stack([correct(y, raw), correct(y, s - accuracy.log_f)]))
+            right = np.bincount(to_np(y).astype(np.int64), weights=to_np(xp.astype(e[1] == y, f64)),
+                                minlength=engine.c)
+            e = e[0]
+        d = xp.sum(e, axis=1)
+        r = 1.0 / d
+        out = [float(xp.sum(xp.astype(top, f64) + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
+        if hessian:
+            e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
+            out.append(to_np((r * r) @ e2))
+        else:
+            out.append(0.0)
+        if right is not None:
+            out.append(right)
         if fit_beta:
-            pz = p * z
-            ez = xp.sum(pz, axis=1)
-            out += [float(xp.sum(ez, dtype=f64)),
-                    float(xp.sum(xp.clip(xp.sum(pz * z, axis=1) - ez * ez, min=0.0), dtype=f64)),
-                    to_np(xp.sum(pz, axis=0, dtype=f64)) - to_np(p.T @ ez)]
+            ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+            ez = (xp.sum(ez_u, axis=1)) * r                       # E_p[z_i]
+            out.append(float(xp.sum(xp.astype(ez, f64))))
+            if hessian:
+                col_pz = r @ ez_u                                    # sum_i p_i z_i
+                ez2 = xp.sum(ez_u * z, axis=1) * r if not engine.on_numpy else np.einsum("ij,ij->i", ez_u, z) * r
+                out += [float(xp.sum(xp.clip(xp.astype(ez2, f64) - xp.astype(ez, f64) ** 2, min=0.0))),
+                        to_np(col_pz) - to_np((r * ez) @ e)]
         return tuple(out)
 
-    parts = engine.reduce(terms, dtype)
+    parts = engine.reduce(terms)
     n = engine.n
     moments = parts[1] / n
     out = Pass(parts[0] / n, moments, moments - parts[2] / n if hessian else None)
     if accuracy is not None:
         out.correct = parts.pop(3)
     if fit_beta:
-        out.mean_z, out.hess_beta, out.hess_beta_b = parts[3] / n, parts[4] / n, -parts[5] / n
+        out.mean_z = parts[3] / n
+        if hessian:
+            out.hess_beta, out.hess_beta_b = parts[4] / n, -parts[5] / n
     return out
 
 
-def keep(engine: Engine, beta: float, b_ref: np.ndarray) -> Kept:
-    """Compute and keep ``E`` at ``b_ref`` (float32), one exp pass."""
+def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = None) -> Kept:
+    """Compute and keep ``E`` at ``b_ref`` (float32), one exp pass; into ``reuse``'s memory when given."""
     xp = engine.xp
-    b_x = engine.vector(b_ref, xp.float32)
+    b_x, shift = engine.vector(b_ref, xp.float32), engine.shift_vector(xp.float32)
+    storage = _storage(engine, reuse)
+
+    def exps(start: int, piece: Any) -> tuple[Any, Any]:
+        out = None if storage is None else storage[start:start + piece.shape[0]]
+        e, top = _exp_scores(engine, engine.load(piece, xp.float32, shift), beta, b_x, "", out=out)
+        return e, xp.astype(top, xp.float64)
+
     engine.passes += 1
-    kept = Kept(np.asarray(b_ref, dtype=np.float64).copy())
-    for _start, z in engine.blocks(xp.float32):
-        s = z * beta - b_x
-        top = xp.max(s, axis=1, keepdims=True)
-        kept.blocks.append((xp.exp(s - top), xp.astype(top[:, 0], xp.float64)))
-    return kept
+    return Kept(beta, np.asarray(b_ref, dtype=np.float64).copy(), list(engine.map(exps, engine.pieces())), storage)
 
 
-def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool) -> Pass:
-    """``softmax(beta z_i - b)_k = E_ik w_k / d_i`` with ``w = exp(b_ref - b)``: two matrix-vector products."""
+@dataclass
+class BetaTerms:
+    """The temperature's terms at ``(beta, b)`` from kept ``E`` and the rows: ``mean_i E_p[z_i]``,
+    and with the curvature ``mean_i Var_p(z_i)`` and ``-mean_i p_i (z_i - E_p z_i)`` [C] (the Hessian's beta row)."""
+
+    mean_z: float
+    hess_beta: float | None
+    hess_beta_b: np.ndarray | None
+
+
+def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool,
+              beta_terms: str | None = None) -> tuple[Pass, BetaTerms | None]:
+    """``softmax(beta z_i - b)_k = E_ik w_k / d_i`` with ``w = exp(b_ref - b)``: two matrix-vector
+    products per piece. With the rows held, ``beta_terms`` adds the temperature's terms:
+    ``"gradient"`` (``mean_i E_p[z_i]``) or ``"curvature"`` (also the beta row of the Hessian)."""
     xp, f64 = engine.xp, engine.xp.float64
     w = np.exp(kept.b_ref - b)
     w_x = engine.vector(w, xp.float32)
-    lse, inv, inv2 = 0.0, np.zeros(engine.c), np.zeros(engine.c)
-    engine.passes += 1
-    for e, top in kept.blocks:
+    shift = engine.shift_vector(xp.float32)
+    to_np = engine.numpy
+
+    def terms(e: Any, top: Any, piece: Any = None) -> tuple:
         d = e @ w_x
-        lse += float(xp.sum(top + xp.log(xp.astype(d, f64))))
         r = 1.0 / d
-        inv += engine.numpy(r @ e)
+        out = [float(xp.sum(top + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
         if hessian:
-            inv2 += engine.numpy((r * r) @ (e * e))
-    moments = w * inv / engine.n
-    return Pass(lse / engine.n, moments, moments - w * w * inv2 / engine.n if hessian else None)
+            e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
+            out.append(to_np((r * r) @ e2))
+        if piece is not None:
+            z = engine.load(piece, xp.float32, shift)
+            ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+            ez = (ez_u @ w_x) * r
+            out.append(float(xp.sum(xp.astype(ez, f64))))
+            if beta_terms == "curvature":
+                col_pz = r @ ez_u
+                ez_u *= z
+                ez2 = (ez_u @ w_x) * r
+                out += [float(xp.sum(xp.clip(xp.astype(ez2, f64) - xp.astype(ez, f64) ** 2, min=0.0))),
+                        to_np(col_pz) - to_np((r * ez) @ e)]
+        return tuple(out)
+
+    items: Iterable[tuple] = kept.blocks
+    if beta_terms:
+        items = ((e, top, piece) for (e, top), (_start, piece) in zip(kept.blocks, engine.pieces()))
+    parts = engine.reduce(terms, items)
+    n = engine.n
+    moments = w * parts[1] / n
+    st = Pass(parts[0] / n, moments, moments - w * w * parts[2] / n if hessian else None)
+    if not beta_terms:
+        return st, None
+    rest = parts[3 if hessian else 2:]
+    if beta_terms != "curvature":
+        return st, BetaTerms(rest[0] / n, None, None)
+    return st, BetaTerms(rest[0] / n, rest[1] / n, -w * rest[2] / n)
 
 
 def log_moments(engine: Engine, beta: float, b: np.ndarray) -> np.ndarray:
     """``log mean_i softmax(beta * z_i - b)``, float64 [C], in log space: finite for classes whose
     probability underflows on every row (e.g. logits far below the others)."""
     xp = engine.xp
-    b_x = engine.vector(b, xp.float64)
+    b_x, shift = engine.vector(b, xp.float64), engine.shift_vector(xp.float64)
     top, total = np.full(engine.c, -math.inf), np.zeros(engine.c)
     engine.passes += 1
-    for _start, z in engine.blocks(xp.float64):
-        log_p = log_softmax(xp, z * beta - b_x)
+    for _start, piece in engine.pieces():
+        log_p = log_softmax(xp, engine.load(piece, xp.float64, shift) * beta - b_x)
         block_top = engine.numpy(xp.max(log_p, axis=0))
         new_top = np.maximum(top, block_top)
         total = total * np.exp(top - new_top) + engine.numpy(
@@ -235,33 +357,55 @@ def log_moments(engine: Engine, beta: float, b: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Prepared:
-    """What one first pass over the raw rows gives: finiteness, the label term, the subsample, the column means."""
+    """What the first pass over the raw rows gives: finiteness, the label term, the column means,
+    the subsample, the right predictions of ``z`` itself, and ``E`` at ``b = 0`` when asked."""
 
     finite: bool
     true_logit_sum: float
     column_sums: np.ndarray
     z_sub: np.ndarray
     sub_rows: np.ndarray
+    correct_raw: np.ndarray | None
+    kept: Kept | None
 
 
-def prepare(engine: Engine, labels: np.ndarray | None) -> Prepared:
-    """One pass: non-finite values, ``sum_i z_{i, y_i}`` and column sums (float64 sums of the float32
-    values) and every k-th row (at most :data:`HESSIAN_ROWS`) as float64 numpy."""
-    xp = engine.xp
+def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None = None) -> Prepared:
+    """One pass: non-finite values, ``sum_i z_{i, y_i}``, column sums, the right predictions of
+    ``z`` (float64 sums of the values as given), every k-th row (at most :data:`HESSIAN_ROWS`) as
+    float64 numpy, and with ``keep_beta`` also ``E = exp(keep_beta z - rowmax)`` (:func:`keep` at
+    ``b = 0``), so that a solver with T fixed reads the rows once before its float64 check."""
+    xp, to_np = engine.xp, engine.numpy
     y_all = None if labels is None else engine.vector(labels, xp.int64)
     step = max(1, math.ceil(engine.n / HESSIAN_ROWS))
+    zero = engine.vector(np.zeros(engine.c), xp.float32)
+    storage = _storage(engine, None) if keep_beta is not None else None
 
     def terms(start: int, z: Any) -> tuple:
-        bad = 0.0 if bool(xp.all(xp.isfinite(z))) else 1.0
-        true_sum = 0.0 if y_all is None else float(xp.sum(xp.take_along_axis(
-            z, y_all[start:start + z.shape[0]][:, None], axis=1), dtype=xp.float64))
+        bad = not bool(xp.all(xp.isfinite(z)))
+        true_sum, right = 0.0, None
+        if y_all is not None:
+            y = y_all[start:start + z.shape[0]]
+            true_sum = float(xp.sum(xp.astype(xp.take_along_axis(z, y[:, None], axis=1), xp.float64)))
+            hit = to_np(xp.astype(xp.argmax(z, axis=1) == y, xp.float64))
+            right = np.bincount(to_np(y).astype(np.int64), weights=hit, minlength=engine.c)
         first = (-start) % step
-        rows = engine.numpy(z[first::step]) if first < z.shape[0] else np.zeros((0, engine.c))
-        return bad, true_sum, engine.numpy(xp.sum(z, axis=0, dtype=xp.float64)), [(start + first, rows)]
+        rows = to_np(z[first::step]) if first < z.shape[0] else np.zeros((0, engine.c))
+        kept = None
+        if keep_beta is not None and not bad:
+            out = None if storage is None else storage[start:start + z.shape[0]]
+            e, top = _exp_scores(engine, engine.load(z, xp.float32, None), keep_beta, zero, "", out=out)
+            kept = (e, xp.astype(top, xp.float64))
+        return bad, true_sum, to_np(xp.sum(z, axis=0, dtype=xp.float64)), right, (start + first, rows), kept
 
-    bad, true_sum, column_sums, picked = engine.reduce(terms, engine.input_dtype)
-    engine.passes -= 1  # a check and a sample, not a solver pass
-    picked.sort(key=lambda item: item[0])
+    bad, true_sum, column_sums, correct, picked, kept = False, 0.0, np.zeros(engine.c), None, [], []
+    for part in engine.map(terms, engine.pieces()):
+        bad |= part[0]
+        true_sum += part[1]
+        column_sums += part[2]
+        correct = part[3] if correct is None else correct + part[3]
+        picked.append(part[4])
+        kept.append(part[5])
     z_sub = np.concatenate([rows for _, rows in picked])
     sub_rows = np.concatenate([np.arange(first, first + step * len(rows), step) for first, rows in picked])
-    return Prepared(bad == 0, true_sum, column_sums, z_sub, sub_rows)
+    return Prepared(not bad, true_sum, column_sums, z_sub, sub_rows, correct,
+                    Kept(keep_beta, np.zeros(engine.c), kept, storage) if keep_beta is not None and not bad else None)

@@ -133,3 +133,25 @@ def test_estimate_prior_on_a_cpu_does_not_import_torch(tmp_path):
             "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_nll_profile_path_on_a_large_set_meets_the_float64_optimality_conditions():
+    """n * c >= 2**20 takes the held-rows path (profile likelihood in beta over kept float32 exp(beta z),
+    then joint float64 Newton). Checked with an independent float64 numpy computation of both gradients
+    at the returned (T, q), and against the streamed path (joint Newton on full passes)."""
+    z, y, _ = biased_logits(300, 64, seed=31, temperature=0.7)   # 19,200 x 64 = 1,228,800 values
+    z32 = z.astype(np.float32)
+    assert z32.size >= 2**20
+    f = class_proportions(y, 64)
+    held = estimate_prior(z32, f, "nll", labels=y)
+    streamed = estimate_prior(z32, f, "nll", labels=y, hold_bytes=0)
+    assert held.converged and streamed.converged
+    zc = z32.astype(np.float64) - z32.astype(np.float64).mean(0)   # the solver's centring: same optimum
+    shift = z32.astype(np.float64).mean(0)
+    b = (held.log_prior - np.log(f)) - shift / held.temperature
+    p = softmax(zc / held.temperature - b, axis=1)
+    assert np.abs(p.mean(0) - f).max() < 1e-8
+    beta_gradient = float((p * zc).sum(1).mean() - zc[np.arange(len(y)), y].mean())
+    assert abs(beta_gradient) < 1e-8
+    assert held.temperature == pytest.approx(streamed.temperature, rel=1e-7)
+    np.testing.assert_allclose(held.log_prior, streamed.log_prior, atol=1e-6)

@@ -173,6 +173,7 @@ def _open_pooled(paths: Sequence[Path], files: contextlib.ExitStack, device: str
                          [f.gla_id for f in opened], temperature, heads[0] if len(head_ids) <= 1 else {},
                          LogitSource(lambda: None, len(labels), opened[0].n_classes))
     pooled.source.blocks = lambda: pooled.blocks(device)
+    pooled.source.like = next(iter(pooled.blocks(device)))[:0] if device != "cpu" else np.empty((0, 0), np.float32)
     return pooled
 
 
