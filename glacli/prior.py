@@ -179,9 +179,12 @@ class _Newton:
     """Newton's method on ``L``: full passes (beta free, or rows too large to keep) or kept-``E`` passes."""
 
     def __init__(self, engine: Engine, problem: _Problem, z_sub: np.ndarray, hold: bool,
-                 accuracy: Accuracy | None = None, kept: Kept | None = None):
+                 accuracy: Accuracy | None = None, kept: Kept | None = None, beta_gradient: bool = False):
+        """``beta_gradient``: the pass that keeps ``E`` also gives ``mean_i E_p[z_i]`` (``nll``'s
+        profile, beta fixed), as :attr:`kept_at`; it costs little there, where ``z`` is at hand."""
         self.engine, self.problem, self.z_sub, self.hold, self.accuracy = engine, problem, z_sub, hold, accuracy
-        self.kept = kept
+        self.kept, self.beta_terms = kept, "gradient" if beta_gradient else None
+        self.kept_at: Pass | None = None
 
     def objective(self, beta: float, b: np.ndarray, st: Pass) -> float:
         return st.lse + float(self.problem.target @ b) - beta * self.problem.mean_true_logit
@@ -196,7 +199,9 @@ class _Newton:
             return full_pass(self.engine, beta, b, self.problem.fit_beta, xp.float64 if float64 else xp.float32,
                               hessian, self.accuracy if float64 else None)
         if self.kept is None or self.kept.beta != beta or np.abs(b - self.kept.b_ref).max() > REFERENCE_DRIFT:
-            self.kept = keep(self.engine, beta, b, reuse=self.kept)
+            self.kept, self.kept_at = keep(self.engine, beta, b, reuse=self.kept, hessian=hessian,
+                                           beta_terms=self.beta_terms)
+            return self.kept_at
         return kept_pass(self.engine, self.kept, b, hessian)[0]
 
     def run(self, beta: float, b: np.ndarray, float64: bool, inverse: np.ndarray | None = None,
@@ -306,7 +311,7 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
     # nll passes need the rows themselves every time: the first pass holds them when they fit. With
     # T fixed the passes need exp(z/T), which the first pass computes and keeps (one float32 copy).
     engine = Engine(source, None, hold=fit_beta and fits)
-    prepared = prepare(engine, labels, keep_beta=fixed_beta if fits else None)
+    prepared = prepare(engine, labels, keep_beta=fixed_beta if fits else None, sum_columns=fit_beta)
     if not prepared.finite:
         raise ValueError("the logits hold NaN or infinite values")
     mean_true_logit, z_sub = prepared.true_logit_sum / n, prepared.z_sub
@@ -329,7 +334,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         else:
             beta = fixed_beta or 1.0 / _confidence_temperature(engine, labels)
         newton = _Newton(engine, problem, z_sub, hold=fits and not fit_beta, accuracy=accuracy, kept=prepared.kept)
-        run = newton.run(beta, _first_step(newton, beta, np.zeros(c)), float64=small)
+        first = prepared.kept_pass if newton.kept is not None else None
+        run = newton.run(beta, _first_step(newton, beta, np.zeros(c), first), float64=small)
     beta, b, st = run.beta, run.b, run.st
 
     moment_gaps = target - st.moments
@@ -348,11 +354,14 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
                          correct)
 
 
-def _first_step(newton: _Newton, beta: float, b: np.ndarray) -> np.ndarray:
+def _first_step(newton: _Newton, beta: float, b: np.ndarray, st: Pass | None = None) -> np.ndarray:
     """``b + log(m / f)``: moves every class's mean probability to its target at once, which lands
-    close to the optimum; in log space when a class's probability underflows everywhere."""
+    close to the optimum; in log space when a class's probability underflows everywhere. ``st``:
+    the pass at ``(beta, b)`` when one was made already."""
     engine, target = newton.engine, newton.problem.target
-    if newton.hold:
+    if st is not None:
+        moments = st.moments
+    elif newton.hold:
         moments = newton.evaluate(beta, b, False, hessian=False).moments
     else:
         moments = full_pass(engine, beta, b, False, engine.xp.float32, hessian=False).moments
@@ -383,7 +392,7 @@ def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.n
     """``nll`` with the rows held: Newton on the profile ``phi(beta) = min_b L(beta, b)`` in float32
     (each ``b`` solved by kept passes), then the joint float64 Newton from there (see the module)."""
     inner = _Problem(problem.target, problem.mean_true_logit, False, 1e-6, problem.max_iter)
-    newton = _Newton(engine, inner, z_sub, hold=True)
+    newton = _Newton(engine, inner, z_sub, hold=True, beta_gradient=True)
     beta = _start_beta(z_sub, y_sub)
     b = _first_step(newton, beta, np.zeros(engine.c))
     lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
@@ -391,15 +400,16 @@ def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.n
     while True:
         run = newton.run(beta, b, float64=False, inverse=inverse, float32_only=True)
         b, inverse, iterations = run.b, run.inverse, iterations + run.iterations
-        _, terms = kept_pass(engine, newton.kept, b, hessian=False,
-                             beta_terms="curvature" if slope is None else "gradient")
-        gradient = terms.mean_z - problem.mean_true_logit
         if slope is None:  # -db/dbeta and phi'' from the Hessian once; then phi'' by secants
+            st, terms = kept_pass(engine, newton.kept, b, hessian=False, beta_terms="curvature")
+            gradient = st.mean_z - problem.mean_true_logit
             hess_beta_b = terms.hess_beta_b
             slope = inverse @ hess_beta_b
             curvature = terms.hess_beta - float(hess_beta_b @ slope)
-        elif previous is not None and previous[0] != beta:
-            secant = (gradient - previous[1]) / (beta - previous[0])
+        else:
+            st = run.st if run.st is newton.kept_at else kept_pass(engine, newton.kept, b, False, "gradient")[0]
+            gradient = st.mean_z - problem.mean_true_logit
+            secant = (gradient - previous[1]) / (beta - previous[0]) if beta != previous[0] else math.nan
             curvature = secant if secant > 0 else curvature
         if gradient > 0:
             hi = beta

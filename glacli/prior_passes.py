@@ -95,9 +95,10 @@ class Engine:
         self.held: list[Any] | None = None
         self.n, self.c = source.n_rows, source.n_classes
         like = source.like if source.like is not None else next(iter(source.blocks()))
-        self.xp = array_namespace(like)
+        # numpy 2.1+ is itself an array-API namespace: its wrapper would only add start-up time
+        self.xp = np if isinstance(like, np.ndarray) and hasattr(np, "astype") else array_namespace(like)
         self.input_dtype = self.xp.float64 if like.dtype == self.xp.float64 else self.xp.float32
-        self.device = device_of(like)
+        self.device = "cpu" if self.xp is np else device_of(like)
         self.on_numpy = is_numpy_namespace(self.xp)
         self.cpu = self.on_numpy or str(self.device) == "cpu"
         self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
@@ -267,75 +268,95 @@ def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype:
     return out
 
 
-def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = None) -> Kept:
-    """Compute and keep ``E`` at ``b_ref`` (float32), one exp pass; into ``reuse``'s memory when given."""
+@dataclass
+class BetaTerms:
+    """The temperature's curvature terms at ``(beta, b)`` from kept ``E`` and the rows:
+    ``mean_i Var_p(z_i)`` and ``-mean_i p_i (z_i - E_p z_i)`` [C] (the Hessian's beta row)."""
+
+    hess_beta: float
+    hess_beta_b: np.ndarray
+
+
+def _kept_terms(engine: Engine, e: Any, top: Any, w_x: Any | None, hessian: bool, z: Any | None,
+                curvature: bool) -> tuple:
+    """One piece of a kept pass: sums over its rows of ``log d_i``, ``E_i / d_i`` and, when asked,
+    ``(E_i / d_i)^2``, then ``E_p[z_i]`` (``z`` given) and the curvature terms (all without the
+    ``w`` factor, which :func:`_kept_result` applies). ``w_x`` None means ``w = 1`` (``b = b_ref``)."""
+    xp, f64, to_np = engine.xp, engine.xp.float64, engine.numpy
+    d = xp.sum(e, axis=1) if w_x is None else e @ w_x
+    r = 1.0 / d
+    out = [float(xp.sum(top + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
+    if hessian:
+        e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
+        out.append(to_np((r * r) @ e2))
+    if z is not None:
+        ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+        ez = (xp.sum(ez_u, axis=1) if w_x is None else ez_u @ w_x) * r
+        out.append(float(xp.sum(xp.astype(ez, f64))))
+        if curvature:
+            col_pz = r @ ez_u
+            ez_u *= z
+            ez2 = (xp.sum(ez_u, axis=1) if w_x is None else ez_u @ w_x) * r
+            out += [float(xp.sum(xp.clip(xp.astype(ez2, f64) - xp.astype(ez, f64) ** 2, min=0.0))),
+                    to_np(col_pz) - to_np((r * ez) @ e)]
+    return tuple(out)
+
+
+def _kept_result(parts: list, w: np.ndarray, n: int, hessian: bool, beta_terms: str | None
+                 ) -> tuple[Pass, BetaTerms | None]:
+    moments = w * parts[1] / n
+    st = Pass(parts[0] / n, moments, moments - w * w * parts[2] / n if hessian else None)
+    rest = parts[3 if hessian else 2:]
+    if beta_terms is None:
+        return st, None
+    st.mean_z = rest[0] / n
+    if beta_terms != "curvature":
+        return st, None
+    return st, BetaTerms(rest[1] / n, -w * rest[2] / n)
+
+
+def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = None, hessian: bool = False,
+         beta_terms: str | None = None) -> tuple[Kept, Pass]:
+    """Compute and keep ``E`` at ``b_ref`` (float32), one exp pass, into ``reuse``'s memory when
+    given; the same pass gives what :func:`kept_pass` would at ``b_ref``."""
     xp = engine.xp
     b_x, shift = engine.vector(b_ref, xp.float32), engine.shift_vector(xp.float32)
     storage = _storage(engine, reuse)
 
-    def exps(start: int, piece: Any) -> tuple[Any, Any]:
+    def exps(start: int, piece: Any) -> tuple:
         out = None if storage is None else storage[start:start + piece.shape[0]]
-        e, top = _exp_scores(engine, engine.load(piece, xp.float32, shift), beta, b_x, "", out=out)
-        return e, xp.astype(top, xp.float64)
+        z = engine.load(piece, xp.float32, shift)
+        e, top = _exp_scores(engine, z, beta, b_x, "", out=out)
+        top = xp.astype(top, xp.float64)
+        return (e, top), _kept_terms(engine, e, top, None, hessian, z if beta_terms else None, False)
 
     engine.passes += 1
-    return Kept(beta, np.asarray(b_ref, dtype=np.float64).copy(), list(engine.map(exps, engine.pieces())), storage)
-
-
-@dataclass
-class BetaTerms:
-    """The temperature's terms at ``(beta, b)`` from kept ``E`` and the rows: ``mean_i E_p[z_i]``,
-    and with the curvature ``mean_i Var_p(z_i)`` and ``-mean_i p_i (z_i - E_p z_i)`` [C] (the Hessian's beta row)."""
-
-    mean_z: float
-    hess_beta: float | None
-    hess_beta_b: np.ndarray | None
+    kept = Kept(beta, np.asarray(b_ref, dtype=np.float64).copy(), [], storage)
+    total: list | None = None
+    for block, parts in engine.map(exps, engine.pieces()):
+        kept.blocks.append(block)
+        total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
+    return kept, _kept_result(total, np.ones(engine.c), engine.n, hessian, beta_terms)[0]
 
 
 def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool,
               beta_terms: str | None = None) -> tuple[Pass, BetaTerms | None]:
     """``softmax(beta z_i - b)_k = E_ik w_k / d_i`` with ``w = exp(b_ref - b)``: two matrix-vector
     products per piece. With the rows held, ``beta_terms`` adds the temperature's terms:
-    ``"gradient"`` (``mean_i E_p[z_i]``) or ``"curvature"`` (also the beta row of the Hessian)."""
-    xp, f64 = engine.xp, engine.xp.float64
+    ``"gradient"`` (``Pass.mean_z``) or ``"curvature"`` (also the beta row of the Hessian)."""
+    xp = engine.xp
     w = np.exp(kept.b_ref - b)
     w_x = engine.vector(w, xp.float32)
     shift = engine.shift_vector(xp.float32)
-    to_np = engine.numpy
 
     def terms(e: Any, top: Any, piece: Any = None) -> tuple:
-        d = e @ w_x
-        r = 1.0 / d
-        out = [float(xp.sum(top + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
-        if hessian:
-            e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
-            out.append(to_np((r * r) @ e2))
-        if piece is not None:
-            z = engine.load(piece, xp.float32, shift)
-            ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
-            ez = (ez_u @ w_x) * r
-            out.append(float(xp.sum(xp.astype(ez, f64))))
-            if beta_terms == "curvature":
-                col_pz = r @ ez_u
-                ez_u *= z
-                ez2 = (ez_u @ w_x) * r
-                out += [float(xp.sum(xp.clip(xp.astype(ez2, f64) - xp.astype(ez, f64) ** 2, min=0.0))),
-                        to_np(col_pz) - to_np((r * ez) @ e)]
-        return tuple(out)
+        z = None if piece is None else engine.load(piece, xp.float32, shift)
+        return _kept_terms(engine, e, top, w_x, hessian, z, beta_terms == "curvature")
 
     items: Iterable[tuple] = kept.blocks
     if beta_terms:
         items = ((e, top, piece) for (e, top), (_start, piece) in zip(kept.blocks, engine.pieces()))
-    parts = engine.reduce(terms, items)
-    n = engine.n
-    moments = w * parts[1] / n
-    st = Pass(parts[0] / n, moments, moments - w * w * parts[2] / n if hessian else None)
-    if not beta_terms:
-        return st, None
-    rest = parts[3 if hessian else 2:]
-    if beta_terms != "curvature":
-        return st, BetaTerms(rest[0] / n, None, None)
-    return st, BetaTerms(rest[0] / n, rest[1] / n, -w * rest[2] / n)
+    return _kept_result(engine.reduce(terms, items), w, engine.n, hessian, beta_terms)
 
 
 def log_moments(engine: Engine, beta: float, b: np.ndarray) -> np.ndarray:
@@ -367,10 +388,13 @@ class Prepared:
     sub_rows: np.ndarray
     correct_raw: np.ndarray | None
     kept: Kept | None
+    kept_pass: Pass | None
+    """What :func:`kept_pass` gives at ``b = 0``, with ``kept``."""
 
 
-def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None = None) -> Prepared:
-    """One pass: non-finite values, ``sum_i z_{i, y_i}``, column sums, the right predictions of
+def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None = None,
+            sum_columns: bool = False) -> Prepared:
+    """One pass: non-finite values, ``sum_i z_{i, y_i}``, column sums (when asked), the right predictions of
     ``z`` (float64 sums of the values as given), every k-th row (at most :data:`HESSIAN_ROWS`) as
     float64 numpy, and with ``keep_beta`` also ``E = exp(keep_beta z - rowmax)`` (:func:`keep` at
     ``b = 0``), so that a solver with T fixed reads the rows once before its float64 check."""
@@ -390,14 +414,17 @@ def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None =
             right = np.bincount(to_np(y).astype(np.int64), weights=hit, minlength=engine.c)
         first = (-start) % step
         rows = to_np(z[first::step]) if first < z.shape[0] else np.zeros((0, engine.c))
-        kept = None
+        kept, kept_terms = None, None
         if keep_beta is not None and not bad:
             out = None if storage is None else storage[start:start + z.shape[0]]
             e, top = _exp_scores(engine, engine.load(z, xp.float32, None), keep_beta, zero, "", out=out)
             kept = (e, xp.astype(top, xp.float64))
-        return bad, true_sum, to_np(xp.sum(z, axis=0, dtype=xp.float64)), right, (start + first, rows), kept
+            kept_terms = _kept_terms(engine, e, kept[1], None, False, None, False)
+        sums = to_np(xp.sum(z, axis=0, dtype=xp.float64)) if sum_columns else 0.0
+        return bad, true_sum, sums, right, (start + first, rows), kept, kept_terms
 
     bad, true_sum, column_sums, correct, picked, kept = False, 0.0, np.zeros(engine.c), None, [], []
+    kept_sums: list | None = None
     for part in engine.map(terms, engine.pieces()):
         bad |= part[0]
         true_sum += part[1]
@@ -405,7 +432,11 @@ def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None =
         correct = part[3] if correct is None else correct + part[3]
         picked.append(part[4])
         kept.append(part[5])
+        if part[6] is not None:
+            kept_sums = list(part[6]) if kept_sums is None else [a + b for a, b in zip(kept_sums, part[6])]
     z_sub = np.concatenate([rows for _, rows in picked])
     sub_rows = np.concatenate([np.arange(first, first + step * len(rows), step) for first, rows in picked])
+    keeping = keep_beta is not None and not bad
     return Prepared(not bad, true_sum, column_sums, z_sub, sub_rows, correct,
-                    Kept(keep_beta, np.zeros(engine.c), kept, storage) if keep_beta is not None and not bad else None)
+                    Kept(keep_beta, np.zeros(engine.c), kept, storage) if keeping else None,
+                    _kept_result(kept_sums, np.ones(engine.c), engine.n, False, None)[0] if keeping else None)
