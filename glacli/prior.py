@@ -51,12 +51,13 @@ from array_api_compat import device as device_of
 from glacli.calibration import (
     T_MAX,
     T_MIN,
-    fit_temperature_nll,
     log_softmax,
     solve_temperature_confidence,
+    solve_temperature_nll,
 )
 from glacli.prior_passes import (
     Accuracy,
+    BetaTerms,
     Engine,
     Kept,
     LogitSource,
@@ -81,7 +82,8 @@ MAX_RIDGE_RETRIES = 30
 UNDERFLOW = 1e-30
 """A mean class probability below this is recomputed in log space."""
 START_ROWS = 512
-"""Subsample rows on which ``nll``'s first ``beta`` is fitted."""
+"""Subsample rows on which ``nll``'s first ``beta`` is fitted (four times as many when the first
+fixed-point step comes from all rows, as on the profile path)."""
 PROFILE_GRADIENT = 1e-5
 """``nll``: the float32 profile iteration hands over to the joint float64 Newton once
 ``|phi'(beta)|`` is below this (float32 rounding of ``phi'`` is about 1e-7)."""
@@ -185,6 +187,7 @@ class _Newton:
         self.engine, self.problem, self.z_sub, self.hold, self.accuracy = engine, problem, z_sub, hold, accuracy
         self.kept, self.beta_terms = kept, "gradient" if beta_gradient else None
         self.kept_at: Pass | None = None
+        self.kept_terms: BetaTerms | None = None
 
     def objective(self, beta: float, b: np.ndarray, st: Pass) -> float:
         return st.lse + float(self.problem.target @ b) - beta * self.problem.mean_true_logit
@@ -199,8 +202,8 @@ class _Newton:
             return full_pass(self.engine, beta, b, self.problem.fit_beta, xp.float64 if float64 else xp.float32,
                               hessian, self.accuracy if float64 else None)
         if self.kept is None or self.kept.beta != beta or np.abs(b - self.kept.b_ref).max() > REFERENCE_DRIFT:
-            self.kept, self.kept_at = keep(self.engine, beta, b, reuse=self.kept, hessian=hessian,
-                                           beta_terms=self.beta_terms)
+            self.kept, self.kept_at, self.kept_terms = keep(self.engine, beta, b, reuse=self.kept, hessian=hessian,
+                                                            beta_terms=self.beta_terms)
             return self.kept_at
         return kept_pass(self.engine, self.kept, b, hessian)[0]
 
@@ -287,7 +290,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
             since both come from the same likelihood.
         tol: stop when ``max_k |f_k - mean_i p_ik|`` (and the beta gradient) is below this, in float64.
         hold_bytes: keep one float32 copy in memory when it fits this budget: ``exp(z / T)`` with T
-            fixed, the rows as given with ``"nll"``; else every pass streams the rows again.
+            fixed, the rows as given with ``"nll"`` (and, when two copies fit, ``exp(beta z)`` beside
+            them for the profile iteration); else every pass streams the rows again.
 
     Returns:
         A :class:`PriorEstimate`; ``converged`` is False if ``max_iter`` ran out first.
@@ -307,27 +311,32 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         raise ValueError("temperature 'nll' fits T to the labels, so the target must be their proportions")
 
     fit_beta, fits = temperature == "nll", 4.0 * n * c <= hold_bytes
+    small = n * c < 2**20  # float64 throughout: passes cost nothing, and float32 would only add rounding
+    profile = fit_beta and 8.0 * n * c <= hold_bytes and not small  # the rows and E: two float32 copies
     fixed_beta = None if temperature in ("nll", "confidence") else 1.0 / float(temperature)
     # nll passes need the rows themselves every time: the first pass holds them when they fit. With
-    # T fixed the passes need exp(z/T), which the first pass computes and keeps (one float32 copy).
+    # T fixed the passes need exp(z/T), which the first pass computes and keeps (one float32 copy);
+    # the profile path takes the mean softmax at T = 1 from it, for its first T.
     engine = Engine(source, None, hold=fit_beta and fits)
-    prepared = prepare(engine, labels, keep_beta=fixed_beta if fits else None, sum_columns=fit_beta)
+    prepared = prepare(engine, labels, keep_beta=1.0 if profile else fixed_beta if fits else None,
+                       sum_columns=fit_beta)
     if not prepared.finite:
         raise ValueError("the logits hold NaN or infinite values")
     mean_true_logit, z_sub = prepared.true_logit_sum / n, prepared.z_sub
     if fit_beta:
         # Per-class constants in z only move b (beta z - b is unchanged with b += beta shift), but a
         # class far below the rest makes the beta curvature huge: centre the columns.
-        engine.shift = prepared.column_sums / n
+        engine.shift = (prepared.column_sums / n).astype(np.float32).astype(np.float64)
         z_sub = z_sub - engine.shift
         mean_true_logit -= float(label_proportions @ engine.shift)
 
     problem = _Problem(target, mean_true_logit if labels is not None else 0.0, fit_beta, tol, max_iter)
     accuracy = None if labels is None else Accuracy(engine.vector(labels, engine.xp.int64),
                                                     np.log(target))
-    small = n * c < 2**20  # float64 throughout: passes cost nothing, and float32 would only add rounding
-    if fit_beta and fits and not small:
-        run = _solve_nll(engine, problem, z_sub, labels[prepared.sub_rows], accuracy)
+    if profile:
+        log_m = np.log(np.maximum(prepared.kept_pass.moments, 1e-300))
+        b1 = log_m - np.log(target) - engine.shift  # the first step at T = 1, in the centred frame
+        run = _solve_nll(engine, problem, z_sub, labels[prepared.sub_rows], accuracy, b1, prepared.kept)
     else:
         if fit_beta:
             beta = _start_beta(z_sub, labels[prepared.sub_rows])
@@ -372,43 +381,68 @@ def _first_step(newton: _Newton, beta: float, b: np.ndarray, st: Pass | None = N
     return b - b.max()
 
 
-def _start_beta(z_sub: np.ndarray, y_sub: np.ndarray) -> float:
-    """A first ``beta`` for ``nll``: the NLL-optimal ``beta`` of at most :data:`START_ROWS` subsample rows
-    debiased by one fixed-point step at T = 1 (a T fitted with q uniform would absorb a strong
-    prior). Classes absent from those rows are left out."""
-    every = max(1, len(z_sub) // START_ROWS)
+def _start_beta(z_sub: np.ndarray, y_sub: np.ndarray, b1: np.ndarray | None = None) -> float:
+    """A first ``beta`` for ``nll``: the NLL-optimal ``beta`` of subsample rows debiased by one
+    fixed-point step at T = 1 (a T fitted with q uniform would absorb a strong prior), scaled with
+    beta. ``b1``: that step from all rows, else from at most :data:`START_ROWS` subsample rows.
+    Classes absent from those rows are left out."""
+    every = max(1, len(z_sub) // (START_ROWS if b1 is None else 4 * START_ROWS))
     z_sub, y_sub = z_sub[::every], y_sub[::every]
     present = np.bincount(y_sub, minlength=z_sub.shape[1]) > 0
     z_p, y_p = z_sub[:, present], (np.cumsum(present) - 1)[y_sub]
-    f_p = np.bincount(y_p) / len(y_p)
-    log_p = log_softmax(np, z_p)
-    top = log_p.max(0)
-    b1 = top + np.log(np.exp(log_p - top).mean(0)) - np.log(f_p)  # log-space mean: no underflow
-    return 1.0 / fit_temperature_nll(z_p - b1, y_p, tol=1e-6)
+    if b1 is None:
+        f_p = np.bincount(y_p) / len(y_p)
+        log_p = log_softmax(np, z_p)
+        top = log_p.max(0)
+        b1_p = top + np.log(np.exp(log_p - top).mean(0)) - np.log(f_p)  # log-space mean: no underflow
+    else:
+        b1_p = b1[present]
+    return 1.0 / _fit_temperature_float32(z_p - b1_p, y_p)
+
+
+def _fit_temperature_float32(x: np.ndarray, y: np.ndarray) -> float:
+    """:func:`glacli.calibration.fit_temperature_nll` in float32: a start needs no more."""
+    x = x.astype(np.float32)
+    x_y = float(np.take_along_axis(x, y[:, None], axis=1).mean(dtype=np.float64))
+    p = np.empty_like(x)
+
+    def grad_curv(beta: float) -> tuple[float, float]:
+        np.multiply(x, np.float32(beta), out=p)
+        np.subtract(p, p.max(1, keepdims=True), out=p)
+        np.exp(p, out=p)
+        np.divide(p, p.sum(1, keepdims=True), out=p)
+        mean_x = np.einsum("ij,ij->i", p, x)
+        np.multiply(p, x, out=p)
+        variance = np.einsum("ij,ij->i", p, x) - mean_x * mean_x
+        return float(mean_x.mean(dtype=np.float64)) - x_y, float(np.clip(variance, 0, None).mean(dtype=np.float64))
+
+    return solve_temperature_nll(grad_curv, tol=1e-6)
 
 
 def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.ndarray,
-               accuracy: Accuracy | None) -> _Run:
+               accuracy: Accuracy | None, b1: np.ndarray, kept: Kept) -> _Run:
     """``nll`` with the rows held: Newton on the profile ``phi(beta) = min_b L(beta, b)`` in float32
     (each ``b`` solved by kept passes), then the joint float64 Newton from there (see the module)."""
     inner = _Problem(problem.target, problem.mean_true_logit, False, 1e-6, problem.max_iter)
-    newton = _Newton(engine, inner, z_sub, hold=True, beta_gradient=True)
-    beta = _start_beta(z_sub, y_sub)
+    newton = _Newton(engine, inner, z_sub, hold=True, beta_gradient=True, kept=kept)  # kept: its memory is reused
+    newton.beta_terms = "curvature"  # for the first keep
+    beta = _start_beta(z_sub, y_sub, b1)
     b = _first_step(newton, beta, np.zeros(engine.c))
     lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
     inverse, iterations, slope, hess_beta_b, curvature, previous = None, 0, None, None, math.nan, None
     while True:
         run = newton.run(beta, b, float64=False, inverse=inverse, float32_only=True)
         b, inverse, iterations = run.b, run.inverse, iterations + run.iterations
-        if slope is None:  # -db/dbeta and phi'' from the Hessian once; then phi'' by secants
-            st, terms = kept_pass(engine, newton.kept, b, hessian=False, beta_terms="curvature")
-            gradient = st.mean_z - problem.mean_true_logit
+        if inverse is None:  # b was solved before any step: no Hessian was needed until now
+            inverse = _inverse(_newton_system(run.st, run.st.hess_diag, _subsample_hessian(z_sub, beta, b), False))
+        st = run.st if run.st is newton.kept_at else kept_pass(engine, newton.kept, b, False, "gradient")[0]
+        gradient = st.mean_z - problem.mean_true_logit
+        if slope is None:  # -db/dbeta and phi'' from the Hessian once (the first keep's terms); then by secants
+            terms, newton.beta_terms = newton.kept_terms, "gradient"
             hess_beta_b = terms.hess_beta_b
             slope = inverse @ hess_beta_b
             curvature = terms.hess_beta - float(hess_beta_b @ slope)
         else:
-            st = run.st if run.st is newton.kept_at else kept_pass(engine, newton.kept, b, False, "gradient")[0]
-            gradient = st.mean_z - problem.mean_true_logit
             secant = (gradient - previous[1]) / (beta - previous[0]) if beta != previous[0] else math.nan
             curvature = secant if secant > 0 else curvature
         if gradient > 0:
@@ -421,7 +455,7 @@ def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.n
         previous = (beta, gradient)
         b, beta = b - slope * (new_beta - beta), new_beta
         iterations += 1
-        inner.tol = max(problem.tol, min(1e-6, 1e-4 * abs(gradient)))
+        inner.tol = max(problem.tol, min(1e-6, 1e-5 * abs(gradient)))
         pinned = hi - lo <= 1e-9 * hi
         if abs(gradient) < PROFILE_GRADIENT or pinned or iterations >= problem.max_iter:
             break

@@ -316,7 +316,7 @@ def _kept_result(parts: list, w: np.ndarray, n: int, hessian: bool, beta_terms: 
 
 
 def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = None, hessian: bool = False,
-         beta_terms: str | None = None) -> tuple[Kept, Pass]:
+         beta_terms: str | None = None) -> tuple[Kept, Pass, BetaTerms | None]:
     """Compute and keep ``E`` at ``b_ref`` (float32), one exp pass, into ``reuse``'s memory when
     given; the same pass gives what :func:`kept_pass` would at ``b_ref``."""
     xp = engine.xp
@@ -328,7 +328,8 @@ def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = No
         z = engine.load(piece, xp.float32, shift)
         e, top = _exp_scores(engine, z, beta, b_x, "", out=out)
         top = xp.astype(top, xp.float64)
-        return (e, top), _kept_terms(engine, e, top, None, hessian, z if beta_terms else None, False)
+        return (e, top), _kept_terms(engine, e, top, None, hessian, z if beta_terms else None,
+                                     beta_terms == "curvature")
 
     engine.passes += 1
     kept = Kept(beta, np.asarray(b_ref, dtype=np.float64).copy(), [], storage)
@@ -336,7 +337,7 @@ def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = No
     for block, parts in engine.map(exps, engine.pieces()):
         kept.blocks.append(block)
         total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
-    return kept, _kept_result(total, np.ones(engine.c), engine.n, hessian, beta_terms)[0]
+    return (kept, *_kept_result(total, np.ones(engine.c), engine.n, hessian, beta_terms))
 
 
 def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool,

@@ -145,7 +145,9 @@ def test_nll_profile_path_on_a_large_set_meets_the_float64_optimality_conditions
     f = class_proportions(y, 64)
     held = estimate_prior(z32, f, "nll", labels=y)
     streamed = estimate_prior(z32, f, "nll", labels=y, hold_bytes=0)
-    assert held.converged and streamed.converged
+    rows_only = estimate_prior(z32, f, "nll", labels=y, hold_bytes=6 * z32.size)  # rows fit, rows + E do not
+    assert held.converged and streamed.converged and rows_only.converged
+    assert rows_only.temperature == pytest.approx(streamed.temperature, rel=1e-7)
     zc = z32.astype(np.float64) - z32.astype(np.float64).mean(0)   # the solver's centring: same optimum
     shift = z32.astype(np.float64).mean(0)
     b = (held.log_prior - np.log(f)) - shift / held.temperature
@@ -155,3 +157,20 @@ def test_nll_profile_path_on_a_large_set_meets_the_float64_optimality_conditions
     assert abs(beta_gradient) < 1e-8
     assert held.temperature == pytest.approx(streamed.temperature, rel=1e-7)
     np.testing.assert_allclose(held.log_prior, streamed.log_prior, atol=1e-6)
+
+
+def test_nll_profile_path_with_a_closed_form_temperature_and_a_symmetric_prior():
+    """z = a e_j with y = j on 80% of the rows and j + 1 on the rest, every class alike: q is uniform
+    for every T (the first fixed-point step already solves b), and the moment condition in beta,
+    p_j = 0.8, gives exp(a / T) = 4 (C - 1)."""
+    c, a, per_class = 64, 3.0, 300
+    j = np.repeat(np.arange(c), per_class)
+    y = np.where(np.arange(len(j)) % 5 == 0, (j + 1) % c, j)
+    z = np.zeros((len(j), c), dtype=np.float32)
+    z[np.arange(len(j)), j] = a
+    assert z.size >= 2**20
+    fit = estimate_prior(z, class_proportions(y, c), "nll", labels=y)
+    assert fit.converged
+    assert fit.temperature == pytest.approx(a / np.log(4 * (c - 1)), rel=1e-7)
+    # a moment gap below 1e-8 pins log q to about gap / (curvature ~ 1/C): 1e-6
+    np.testing.assert_allclose(fit.log_prior, np.full(c, -np.log(c)), atol=1e-6)

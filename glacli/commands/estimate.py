@@ -47,8 +47,8 @@ def estimate_prior_command(
     device: DeviceOption = "auto",
     memory_gib: Annotated[float, typer.Option(
         "--memory", metavar="GIB",
-        help="Keep one float32 copy in memory when it fits this: exp(z/T) with T fixed, the logits with nll; "
-             "else every pass streams the files.")] = DEFAULT_MEMORY_GIB,
+        help="Keep float32 copies in memory when they fit this: exp(z/T) with T fixed; with nll the logits, "
+             "and exp(z/T) beside them when both fit (fastest); else every pass streams the files.")] = DEFAULT_MEMORY_GIB,
     show: Annotated[int, typer.Option("--show", help="How many most and least likely classes to report.")] = 5,
     json_output: JsonOutput = False,
 ) -> None:
