@@ -331,8 +331,7 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         mean_true_logit -= float(label_proportions @ engine.shift)
 
     problem = _Problem(target, mean_true_logit if labels is not None else 0.0, fit_beta, tol, max_iter)
-    accuracy = None if labels is None else Accuracy(engine.vector(labels, engine.xp.int64),
-                                                    np.log(target))
+    accuracy = None if labels is None else Accuracy(engine.vector(labels, engine.xp.int64), np.log(target))
     if profile:
         log_m = np.log(np.maximum(prepared.kept_pass.moments, 1e-300))
         b1 = log_m - np.log(target) - engine.shift  # the first step at T = 1, in the centred frame

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -116,7 +117,7 @@ class Engine:
             yield from self.held
             return
         held: list[Any] | None = [] if self.hold else None
-        for block in self.source.blocks():
+        for block in _read_ahead(self.source.blocks()):
             block = self.xp.asarray(block, device=self.device)
             if held is not None:
                 held.append(block)
@@ -183,29 +184,76 @@ class Engine:
         return total
 
 
+def _read_ahead(blocks: Iterable[Any]) -> Iterator[Any]:
+    """The blocks, the next one read by another thread while this one is worked on (a file read
+    releases the GIL, so a pass over a file costs its compute, not compute plus reading)."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for block in blocks:
+                if not offer((block, None)):
+                    return
+            offer((done, None))
+        except Exception as error:  # noqa: BLE001 -- raised again in the consuming thread
+            offer((done, error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        while True:
+            block, error = ready.get()
+            if block is done:
+                if error is not None:
+                    raise error
+                return
+            yield block
+    finally:
+        stop.set()
+        reader.join()
+
+
 def _exp_inplace(xp: Any, a: Any) -> Any:
     return np.exp(a, out=a) if is_numpy_namespace(xp) else xp.exp(a)
 
 
 def _exp_scores(engine: Engine, z: Any, beta: float, b_x: Any, name: str, out: Any = None,
-                log_f: Any = None) -> tuple[Any, Any]:
-    """``e = exp(beta z - b - rowmax)`` and ``rowmax``, into ``out`` or a per-thread buffer on numpy.
-    With ``log_f``, ``e`` comes with ``argmax(beta z - b - log_f)`` per row: the debiased model's prediction."""
+                predict: bool = False, log_f: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """``e = exp(beta z - b - rowmax)`` and ``rowmax``, in ``dtype`` (``z``'s by default), into ``out``
+    or a per-thread buffer on numpy. ``predict``: ``e`` comes with ``argmax(beta z - b - log_f)``
+    per row, the debiased model's prediction (``log_f`` None: f uniform)."""
     xp = engine.xp
     if engine.on_numpy:
-        s = out if out is not None else engine.scratch(name, z.shape, z.dtype)
-        np.multiply(z, z.dtype.type(beta), out=s)
+        dtype = np.dtype(dtype or z.dtype)
+        s = out if out is not None else engine.scratch(name, z.shape, dtype)
+        np.multiply(z, dtype.type(beta), out=s)
         s -= b_x
     else:
-        s = z * beta - b_x
+        s = xp.astype(z, dtype, copy=False) * beta - b_x if dtype is not None else z * beta - b_x
     predicted = None
-    if log_f is not None:
-        debiased = s - log_f if not engine.on_numpy else np.subtract(s, log_f, out=engine.scratch("e2", s.shape, s.dtype))
-        predicted = xp.argmax(debiased, axis=1)
-    top = xp.max(s, axis=1)
+    if predict and log_f is None:
+        predicted = xp.argmax(s, axis=1)
+        top = xp.take_along_axis(s, predicted[:, None], axis=1)[:, 0]
+    else:
+        if predict:
+            debiased = s - log_f if not engine.on_numpy else np.subtract(
+                s, log_f, out=engine.scratch("e2", s.shape, s.dtype))
+            predicted = xp.argmax(debiased, axis=1)
+        top = xp.max(s, axis=1)
     s -= top[:, None]
     e = _exp_inplace(xp, s)
-    return ((e, predicted) if log_f is not None else e), top
+    return ((e, predicted) if predict else e), top
 
 
 @dataclass
@@ -214,22 +262,35 @@ class Accuracy:
     in the float64 pass: the solver's last pass then also scores the estimate."""
 
     labels: Any
-    log_f: Any
+    log_f: np.ndarray
+
+    @property
+    def uniform(self) -> bool:
+        return bool(np.ptp(self.log_f) == 0)
 
 
 def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype: Any, hessian: bool,
                accuracy: Accuracy | None = None) -> Pass:
     """One pass computing the softmax of every row at ``(beta, b)``; ``hessian``: also the Hessian's
-    diagonal and, with ``fit_beta``, its beta row (the gradient alone is all a float64 check needs)."""
+    diagonal and, with ``fit_beta``, its beta row (the gradient alone is all a float64 check needs).
+
+    A float64 pass on numpy without the Hessian works on the rows as given: ``beta z - (b + beta
+    shift)``, and ``E_p[z - shift] = E_p[z] - p . shift``, so the shifted float64 copy of every row
+    is never made (exact in float64 either way; float32 passes keep the shifted rows, whose
+    rounding is smaller)."""
     xp, to_np, f64 = engine.xp, engine.numpy, engine.xp.float64
-    b_x, shift = engine.vector(b, dtype), engine.shift_vector(dtype)
-    log_f = None if accuracy is None else engine.vector(accuracy.log_f, dtype)
+    direct = engine.on_numpy and not hessian and np.dtype(dtype) == np.float64
+    shift = engine.shift_vector(dtype)
+    offset = b if not direct or engine.shift is None else b + beta * engine.shift
+    b_x = engine.vector(offset, dtype)
+    predict = accuracy is not None
+    log_f = None if not predict or accuracy.uniform else engine.vector(accuracy.log_f, dtype)
 
     def terms(start: int, piece: Any) -> tuple:
-        z = engine.load(piece, dtype, shift)
-        e, top = _exp_scores(engine, z, beta, b_x, "e", log_f=log_f)
+        z = piece if direct else engine.load(piece, dtype, shift)
+        e, top = _exp_scores(engine, z, beta, b_x, "e", predict=predict, log_f=log_f, dtype=dtype)
         right = None
-        if accuracy is not None:
+        if predict:
             y = accuracy.labels[start:start + z.shape[0]]
             right = np.bincount(to_np(y).astype(np.int64), weights=to_np(xp.astype(e[1] == y, f64)),
                                 minlength=engine.c)
@@ -246,7 +307,10 @@ def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype:
             out.append(right)
         if fit_beta:
             ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
-            ez = (xp.sum(ez_u, axis=1)) * r                       # E_p[z_i]
+            row_ez = xp.sum(ez_u, axis=1)
+            if direct and shift is not None:
+                row_ez = row_ez - e @ shift
+            ez = row_ez * r                                          # E_p[z_i]
             out.append(float(xp.sum(xp.astype(ez, f64))))
             if hessian:
                 col_pz = r @ ez_u                                    # sum_i p_i z_i

@@ -174,3 +174,16 @@ def test_nll_profile_path_with_a_closed_form_temperature_and_a_symmetric_prior()
     assert fit.temperature == pytest.approx(a / np.log(4 * (c - 1)), rel=1e-7)
     # a moment gap below 1e-8 pins log q to about gap / (curvature ~ 1/C): 1e-6
     np.testing.assert_allclose(fit.log_prior, np.full(c, -np.log(c)), atol=1e-6)
+
+
+def test_a_read_error_in_a_streamed_source_reaches_the_caller():
+    """Blocks are read ahead by another thread: an error there is raised in the caller, not lost or hung on."""
+    z, y, _ = biased_logits(40, 6, seed=23)
+    blocks = np.array_split(z.astype(np.float32), 6)
+
+    def failing():
+        yield from blocks[:3]
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        estimate_prior(LogitSource(failing, len(z), 6), class_proportions(y, 6), 1.0, labels=y, hold_bytes=0)
