@@ -76,6 +76,13 @@ class Kept:
     blocks: list[tuple[Any, Any]] = field(default_factory=list)
     storage: Any = None
 
+    @property
+    def tops(self) -> np.ndarray:
+        """The row maxima of all pieces, one float64 array."""
+        if "_tops" not in self.__dict__:
+            self.__dict__["_tops"] = np.concatenate([np.asarray(top, dtype=np.float64) for _, top in self.blocks])
+        return self.__dict__["_tops"]
+
 
 def _storage(engine: Engine, reuse: Kept | None) -> Any:
     if not engine.on_numpy:
@@ -105,6 +112,14 @@ class Engine:
         self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
         self.passes = 0
         self._local = threading.local()
+
+    def ones(self, dtype: Any) -> Any:
+        """A vector of C ones: row sums as matrix-vector products."""
+        cache = self.__dict__.setdefault("_ones", {})
+        key = str(dtype)
+        if key not in cache:
+            cache[key] = self.vector(np.ones(self.c), dtype)
+        return cache[key]
 
     def vector(self, values: np.ndarray, dtype: Any) -> Any:
         return self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
@@ -295,7 +310,7 @@ def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype:
             right = np.bincount(to_np(y).astype(np.int64), weights=to_np(xp.astype(e[1] == y, f64)),
                                 minlength=engine.c)
             e = e[0]
-        d = xp.sum(e, axis=1)
+        d = e @ engine.ones(e.dtype)
         r = 1.0 / d
         out = [float(xp.sum(xp.astype(top, f64) + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
         if hessian:
@@ -306,8 +321,11 @@ def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype:
         if right is not None:
             out.append(right)
         if fit_beta:
-            ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
-            row_ez = xp.sum(ez_u, axis=1)
+            if engine.on_numpy and not hessian:  # row dot products, no temporary
+                row_ez = np.einsum("ij,ij->i", e, z, dtype=e.dtype)
+            else:
+                ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+                row_ez = xp.sum(ez_u, axis=1)
             if direct and shift is not None:
                 row_ez = row_ez - e @ shift
             ez = row_ez * r                                          # E_p[z_i]
@@ -343,27 +361,39 @@ class BetaTerms:
 
 def _kept_terms(engine: Engine, e: Any, top: Any, w_x: Any | None, hessian: bool, z: Any | None,
                 curvature: bool) -> tuple:
-    """One piece of a kept pass: sums over its rows of ``log d_i``, ``E_i / d_i`` and, when asked,
-    ``(E_i / d_i)^2``, then ``E_p[z_i]`` (``z`` given) and the curvature terms (all without the
-    ``w`` factor, which :func:`_kept_result` applies). ``w_x`` None means ``w = 1`` (``b = b_ref``)."""
+    """One piece of a kept pass: sums over its rows of ``log d_i``, ``E_i / d_i`` and then
+    :func:`_kept_extras` (all without the ``w`` factor, which :func:`_kept_result` applies).
+    ``w_x`` None means ``w = 1`` (``b = b_ref``)."""
     xp, f64, to_np = engine.xp, engine.xp.float64, engine.numpy
-    d = xp.sum(e, axis=1) if w_x is None else e @ w_x
+    d = e @ (engine.ones(e.dtype) if w_x is None else w_x)  # BLAS: several times a row sum's speed
     r = 1.0 / d
-    out = [float(xp.sum(top + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
+    return (float(xp.sum(top + xp.log(xp.astype(d, f64)))), to_np(r @ e),
+            *_kept_extras(engine, e, r, w_x, hessian, z, curvature))
+
+
+def _kept_extras(engine: Engine, e: Any, r: Any, w_x: Any | None, hessian: bool, z: Any | None,
+                 curvature: bool) -> list:
+    """With ``r = 1 / d``: ``sum_i (E_i r_i)^2`` when asked, then ``E_p[z_i]`` (``z`` given) and the
+    curvature terms."""
+    xp, f64, to_np = engine.xp, engine.xp.float64, engine.numpy
+    out: list = []
     if hessian:
         e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
         out.append(to_np((r * r) @ e2))
     if z is not None:
-        ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
-        ez = (xp.sum(ez_u, axis=1) if w_x is None else ez_u @ w_x) * r
+        if engine.on_numpy and w_x is None and not curvature:  # row dot products, no temporary
+            ez = np.einsum("ij,ij->i", e, z) * r
+        else:
+            ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+            ez = (ez_u @ (engine.ones(e.dtype) if w_x is None else w_x)) * r
         out.append(float(xp.sum(xp.astype(ez, f64))))
         if curvature:
             col_pz = r @ ez_u
             ez_u *= z
-            ez2 = (xp.sum(ez_u, axis=1) if w_x is None else ez_u @ w_x) * r
+            ez2 = (ez_u @ (engine.ones(e.dtype) if w_x is None else w_x)) * r
             out += [float(xp.sum(xp.clip(xp.astype(ez2, f64) - xp.astype(ez, f64) ** 2, min=0.0))),
                     to_np(col_pz) - to_np((r * ez) @ e)]
-    return tuple(out)
+    return out
 
 
 def _kept_result(parts: list, w: np.ndarray, n: int, hessian: bool, beta_terms: str | None
@@ -413,6 +443,8 @@ def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool,
     w = np.exp(kept.b_ref - b)
     w_x = engine.vector(w, xp.float32)
     shift = engine.shift_vector(xp.float32)
+    if kept.storage is not None:
+        return _kept_result(_kept_pass_whole(engine, kept, w_x, hessian, beta_terms), w, engine.n, hessian, beta_terms)
 
     def terms(e: Any, top: Any, piece: Any = None) -> tuple:
         z = None if piece is None else engine.load(piece, xp.float32, shift)
@@ -422,6 +454,37 @@ def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool,
     if beta_terms:
         items = ((e, top, piece) for (e, top), (_start, piece) in zip(kept.blocks, engine.pieces()))
     return _kept_result(engine.reduce(terms, items), w, engine.n, hessian, beta_terms)
+
+
+def _kept_pass_whole(engine: Engine, kept: Kept, w_x: np.ndarray, hessian: bool, beta_terms: str | None) -> list:
+    """:func:`kept_pass` on numpy, where ``E`` is one array: ``d = E w`` and ``E^T (1/d)`` as two
+    matrix-vector products over all rows (multi-threaded BLAS, memory-bound: a pass reads ``E``
+    twice), and only the extra terms piece by piece."""
+    engine.passes += 1
+    d = kept.storage @ w_x
+    r = np.float32(1.0) / d
+    parts = [float(np.sum(kept.tops + np.log(d.astype(np.float64)))), (r @ kept.storage).astype(np.float64)]
+    if not hessian and not beta_terms:
+        return parts
+    shift = engine.shift_vector(np.float32)
+
+    def extras(start: int, piece: Any) -> list:
+        rows = slice(start, start + piece.shape[0])
+        z = None if not beta_terms else engine.load(piece, np.float32, shift)
+        return _kept_extras(engine, kept.storage[rows], r[rows], w_x, hessian, z, beta_terms == "curvature")
+
+    total: list | None = None
+    for part in engine.map(extras, engine.pieces() if beta_terms else
+                           ((start, kept.storage[start:start + rows]) for start, rows in _row_pieces(engine))):
+        total = list(part) if total is None else [a + b for a, b in zip(total, part)]
+    return parts + total
+
+
+def _row_pieces(engine: Engine) -> Iterator[tuple[int, int]]:
+    """``(first row, rows)`` of cache-sized pieces over all rows."""
+    step = chunking.cache_rows(engine.c)
+    for start in range(0, engine.n, step):
+        yield start, min(step, engine.n - start)
 
 
 def log_moments(engine: Engine, beta: float, b: np.ndarray) -> np.ndarray:
