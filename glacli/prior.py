@@ -49,6 +49,7 @@ import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from glacli import chunking
 from glacli.calibration import (
     T_MAX,
     T_MIN,
@@ -401,16 +402,16 @@ def _start_beta(z_sub: np.ndarray, y_sub: np.ndarray, b1: np.ndarray | None = No
 
 
 def _fit_temperature_float32(x: np.ndarray, y: np.ndarray) -> float:
-    """:func:`glacli.calibration.fit_temperature_nll` in float32, on two threads, by Newton steps
+    """:func:`glacli.calibration.fit_temperature_nll` in float32, cache-sized pieces on two threads, by Newton steps
     from T = 1 (bounded to a factor 4 each; the safeguarded solver takes over if they do not
     settle): a start needs no more."""
     x = x.astype(np.float32)
     x_y = float(np.take_along_axis(x, y[:, None], axis=1).mean(dtype=np.float64))
-    halves = np.array_split(np.arange(len(x)), 2)
+    pieces = [x[start:start + chunking.cache_rows(x.shape[1])]
+              for start in range(0, len(x), chunking.cache_rows(x.shape[1]))]
     ones = np.ones(x.shape[1], np.float32)
 
-    def half(rows: np.ndarray, beta: float) -> tuple[float, float]:
-        part = x[rows[0]:rows[-1] + 1]
+    def piece_terms(part: np.ndarray, beta: float) -> tuple[float, float]:
         p = part * np.float32(beta)
         p -= p.max(1, keepdims=True)
         np.exp(p, out=p)
@@ -422,7 +423,7 @@ def _fit_temperature_float32(x: np.ndarray, y: np.ndarray) -> float:
 
     with ThreadPoolExecutor(2) as pool:
         def grad_curv(beta: float) -> tuple[float, float]:
-            parts = list(pool.map(half, halves, [beta] * len(halves)))
+            parts = list(pool.map(piece_terms, pieces, [beta] * len(pieces)))
             return sum(a for a, _ in parts) / len(x) - x_y, sum(v for _, v in parts) / len(x)
 
         beta = 1.0
@@ -442,8 +443,7 @@ def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.n
     """``nll`` with the rows held: Newton on the profile ``phi(beta) = min_b L(beta, b)`` in float32
     (each ``b`` solved by kept passes), then the joint float64 Newton from there (see the module)."""
     inner = _Problem(problem.target, problem.mean_true_logit, False, 1e-6, problem.max_iter)
-    newton = _Newton(engine, inner, z_sub, hold=True, beta_gradient=True, kept=kept)  # kept: its memory is reused
-    newton.beta_terms = "curvature"  # for the first keep
+    newton = _Newton(engine, inner, z_sub, hold=True, kept=kept)  # kept: its memory is reused
     beta = _start_beta(z_sub, y_sub, b1)
     b = _first_step(newton, beta, np.zeros(engine.c))
     lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
@@ -453,14 +453,16 @@ def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.n
         b, inverse, iterations = run.b, run.inverse, iterations + run.iterations
         if inverse is None:  # b was solved before any step: no Hessian was needed until now
             inverse = _inverse(_newton_system(run.st, run.st.hess_diag, _subsample_hessian(z_sub, beta, b), False))
-        st = run.st if run.st is newton.kept_at else kept_pass(engine, newton.kept, b, False, "gradient")[0]
-        gradient = st.mean_z - problem.mean_true_logit
-        if slope is None:  # -db/dbeta and phi'' from the Hessian once (the first keep's terms); then by secants
-            terms, newton.beta_terms = newton.kept_terms, "gradient"
+        if slope is None:  # at the first T: phi', -db/dbeta and phi'' from one pass; then phi'' by secants
+            st, terms = kept_pass(engine, newton.kept, b, False, "curvature")
+            gradient = st.mean_z - problem.mean_true_logit
             hess_beta_b = terms.hess_beta_b
             slope = inverse @ hess_beta_b
             curvature = terms.hess_beta - float(hess_beta_b @ slope)
-        else:
+            newton.beta_terms = "gradient"  # from now on each keep gives phi' where it starts
+        else:  # phi' where the keep started, carried to the solved b along the Hessian's beta row
+            gradient = (newton.kept_at.mean_z - problem.mean_true_logit
+                        + float(hess_beta_b @ (b - newton.kept.b_ref)))
             secant = (gradient - previous[1]) / (beta - previous[0]) if beta != previous[0] else math.nan
             curvature = secant if secant > 0 else curvature
         if gradient > 0:
