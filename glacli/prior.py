@@ -475,7 +475,7 @@ def _solve_nll(engine: Engine, problem: _Problem, z_sub: np.ndarray, y_sub: np.n
         previous = (beta, gradient)
         b, beta = b - slope * (new_beta - beta), new_beta
         iterations += 1
-        inner.tol = max(problem.tol, min(1e-6, 1e-5 * abs(gradient)))
+        inner.tol = max(problem.tol / 4, min(1e-6, 1e-6 * abs(gradient)))
         pinned = hi - lo <= 1e-9 * hi
         if abs(gradient) < PROFILE_GRADIENT or pinned or iterations >= problem.max_iter:
             break
