@@ -241,7 +241,9 @@ class _Newton:
                 new_beta = beta + t * float(direction[0]) if problem.fit_beta else beta
                 new_b = b + t * (direction[1:] if problem.fit_beta else direction)
                 if new_beta > 0:
-                    trial = self.evaluate(new_beta, new_b, float64, hessian=gap > REUSE_HESSIAN_BELOW_GAP)
+                    # its Hessian diagonal is used only if the next gap stays above the reuse
+                    # threshold, which a Newton step from below 10x that threshold usually crosses
+                    trial = self.evaluate(new_beta, new_b, float64, hessian=gap > 10 * REUSE_HESSIAN_BELOW_GAP)
                     new_g = self.gradient(trial)
                     armijo = self.objective(new_beta, new_b, trial) <= current + 1e-4 * t * slope
                     if armijo or float(np.linalg.norm(new_g)) <= (1 - 1e-4 * t) * g_norm:

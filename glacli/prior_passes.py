@@ -573,7 +573,8 @@ def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None =
             out = None if storage is None else storage[start:start + z.shape[0]]
             e, top = _exp_scores(engine, engine.load(z, xp.float32, None), keep_beta, zero, "", out=out)
             kept = (e, xp.astype(top, xp.float64))
-            kept_terms = _kept_terms(engine, e, kept[1], None, False, None, False)
+            if storage is None:  # else summed over the whole array afterwards
+                kept_terms = _kept_terms(engine, e, kept[1], None, False, None, False)
         sums = to_np(xp.sum(z, axis=0, dtype=xp.float64)) if sum_columns else 0.0
         return bad, true_sum, sums, right, (start + first, rows), kept, kept_terms
 
@@ -590,7 +591,11 @@ def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None =
             kept_sums = list(part[6]) if kept_sums is None else [a + b for a, b in zip(kept_sums, part[6])]
     z_sub = np.concatenate([rows for _, rows in picked])
     sub_rows = np.concatenate([np.arange(first, first + step * len(rows), step) for first, rows in picked])
-    keeping = keep_beta is not None and not bad
-    return Prepared(not bad, true_sum, column_sums, z_sub, sub_rows, correct,
-                    Kept(keep_beta, np.zeros(engine.c), kept, storage) if keeping else None,
-                    _kept_result(kept_sums, np.ones(engine.c), engine.n, False, None)[0] if keeping else None)
+    if keep_beta is None or bad:
+        return Prepared(not bad, true_sum, column_sums, z_sub, sub_rows, correct, None, None)
+    kept_e = Kept(keep_beta, np.zeros(engine.c), kept, storage)
+    if storage is not None:
+        kept_sums = _kept_pass_whole(engine, kept_e, engine.ones(np.float32), False, None)
+        engine.passes -= 1  # part of this pass
+    return Prepared(True, true_sum, column_sums, z_sub, sub_rows, correct, kept_e,
+                    _kept_result(kept_sums, np.ones(engine.c), engine.n, False, None)[0])
