@@ -422,13 +422,24 @@ def _keep_precise(engine: Engine, piece: np.ndarray, beta: float, b_ref: np.ndar
     s -= top[:, None]
     np.copyto(out, s, casting="same_kind")
     e = np.exp(out, out=out)
-    mass = np.einsum("ij->i", e, dtype=np.float64)
-    ez = np.einsum("ij,ij->i", e, piece, dtype=np.float64)
-    if engine.shift is not None:
-        ez -= np.einsum("ij,j->i", e, engine.shift, dtype=np.float64)
-    ez /= mass
-    sums = _kept_terms(engine, e, top, None, hessian, None, False)
+    np.copyto(s, e)  # float64 copy: row sums and products with the shift in float64 (BLAS)
+    mass_shift = s @ _ones_and_shift(engine)
+    ez = np.einsum("ij,ij->i", e, piece, dtype=np.float64) - mass_shift[:, 1]
+    ez /= mass_shift[:, 0]
+    r = (1.0 / mass_shift[:, 0]).astype(np.float32)
+    sums = [float(np.sum(top + np.log(mass_shift[:, 0]))), (r @ e).astype(np.float64),
+            *_kept_extras(engine, e, r, None, hessian, None, False)]
     return (e, top), (*sums, float(ez.sum()))
+
+
+def _ones_and_shift(engine: Engine) -> np.ndarray:
+    """[C, 2] float64: ones and the shift (zeros without one)."""
+    cache = engine.__dict__.setdefault("_ones_and_shift", {})
+    key = id(engine.shift)
+    if key not in cache:
+        cache.clear()
+        cache[key] = np.stack([np.ones(engine.c), np.zeros(engine.c) if engine.shift is None else engine.shift], 1)
+    return cache[key]
 
 
 def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = None, hessian: bool = False,
@@ -548,10 +559,11 @@ class Prepared:
 
 def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None = None,
             sum_columns: bool = False) -> Prepared:
-    """One pass: non-finite values, ``sum_i z_{i, y_i}``, column sums (when asked), the right predictions of
-    ``z`` (float64 sums of the values as given), every k-th row (at most :data:`HESSIAN_ROWS`) as
-    float64 numpy, and with ``keep_beta`` also ``E = exp(keep_beta z - rowmax)`` (:func:`keep` at
-    ``b = 0``), so that a solver with T fixed reads the rows once before its float64 check."""
+    """One pass: non-finite values, ``sum_i z_{i, y_i}`` (float64), column sums (when asked; a
+    centring constant), the right predictions of ``z``, every k-th row (at most
+    :data:`HESSIAN_ROWS`) as float64 numpy, and with ``keep_beta`` also ``E = exp(keep_beta z -
+    rowmax)`` and what :func:`kept_pass` gives at ``b = 0``, so that a solver with T fixed reads
+    the rows once before its float64 check."""
     xp, to_np = engine.xp, engine.numpy
     y_all = None if labels is None else engine.vector(labels, xp.int64)
     step = max(1, math.ceil(engine.n / HESSIAN_ROWS))
@@ -575,7 +587,9 @@ def prepare(engine: Engine, labels: np.ndarray | None, keep_beta: float | None =
             kept = (e, xp.astype(top, xp.float64))
             if storage is None:  # else summed over the whole array afterwards
                 kept_terms = _kept_terms(engine, e, kept[1], None, False, None, False)
-        sums = to_np(xp.sum(z, axis=0, dtype=xp.float64)) if sum_columns else 0.0
+        sums = 0.0
+        if sum_columns:  # a centring constant: float32 products are exact enough (BLAS)
+            sums = to_np(engine.vector(np.ones(z.shape[0]), z.dtype) @ z)
         return bad, true_sum, sums, right, (start + first, rows), kept, kept_terms
 
     bad, true_sum, column_sums, correct, picked, kept = False, 0.0, np.zeros(engine.c), None, [], []

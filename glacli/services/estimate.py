@@ -23,7 +23,6 @@ from glacli import store
 from glacli.calibration import T_MIN
 from glacli.devices import compute_device
 from glacli.errors import GlaInputError
-from glacli.formats.proportions import read_proportions
 from glacli.prior import DEFAULT_TOL, LogitSource, class_proportions, estimate_prior
 from glacli.types import Prior, PriorEstimate, Reporter
 from glacli.validation import (
@@ -188,6 +187,8 @@ def _target_proportions(target: str, rows: _PooledRows) -> np.ndarray:
         return class_proportions(labels, n_classes)
     if target == "uniform":
         return np.full(n_classes, 1.0 / n_classes)
+    # imported here: only a file needs the readers of every format
+    from glacli.formats.proportions import read_proportions
     return read_proportions(Path(target), rows.classnames)
 
 
