@@ -11,7 +11,7 @@ import sys
 from conftest import ROOT
 
 MAX_LINES = 500
-MATH = ("prior", "prior_passes", "calibration", "label_shift", "combine", "metrics", "bootstrap", "probe", "anchor", "prompt_learning", "subset", "heads", "zeroshot",
+MATH = ("prior", "prior_profile", "prior_newton", "prior_kept", "prior_passes", "calibration", "label_shift", "combine", "metrics", "bootstrap", "probe", "anchor", "prompt_learning", "subset", "heads", "zeroshot",
         "report", "validation", "types", "chunking")
 
 

@@ -21,7 +21,8 @@ from synth import (
 )
 
 from glacli import store
-from glacli.prior import _inverse, class_proportions, estimate_prior
+from glacli.prior import class_proportions, estimate_prior
+from glacli.prior_newton import regularised_inverse
 
 
 def read_logits(path):
@@ -258,7 +259,7 @@ def test_a_class_below_exp_minus_745_is_written_and_used_in_log_space(gla, tmp_p
 
 
 def test_non_finite_logits_are_refused_by_the_solver():
-    z, y, _ = biased_logits(10, 3, seed=18)
+    z, _, _ = biased_logits(10, 3, seed=18)
     z[4, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         estimate_prior(torch.tensor(z), torch.full((3,), 1 / 3, dtype=torch.float64))
@@ -266,7 +267,7 @@ def test_non_finite_logits_are_refused_by_the_solver():
 
 def test_the_ridge_retries_are_capped():
     with pytest.raises(ValueError, match="not positive definite"):
-        _inverse(np.array([[1.0, 0.0], [0.0, np.nan]]))
+        regularised_inverse(np.array([[1.0, 0.0], [0.0, np.nan]]))
 
 
 @pytest.mark.parametrize("temperature", [1.0, "nll"])
