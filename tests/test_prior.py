@@ -157,6 +157,9 @@ def test_nll_profile_path_on_a_large_set_meets_the_float64_optimality_conditions
     assert abs(beta_gradient) < 1e-8
     assert held.temperature == pytest.approx(streamed.temperature, rel=1e-7)
     np.testing.assert_allclose(held.log_prior, streamed.log_prior, atol=1e-6)
+    on_torch = estimate_prior(torch.from_numpy(z32), f, "nll", labels=torch.from_numpy(y))  # the same path in torch
+    assert on_torch.converged and on_torch.temperature == pytest.approx(held.temperature, rel=1e-7)
+    np.testing.assert_allclose(on_torch.log_prior, held.log_prior, atol=1e-5)
 
 
 def test_nll_profile_path_with_a_closed_form_temperature_and_a_symmetric_prior():
