@@ -169,8 +169,11 @@ class Newton:
                 break
             if st.hess_diag is not None:
                 diag = st.hess_diag
-            if inverse is None or (gap > REUSE_HESSIAN_BELOW_GAP and not given):
-                inverse = regularised_inverse(newton_system(st, diag, subsample_hessian(self.z_sub, beta, b), problem.fit_beta))
+            # refreshed only from a pass that carries the Hessian's terms (trial passes near the
+            # threshold skip them: the BFGS-updated inverse goes on instead)
+            if inverse is None or (gap > REUSE_HESSIAN_BELOW_GAP and not given and st.hess_diag is not None):
+                h_sub = subsample_hessian(self.z_sub, beta, b)
+                inverse = regularised_inverse(newton_system(st, diag, h_sub, problem.fit_beta))
             direction = -(inverse @ g)
             slope, g_norm = float(g @ direction), float(np.linalg.norm(g))
             current = self.objective(beta, b, st)

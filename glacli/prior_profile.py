@@ -33,8 +33,9 @@ START_ROWS = 512
 fixed-point step comes from all rows, as on the profile path)."""
 
 PROFILE_GRADIENT = 1e-5
-"""``nll``: the float32 profile iteration hands over to the joint float64 Newton once
-``|phi'(beta)|`` is below this (float32 rounding of ``phi'`` is about 1e-7)."""
+"""``nll``: the profile iteration hands over to the joint float64 Newton once ``|phi'(beta)|`` is
+below this (after one more step in ``beta``; ``phi'`` is exact to about 2e-9 from the second
+trial on, biased by about 1e-7 at the first, whose scores are float32)."""
 
 
 def start_beta(z_sub: np.ndarray, y_sub: np.ndarray, b1: np.ndarray | None = None) -> float:
@@ -57,9 +58,9 @@ def start_beta(z_sub: np.ndarray, y_sub: np.ndarray, b1: np.ndarray | None = Non
 
 
 def _fit_temperature_float32(x: np.ndarray, y: np.ndarray) -> float:
-    """:func:`glacli.calibration.fit_temperature_nll` in float32, cache-sized pieces on two threads, by Newton steps
-    from T = 1 (bounded to a factor 4 each; the safeguarded solver takes over if they do not
-    settle): a start needs no more."""
+    """:func:`glacli.calibration.fit_temperature_nll` in float32, cache-sized pieces on two
+    threads, by Newton steps from T = 1 (bounded to a factor 4 each; the safeguarded solver takes
+    over if they do not settle): a start needs no more."""
     x = x.astype(np.float32)
     x_y = float(np.take_along_axis(x, y[:, None], axis=1).mean(dtype=np.float64))
     pieces = [x[start:start + chunking.cache_rows(x.shape[1])]
@@ -94,7 +95,7 @@ def _fit_temperature_float32(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def solve_nll(engine: Engine, problem: Problem, z_sub: np.ndarray, y_sub: np.ndarray,
-               accuracy: Accuracy | None, b1: np.ndarray, kept: Kept) -> Run:
+              accuracy: Accuracy | None, b1: np.ndarray, kept: Kept) -> Run:
     """``nll`` with the rows held: Newton on the profile ``phi(beta) = min_b L(beta, b)`` in float32
     (each ``b`` solved by kept passes), then the joint float64 Newton from there (see the module)."""
     inner = Problem(problem.target, problem.mean_true_logit, False, 1e-6, problem.max_iter)
@@ -107,7 +108,8 @@ def solve_nll(engine: Engine, problem: Problem, z_sub: np.ndarray, y_sub: np.nda
         run = newton.run(beta, b, float64=False, inverse=inverse, float32_only=True)
         b, inverse, iterations = run.b, run.inverse, iterations + run.iterations
         if inverse is None:  # b was solved before any step: no Hessian was needed until now
-            inverse = regularised_inverse(newton_system(run.st, run.st.hess_diag, subsample_hessian(z_sub, beta, b), False))
+            h_sub = subsample_hessian(z_sub, beta, b)
+            inverse = regularised_inverse(newton_system(run.st, run.st.hess_diag, h_sub, False))
         if slope is None:  # at the first T: phi', -db/dbeta and phi'' from one pass; then phi'' by secants
             st, terms = kept_pass(engine, newton.kept, b, False, "curvature")
             gradient = st.mean_z - problem.mean_true_logit
@@ -136,6 +138,6 @@ def solve_nll(engine: Engine, problem: Problem, z_sub: np.ndarray, y_sub: np.nda
             break
     joint = joint_inverse(inverse, hess_beta_b, curvature) if curvature > 0 else None
     final = Newton(engine, replace(problem, max_iter=max(1, problem.max_iter - iterations)), z_sub,
-                    hold=False, accuracy=accuracy).run(beta, b, float64=True, inverse=joint)
+                   hold=False, accuracy=accuracy).run(beta, b, float64=True, inverse=joint)
     final.iterations += iterations
     return final
