@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
 from synth import biased_logits
 
-from glacli.calibration import fit_temperature_confidence, mean_confidence
+from glacli.calibration import T_MIN, fit_temperature_confidence, mean_confidence
 from glacli.prior import LogitSource, class_proportions, estimate_prior
 
 
@@ -190,3 +190,15 @@ def test_a_read_error_in_a_streamed_source_reaches_the_caller():
 
     with pytest.raises(OSError, match="disk went away"):
         estimate_prior(LogitSource(failing, len(z), 6), class_proportions(y, 6), 1.0, labels=y, hold_bytes=0)
+
+
+def test_nll_profile_path_ends_on_a_separable_set():
+    """Labels that are the argmax of z: the likelihood keeps rising as T -> 0, so the profile
+    iteration must stop at its bracket or its iteration cap and say so (the service then refuses
+    the estimate as having no finite optimum)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(20000, 64)).astype(np.float32)
+    y = z.argmax(1)
+    assert z.size >= 2**20
+    fit = estimate_prior(z, class_proportions(y, 64), "nll", labels=y)
+    assert not fit.converged or fit.temperature <= T_MIN * 1.0001
