@@ -56,7 +56,7 @@ from array_api_compat import device as device_of
 
 from glacli.calibration import log_softmax, solve_temperature_confidence
 from glacli.prior_kept import prepare
-from glacli.prior_newton import Newton, Problem, first_step
+from glacli.prior_newton import Newton, Problem, first_step, fixed_point_step
 from glacli.prior_passes import Accuracy, Engine, LogitSource
 from glacli.prior_profile import solve_nll, start_beta
 from glacli.types import PriorEstimate
@@ -132,8 +132,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
     problem = Problem(target, mean_true_logit if labels is not None else 0.0, fit_beta, tol, max_iter)
     accuracy = None if labels is None else Accuracy(engine.vector(labels, engine.xp.int64), np.log(target))
     if profile:
-        log_m = np.log(np.maximum(prepared.kept_pass.moments, 1e-300))
-        b1 = log_m - np.log(target) - engine.shift  # the first step at T = 1, in the centred frame
+        # the first step at T = 1 from the raw rows, which in the centred frame is at b = -shift
+        b1 = fixed_point_step(engine, target, 1.0, -engine.shift, prepared.kept_pass.moments)
         run = solve_nll(engine, problem, z_sub, labels[prepared.sub_rows], accuracy, b1, prepared.kept)
     else:
         if fit_beta:

@@ -77,13 +77,12 @@ def _kept_extras(engine: Engine, e: Any, r: Any, w_x: Any | None, hessian: bool,
     xp, f64, to_np = engine.xp, engine.xp.float64, engine.numpy
     out: list = []
     if hessian:
-        e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
-        out.append(to_np((r * r) @ e2))
+        out.append(to_np((r * r) @ engine.product(e, e)))
     if z is not None:
         if engine.on_numpy and w_x is None and not curvature:  # row dot products, no temporary
             ez = np.einsum("ij,ij->i", e, z) * r
         else:
-            ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+            ez_u = engine.product(e, z)
             ez = (ez_u @ (engine.ones(e.dtype) if w_x is None else w_x)) * r
         out.append(float(xp.sum(xp.astype(ez, f64))))
         if curvature:
@@ -109,11 +108,12 @@ def _kept_result(parts: list, w: np.ndarray, n: int, hessian: bool, beta_terms: 
 
 
 def _keep_precise(engine: Engine, piece: np.ndarray, beta: float, b_ref: np.ndarray, out: np.ndarray,
-                  hessian: bool) -> tuple:
+                  hessian: bool, ones_and_shift: np.ndarray) -> tuple:
     """One piece of :func:`keep` with the temperature's gradient exact to ~2e-9: the scores
     ``beta z - b - rowmax`` in float64 (only the exp in float32) and ``E_p[z]`` summed in float64.
     In float32 the scores near the row maximum, which carry the probability, are rounded at the
-    logits' scale, which biases the gradient, a difference of numbers at that scale, by ~1e-7."""
+    logits' scale, which biases the gradient, a difference of numbers at that scale, by ~1e-7.
+    ``ones_and_shift``: [C, 2] float64, ones and the shift (zeros without one)."""
     s = engine.scratch("s64", piece.shape, np.float64)
     np.multiply(piece, np.float64(beta), out=s)  # beta z - (b + beta shift): the rows as given
     s -= b_ref if engine.shift is None else b_ref + beta * engine.shift
@@ -122,23 +122,13 @@ def _keep_precise(engine: Engine, piece: np.ndarray, beta: float, b_ref: np.ndar
     np.copyto(out, s, casting="same_kind")
     e = np.exp(out, out=out)
     np.copyto(s, e)  # float64 copy: row sums and products with the shift in float64 (BLAS)
-    mass_shift = s @ _ones_and_shift(engine)
+    mass_shift = s @ ones_and_shift
     ez = np.einsum("ij,ij->i", e, piece, dtype=np.float64) - mass_shift[:, 1]
     ez /= mass_shift[:, 0]
     r = (1.0 / mass_shift[:, 0]).astype(np.float32)
     sums = [float(np.sum(top + np.log(mass_shift[:, 0]))), (r @ e).astype(np.float64),
             *_kept_extras(engine, e, r, None, hessian, None, False)]
     return (e, top), (*sums, float(ez.sum()))
-
-
-def _ones_and_shift(engine: Engine) -> np.ndarray:
-    """[C, 2] float64: ones and the shift (zeros without one)."""
-    cache = engine.__dict__.setdefault("_ones_and_shift", {})
-    key = id(engine.shift)
-    if key not in cache:
-        cache.clear()
-        cache[key] = np.stack([np.ones(engine.c), np.zeros(engine.c) if engine.shift is None else engine.shift], 1)
-    return cache[key]
 
 
 def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = None, hessian: bool = False,
@@ -150,11 +140,14 @@ def keep(engine: Engine, beta: float, b_ref: np.ndarray, reuse: Kept | None = No
     xp = engine.xp
     b_x, shift = engine.vector(b_ref, xp.float32), engine.shift_vector(xp.float32)
     storage = _storage(engine, reuse)
+    precise = beta_terms == "gradient" and engine.on_numpy
+    if precise:
+        ones_and_shift = np.stack([np.ones(engine.c), np.zeros(engine.c) if engine.shift is None else engine.shift], 1)
 
     def exps(start: int, piece: Any) -> tuple:
         out = None if storage is None else storage[start:start + piece.shape[0]]
-        if beta_terms == "gradient" and engine.on_numpy:
-            return _keep_precise(engine, piece, beta, b_ref, out, hessian)
+        if precise:
+            return _keep_precise(engine, piece, beta, b_ref, out, hessian, ones_and_shift)
         z = engine.load(piece, xp.float32, shift)
         e, top = exp_scores(engine, z, beta, b_x, "", out=out)
         top = xp.astype(top, xp.float64)
@@ -178,9 +171,9 @@ def kept_pass(engine: Engine, kept: Kept, b: np.ndarray, hessian: bool,
     xp = engine.xp
     w = np.exp(kept.b_ref - b)
     w_x = engine.vector(w, xp.float32)
-    shift = engine.shift_vector(xp.float32)
     if kept.storage is not None:
         return _kept_result(_kept_pass_whole(engine, kept, w_x, hessian, beta_terms), w, engine.n, hessian, beta_terms)
+    shift = engine.shift_vector(xp.float32)
 
     def terms(e: Any, top: Any, piece: Any = None) -> tuple:
         z = None if piece is None else engine.load(piece, xp.float32, shift)

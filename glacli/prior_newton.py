@@ -214,16 +214,22 @@ class Newton:
 
 
 def first_step(newton: Newton, beta: float, b: np.ndarray, st: Pass | None = None) -> np.ndarray:
-    """``b + log(m / f)``: moves every class's mean probability to its target at once, which lands
-    close to the optimum; in log space when a class's probability underflows everywhere. ``st``:
-    the pass at ``(beta, b)`` when one was made already."""
-    engine, target = newton.engine, newton.problem.target
+    """:func:`fixed_point_step` from ``(beta, b)``; ``st``: the pass there when one was made already."""
+    engine = newton.engine
     if st is not None:
         moments = st.moments
     elif newton.hold:
         moments = newton.evaluate(beta, b, False, hessian=False).moments
     else:
         moments = full_pass(engine, beta, b, False, engine.xp.float32, hessian=False).moments
+    return fixed_point_step(engine, newton.problem.target, beta, b, moments)
+
+
+def fixed_point_step(engine: Engine, target: np.ndarray, beta: float, b: np.ndarray,
+                     moments: np.ndarray) -> np.ndarray:
+    """``b + log(m / f)`` from the mean predicted distribution ``m`` at ``(beta, b)``: moves every
+    class's mean probability to its target at once, which lands close to the optimum; ``log m`` in
+    log space (one more pass) when a class's probability underflows everywhere."""
     log_m = np.log(np.maximum(moments, 1e-300))
     if (moments < UNDERFLOW).any():
         log_m = log_moments(engine, beta, b)

@@ -81,14 +81,18 @@ class Engine:
         self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
         self.passes = 0
         self._local = threading.local()
+        self._ones: dict[str, Any] = {}
 
     def ones(self, dtype: Any) -> Any:
         """A vector of C ones: row sums as matrix-vector products."""
-        cache = self.__dict__.setdefault("_ones", {})
         key = str(dtype)
-        if key not in cache:
-            cache[key] = self.vector(np.ones(self.c), dtype)
-        return cache[key]
+        if key not in self._ones:
+            self._ones[key] = self.vector(np.ones(self.c), dtype)
+        return self._ones[key]
+
+    def product(self, a: Any, b: Any) -> Any:
+        """``a * b`` elementwise, into a per-thread buffer on numpy."""
+        return np.multiply(a, b, out=self.scratch("e2", a.shape, a.dtype)) if self.on_numpy else a * b
 
     def vector(self, values: np.ndarray, dtype: Any) -> Any:
         return self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
@@ -283,8 +287,7 @@ def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype:
         r = 1.0 / d
         out = [float(xp.sum(xp.astype(top, f64) + xp.log(xp.astype(d, f64)))), to_np(r @ e)]
         if hessian:
-            e2 = e * e if not engine.on_numpy else np.multiply(e, e, out=engine.scratch("e2", e.shape, e.dtype))
-            out.append(to_np((r * r) @ e2))
+            out.append(to_np((r * r) @ engine.product(e, e)))
         else:
             out.append(0.0)
         if right is not None:
@@ -293,7 +296,7 @@ def full_pass(engine: Engine, beta: float, b: np.ndarray, fit_beta: bool, dtype:
             if engine.on_numpy and not hessian:  # row dot products, no temporary
                 row_ez = np.einsum("ij,ij->i", e, z, dtype=e.dtype)
             else:
-                ez_u = e * z if not engine.on_numpy else np.multiply(e, z, out=engine.scratch("e2", e.shape, e.dtype))
+                ez_u = engine.product(e, z)
                 row_ez = xp.sum(ez_u, axis=1)
             if direct and shift is not None:
                 row_ez = row_ez - e @ shift

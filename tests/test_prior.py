@@ -202,3 +202,15 @@ def test_nll_profile_path_ends_on_a_separable_set():
     assert z.size >= 2**20
     fit = estimate_prior(z, class_proportions(y, 64), "nll", labels=y)
     assert not fit.converged or fit.temperature <= T_MIN * 1.0001
+
+
+def test_nll_profile_path_with_a_class_far_below_the_rest():
+    """A class 1e6 below the others underflows on every row at T = 1: the profile path's first step
+    takes its mean probability in log space, as the Newton start does, and still converges."""
+    z, y, _ = biased_logits(300, 64, seed=3, temperature=0.7)
+    z = z.astype(np.float32)
+    z[:, 5] -= 1e6
+    f = class_proportions(y, 64)
+    held, streamed = (estimate_prior(z, f, "nll", labels=y, hold_bytes=budget) for budget in (np.inf, 0))
+    assert held.converged and streamed.converged
+    assert held.temperature == pytest.approx(streamed.temperature, rel=1e-7)
