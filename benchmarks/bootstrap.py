@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli import store
+from glacli.io import store
 
-PEAK = "import resource, sys; from glacli.cli import main; code = main(sys.argv[1:]); " \
+PEAK = "import resource, sys; from glacli.cli.main import main; code = main(sys.argv[1:]); " \
        "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glacli import extraction
-from glacli.encoders import load_encoder
-from glacli.sources import open_source
+from glacli.io import extraction
+from glacli.io.encoders import load_encoder
+from glacli.io.sources import open_source
 
 TINY_CONFIG = {
     "embed_dim": 24,

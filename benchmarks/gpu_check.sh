@@ -55,7 +55,7 @@ else
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" -c "import glacli.cli, open_clip, h5py, typer, rich, torch" \
+"$PY" -c "import glacli.cli.main, open_clip, h5py, typer, rich, torch" \
     || { echo "gla or its dependencies are missing: run make install, or carry the wheels of make device-wheels in .whl/"; exit 1; }
 
 failed=()

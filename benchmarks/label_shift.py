@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli.label_shift import bbse, mlls, probability_blocks
-from glacli.prior import class_proportions, estimate_prior
+from glacli.core.label_shift import bbse, mlls, probability_blocks
+from glacli.core.prior import class_proportions, estimate_prior
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "clip-zeroshot" / "Clip_CIFAR10_CIFAR10_test.csv"
 METHODS = ("zero-shot", "debiased", "+ MLLS", "+ BBSE", "+ oracle")

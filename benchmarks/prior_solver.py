@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from glacli import store
+from glacli.io import store
 
 GLA = [sys.executable, "-m", "glacli"]
 

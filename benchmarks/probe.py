@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glacli import store
-from glacli.cli import main as gla
-from glacli.probe import COARSE_STRIDE, WD_GRID, wd_to_c
+from glacli.cli.main import main as gla
+from glacli.core.probe import COARSE_STRIDE, WD_GRID, wd_to_c
+from glacli.io import store
 
 
 def synthetic_features(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

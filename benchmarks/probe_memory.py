@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli import store
+from glacli.io import store
 
 DIM, CLASSES = 768, 1000
 
@@ -45,7 +45,7 @@ def write_features(path: Path, n: int, seed: int = 1, means_seed: int = 0) -> No
 PEAKS_MARK = "@@peaks "
 CHILD = f"""
 import json, resource, sys
-from glacli.cli import main
+from glacli.cli.main import main
 code = main(sys.argv[1:])
 peaks = {{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
 torch = sys.modules.get("torch")

@@ -26,7 +26,7 @@ import torch
 
 from extract_throughput import TINY_CONFIG  # this folder is on the path of a script run from it
 
-from glacli import store
+from glacli.io import store
 from glacli.services.fit_prompt import fit_prompt_head
 
 AUTHORS_EPOCHS = 50

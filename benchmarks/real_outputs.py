@@ -27,7 +27,7 @@ import io
 import tempfile
 from pathlib import Path
 
-from glacli.cli import main as gla_main
+from glacli.cli.main import main as gla_main
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 ZERO_SHOT = {"CLIP ViT-B/32": "Clip", "SigLIP": "SigLIP", "SigLIP2": "SigLIP2"}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from glacli.cli import main as gla  # noqa: E402
+from glacli.cli.main import main as gla  # noqa: E402
 
 SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (1, 2, 3)

@@ -1,4 +1,4 @@
 """``python -m glacli`` runs the gla command."""
-from glacli.cli import run
+from glacli.cli.main import run
 
 run()

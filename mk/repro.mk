@@ -127,7 +127,7 @@ $(IMAGENET_DIR)/train.h5 $(IMAGENET_DIR)/test.h5: | $(IMAGENET_CLASSNAMES)
 # CLIP's 1000 class names, one per line in sorted-wnid order (open_clip ships them).
 $(RUNS)/imagenet/classnames.txt: | $(GLA_INSTALLED)
 	@mkdir -p $(@D)
-	$(GLA_PYTHON) -c "from glacli.sources.torchvision_datasets import clip_imagenet_classnames as n; print('\n'.join(n()))" > $@.tmp
+	$(GLA_PYTHON) -c "from glacli.io.sources.torchvision_datasets import clip_imagenet_classnames as n; print('\n'.join(n()))" > $@.tmp
 	mv $@.tmp $@
 
 .PHONY: repro-imagenet

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from glacli.cli import main
+from glacli.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"

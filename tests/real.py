@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli import store
+from glacli.io import store
 
 
 def clip_cifar10(fixtures: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

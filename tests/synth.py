@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli import store
+from glacli.io import store
 
 N_CLASSES = 5
 DIM = 24

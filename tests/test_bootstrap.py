@@ -1,4 +1,4 @@
-"""glacli.bootstrap: exact on given resamples, equal to an independent bootstrap within Monte-Carlo
+"""glacli.core.bootstrap: exact on given resamples, equal to an independent bootstrap within Monte-Carlo
 error, and intervals that cover a known truth at about their nominal rate."""
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import norm
 from test_metrics import reference
 
-from glacli import bootstrap, metrics
+from glacli.core import bootstrap
+from glacli.core import metrics
 
 N, C, K, BINS = 400, 8, 5, 15
 GROUPS = {"few_shot": np.array([0, 3, 5]), "few_shot_class_mean": np.array([0, 3, 5]), "q_tail": np.array([6, 7])}

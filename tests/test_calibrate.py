@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_one_line_error
 from synth import classnames, write_logits_file
 
-from glacli import store
+from glacli.io import store
 
 C = 8
 

@@ -10,10 +10,10 @@ import pytest
 from conftest import assert_one_line_error
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli import store
-from glacli.formats.classnames import read_classnames
-from glacli.errors import GlaInputError
-from glacli.validation import check_classnames
+from glacli.base.errors import GlaInputError
+from glacli.base.validation import check_classnames
+from glacli.io import store
+from glacli.io.formats.classnames import read_classnames
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,8 +7,8 @@ import sys
 import pytest
 from synth import biased_logits, write_logits_file
 
-from glacli.app import app
-from glacli.cli import COMMAND_MODULES, register_commands
+from glacli.cli.app import app
+from glacli.cli.main import COMMAND_MODULES, register_commands
 
 GLA = [sys.executable, "-m", "glacli"]
 
@@ -64,13 +64,13 @@ def test_top_level_help_lists_the_commands(gla):
 
 
 @pytest.mark.parametrize(("args", "unloaded"), [
-    (["--help"], ["torch", "h5py", "glacli.commands.combine"]),  # listing the commands imports none of them
+    (["--help"], ["torch", "h5py", "glacli.cli.commands.combine"]),  # listing the commands imports none of them
     (["combine", "--help"], ["torch"]),
     (["logits", "--help"], ["torch"]),            # numpy applies a head; the recipes call it per split
     (["estimate-target", "--help"], ["torch"]),
 ])
 def test_commands_that_need_no_torch_start_without_it(args, unloaded):
-    code = (f"import sys; from glacli.cli import main; main({args!r}); "
+    code = (f"import sys; from glacli.cli.main import main; main({args!r}); "
             f"print([m for m in {unloaded!r} if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip().endswith("[]"), r.stdout[-200:]

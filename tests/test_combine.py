@@ -7,7 +7,8 @@ from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, wideresnet_cifar10, write_rows
 from synth import classnames, write_combine_inputs, write_logits_file
 
-from glacli import chunking, store
+from glacli.base import chunking
+from glacli.io import store
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 from synth import biased_logits, class_features, classnames, write_features, write_logits_file
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli import store
+from glacli.io import store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -10,8 +10,8 @@ from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, write_rows
 from synth import biased_logits, classnames, write_logits_file
 
-from glacli import store
-from glacli.prior import class_proportions, estimate_prior
+from glacli.core.prior import class_proportions, estimate_prior
+from glacli.io import store
 
 
 @pytest.fixture

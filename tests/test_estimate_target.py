@@ -13,9 +13,10 @@ import pytest
 from conftest import assert_one_line_error
 from synth import write_logits_file
 
-from glacli import chunking, store
-from glacli.label_shift import mlls, probability_blocks
-from glacli.prior import estimate_prior
+from glacli.base import chunking
+from glacli.core.label_shift import mlls, probability_blocks
+from glacli.core.prior import estimate_prior
+from glacli.io import store
 
 PI_T = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
 

@@ -13,7 +13,9 @@ from conftest import assert_one_line_error
 from scipy.special import log_softmax
 from synth import biased_logits, classnames, write_logits_file
 
-from glacli import bootstrap, chunking, store
+from glacli.base import chunking
+from glacli.core import bootstrap
+from glacli.io import store
 
 C = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -246,7 +248,7 @@ def test_plot_with_interval_bars(gla, files):
 
 
 def test_evaluate_on_cpu_imports_no_torch(files):
-    code = (f"import sys; from glacli.cli import main; "
+    code = (f"import sys; from glacli.cli.main import main; "
             f"main(['evaluate', {str(files['zs'])!r}, '--bootstrap', '10', '--device', 'cpu', '--json', '-']); "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)

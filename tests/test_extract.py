@@ -18,11 +18,11 @@ import torch
 from conftest import assert_one_line_error, blocked_extraction, subprocess_env
 from tiny_clip import EMBED_DIM, tiny_clip_fixture, write_image_folder, write_jpeg  # noqa: F401
 
-from glacli import store
-from glacli.encoders import load_encoder
-from glacli.errors import GlaInputError
-from glacli.sources import open_source
-from glacli.store import read_rows
+from glacli.base.errors import GlaInputError
+from glacli.io import store
+from glacli.io.encoders import load_encoder
+from glacli.io.sources import open_source
+from glacli.io.store import read_rows
 
 VOLATILE_ATTRS = ("created", "gla_id")
 
@@ -243,7 +243,7 @@ def test_sigkill_half_way_then_the_same_command_resumes_to_the_same_file(gla, ti
 
 def test_out_of_gpu_memory_is_one_line_and_a_smaller_batch_resumes(gla, tiny_clip, tmp_path, monkeypatch):
     """torch's OutOfMemoryError half-way (raised here by a wrapped encoder: the CPU has no GPU memory)."""
-    from glacli.encoders.openclip import OpenClipEncoder
+    from glacli.io.encoders.openclip import OpenClipEncoder
     images = tmp_path / "imgs"
     write_image_folder(images, {"a": 6, "b": 6})
     out, reference = tmp_path / "out.h5", tmp_path / "reference.h5"

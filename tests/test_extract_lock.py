@@ -10,14 +10,14 @@ import pytest
 from conftest import assert_one_line_error, blocked_extraction, subprocess_env
 from tiny_clip import tiny_clip_fixture  # noqa: F401
 
-from glacli.errors import GlaInputError
-from glacli.extraction import output_lock
-from glacli.store import read_rows
+from glacli.base.errors import GlaInputError
+from glacli.io.extraction import output_lock
+from glacli.io.store import read_rows
 
 HOLDER = """
 import os, sys, time
 from pathlib import Path
-from glacli.extraction import output_lock
+from glacli.io.extraction import output_lock
 with output_lock(Path(sys.argv[1])):
     child = os.fork()  # as a DataLoader worker is forked
     if child == 0:

@@ -1,4 +1,4 @@
-"""``gla logits`` and glacli.heads: logits equal (features @ W.T + b) / T, streamed; errors are one line."""
+"""``gla logits`` and glacli.core.heads: logits equal (features @ W.T + b) / T, streamed; errors are one line."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-from glacli import chunking, store
-from glacli.heads import apply_head
+from glacli.base import chunking
+from glacli.core.heads import apply_head
+from glacli.io import store
 
 N, C, D = 53, 6, 16
 NAMES = [f"class {k}" for k in range(C)]

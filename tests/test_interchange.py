@@ -13,7 +13,8 @@ import torch
 from conftest import assert_one_line_error
 from synth import biased_logits, classnames, write_logits_file
 
-from glacli import chunking, store
+from glacli.base import chunking
+from glacli.io import store
 from glacli.services import interchange
 
 

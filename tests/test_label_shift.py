@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glacli.label_shift import (
+from glacli.core.label_shift import (
     bbse,
     mlls,
     probabilities,

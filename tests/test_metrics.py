@@ -1,4 +1,4 @@
-"""glacli.metrics against independent float64 numpy/scipy references on the full arrays."""
+"""glacli.core.metrics against independent float64 numpy/scipy references on the full arrays."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.special import log_softmax
 
-from glacli import metrics
+from glacli.core import metrics
 
 
 def reference(z: np.ndarray, y: np.ndarray, k: int = 5, n_bins: int = 15) -> dict:

@@ -11,8 +11,8 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
 from synth import biased_logits
 
-from glacli.calibration import T_MIN, fit_temperature_confidence, mean_confidence
-from glacli.prior import LogitSource, class_proportions, estimate_prior
+from glacli.core.calibration import T_MIN, fit_temperature_confidence, mean_confidence
+from glacli.core.prior import LogitSource, class_proportions, estimate_prior
 
 
 def population_problem(n: int, c: int, temperature: float, seed: int = 0):
@@ -128,7 +128,7 @@ def test_estimate_prior_on_a_cpu_does_not_import_torch(tmp_path):
     z, y, _ = biased_logits(50, 6, seed=22)
     from synth import write_logits_file
     path = write_logits_file(tmp_path / "zs.h5", z, y)
-    code = ("import sys; from glacli.cli import main; "
+    code = ("import sys; from glacli.cli.main import main; "
             f"code = main(['estimate-prior', {str(path)!r}, '-o', {str(tmp_path / 'q.h5')!r}, '--device', 'cpu']); "
             "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

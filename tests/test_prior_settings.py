@@ -20,9 +20,9 @@ from synth import (
     write_logits_file,
 )
 
-from glacli import store
-from glacli.prior import class_proportions, estimate_prior
-from glacli.prior_newton import regularised_inverse
+from glacli.core.prior import class_proportions, estimate_prior
+from glacli.core.prior.newton import regularised_inverse
+from glacli.io import store
 
 
 def read_logits(path):

@@ -1,4 +1,4 @@
-"""``gla fit`` and glacli.probe: agreement with scikit-learn, the penalty search, calibration, errors."""
+"""``gla fit`` and glacli.core.probe: agreement with scikit-learn, the penalty search, calibration, errors."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
 from synth import DIM, N_CLASSES, class_features, classnames, write_features
 
-from glacli import store
-from glacli.probe import (
+from glacli.io import store
+from glacli.core.probe import (
     WD_GRID,
     ProbeData,
     SolverOptions,

@@ -14,12 +14,12 @@ import torch
 from conftest import assert_one_line_error
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli import store
-from glacli.cli import main
-from glacli.encoders.augment import CROP_SCALE, crop_box
-from glacli.errors import GlaInputError
-from glacli.extraction.views import image_of
-from glacli.prompt_learning import (
+from glacli.base.errors import GlaInputError
+from glacli.cli.main import main
+from glacli.io import store
+from glacli.io.encoders.augment import CROP_SCALE, crop_box
+from glacli.io.extraction.views import image_of
+from glacli.core.prompt_learning import (
     WARMUP_LR,
     default_lr,
     epoch_batches,
@@ -28,8 +28,8 @@ from glacli.prompt_learning import (
     group_views,
     sgd_step,
 )
+from glacli.base.types import Reporter
 from glacli.services.fit_prompt import checkpoint_path, fit_prompt_head
-from glacli.types import Reporter
 
 CLASSES = {"cat": 3, "dog": 3, "red_fox": 3}
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error
 from synth import biased_logits, write_logits_file
 
-from glacli import report
+from glacli.core import report
 from glacli.services.evaluate import read_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -181,7 +181,7 @@ def test_baseline_errors(gla, paired_docs, tmp_path):
 
 
 def test_report_imports_no_torch(docs, tmp_path):
-    code = (f"import sys; from glacli.cli import main; "
+    code = (f"import sys; from glacli.cli.main import main; "
             f"main(['report', *{[str(d) for d in docs]!r}, '-o', {str(tmp_path / 'r.md')!r}, '--baseline', 'zs']); "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)

@@ -33,7 +33,7 @@ GLA_WITHOUT_CIFAR_CHECKSUMS = """
 import os, sys
 import torchvision.datasets.cifar as cifar
 cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
-from glacli.cli import main
+from glacli.cli.main import main
 sys.exit(main())
 """
 
@@ -173,7 +173,7 @@ def test_repro_fewshot_all_and_one_dataset(workspace):
     assert all("±" in cells[0] for cells in report_rows(out / "oxfordpets" / "report-linear.md").values())
     assert (out / "oxfordpets" / "2shot" / "seed2" / "results-linear.json").exists()
     # each K-shot run drew K training and min(K, 4) validation images per class
-    from glacli.store import read_rows
+    from glacli.io.store import read_rows
     with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "train.h5", "features") as f:
         assert np.bincount(f.labels).tolist() == [2, 2, 2]
     with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "val.h5", "features") as f:
@@ -189,7 +189,7 @@ def test_repro_fewshot_with_the_prompt_head_keeps_its_results_apart(workspace):
          PROMPT_EPOCHS="2", AUGMENT_VIEWS="2")
     out = model_dir(workspace, "fewshot") / "oxfordpets"
     assert list(report_rows(out / "report-prompt.md")) == ["zero-shot", "prompt", "GLA"]
-    from glacli.store import read_head, read_rows
+    from glacli.io.store import read_head, read_rows
     run = out / "2shot" / "seed1"
     assert read_head(run / "prompt_head.h5").head_type == "prompt"
     with read_rows(run / "train_views.h5", "features") as views, read_rows(run / "train.h5", "features") as train:
@@ -204,7 +204,7 @@ def test_quickstart_clip(workspace):
     out = model_dir(workspace, "quickstart")
     rows = report_rows(out / "report.md")
     assert list(rows) == ["zero-shot", "zero-shot-debiased", "linear-probe", "ensemble", "GLA"]
-    from glacli.store import read_rows
+    from glacli.io.store import read_rows
     with read_rows(out / "test.h5", "features") as f:
         assert f.ids()[:2] == ["CIFAR100/test/0", "CIFAR100/test/1"]
         assert f.classnames == ["apple", "aquarium fish", "baby"]

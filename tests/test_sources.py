@@ -11,9 +11,9 @@ import pytest
 from conftest import assert_one_line_error
 from tiny_clip import write_image_folder, write_jpeg
 
-from glacli.errors import GlaInputError
-from glacli.sources import open_source, read_bytes, select_shots
-from glacli.types import TarMember
+from glacli.base.errors import GlaInputError
+from glacli.base.types import TarMember
+from glacli.io.sources import open_source, read_bytes, select_shots
 
 
 def test_image_folder_rows_are_sorted_relative_paths_with_folder_classes(tmp_path):

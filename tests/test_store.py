@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from synth import classnames, write_logits_file
 
-from glacli import store
-from glacli.errors import GlaInputError
-from glacli.validation import check_same_classnames
+from glacli.base.errors import GlaInputError
+from glacli.base.validation import check_same_classnames
+from glacli.io import store
 
 
 def test_logits_round_trip_keeps_values_labels_ids_and_provenance(tmp_path):

@@ -12,8 +12,9 @@ from conftest import assert_one_line_error
 from synth import classnames, write_logits_file
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli import chunking, store
-from glacli.subset import NotEnoughRows, few_shot_split, shot_keys
+from glacli.base import chunking
+from glacli.core.subset import NotEnoughRows, few_shot_split, shot_keys
+from glacli.io import store
 
 COUNTS = [12, 9, 20, 7]
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 
-from glacli import sources, store
-from glacli.templates import load_templates
-from glacli.encoders.sbert import TextLoader
+from glacli.io import sources
+from glacli.io import store
+from glacli.io.encoders.sbert import TextLoader
+from glacli.io.templates import load_templates
 
 pytest.importorskip("sentence_transformers", reason="the text backend needs sentence-transformers (gla[text])")
 

@@ -1,4 +1,4 @@
-"""glacli.validation: each problem has one message, whichever file, option or command finds it."""
+"""glacli.base.validation: each problem has one message, whichever file, option or command finds it."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from conftest import assert_one_line_error
 from synth import class_features, write_features
 
-from glacli.errors import GlaInputError
-from glacli.validation import require_count, require_positive, require_prior
+from glacli.base.errors import GlaInputError
+from glacli.base.validation import require_count, require_positive, require_prior
 
 
 def test_prior_refuses_non_positive_and_unnormalised(tmp_path):

@@ -7,8 +7,9 @@ import torch
 from conftest import assert_one_line_error
 from tiny_clip import LOGIT_SCALE, tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli import store, zeroshot
-from glacli.templates import load_templates, template_set_names
+from glacli.core import zeroshot
+from glacli.io import store
+from glacli.io.templates import load_templates, template_set_names
 
 CLASSNAMES = ["tabby cat", "golden retriever", "red fox"]
 

@@ -13,8 +13,8 @@
     interchange.py  import_file, export_file       foreign formats <-> gla files
     info.py         describe_file                  what a gla file is and where it came from
 
-A service validates its inputs first (glacli.validation), reads and writes through the store and
+A service validates its inputs first (glacli.base.validation), reads and writes through the store and
 the formats, calls the math, and returns plain data; it talks to the user only through a
-:class:`glacli.types.Reporter`. Nothing here imports typer or rich. This package imports no
+:class:`glacli.base.types.Reporter`. Nothing here imports typer or rich. This package imports no
 service itself, so a command loads only its own (``gla combine`` never imports torch).
 """

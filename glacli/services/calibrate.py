@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from glacli import store
-from glacli.calibration import fit_temperature_confidence, fit_temperature_nll, nll
-from glacli.errors import GlaInputError
-from glacli.types import Reporter
-from glacli.validation import check_same_classnames, check_same_temperature, require_choice
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Reporter
+from glacli.base.validation import check_same_classnames, check_same_temperature, require_choice
+from glacli.core.calibration import fit_temperature_confidence, fit_temperature_nll, nll
+from glacli.io import store
 
 METHODS = ("nll", "confidence")
 

@@ -1,6 +1,6 @@
 """``combine``: GLA logits, the debiased zero-shot model, or the ensemble baseline, streamed to a file.
 
-The math is :mod:`glacli.combine`; this module owns the scale policy around it. The zero-shot
+The math is :mod:`glacli.core.combine`; this module owns the scale policy around it. The zero-shot
 logits are brought to the scale q was fitted on (the prior's ``logits_temperature``) before they
 are divided by ``T_zs``; ``log pi_s`` is divided by the fine-tuned file's own temperature, the
 scale at which a probe's bias absorbed it. ``log pi_t`` of a test set that is not balanced
@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from glacli import chunking, formats, store
-from glacli.combine import ensemble_logits, gla_logits, log_label_frequencies, zeroshot_divisor
-from glacli.errors import GlaInputError
-from glacli.formats.proportions import check_proportions, read_pretraining_prior, read_target_distribution
-from glacli.types import Prior, Reporter
-from glacli.validation import check_same_classnames, require_choice, require_every_class
+from glacli.base import chunking
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Prior, Reporter
+from glacli.base.validation import check_same_classnames, require_choice, require_every_class
+from glacli.core.combine import ensemble_logits, gla_logits, log_label_frequencies, zeroshot_divisor
+from glacli.io import formats
+from glacli.io import store
+from glacli.io.formats.proportions import check_proportions, read_pretraining_prior, read_target_distribution
 
 METHODS = ("gla", "ensemble")
 HEADS_WITH_ZEROSHOT = ("anchored", "prompt")

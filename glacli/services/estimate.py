@@ -1,6 +1,6 @@
 """``estimate-prior``: the label prior q of a zero-shot model (and its temperature), from logits files.
 
-The solver is :func:`glacli.prior.estimate_prior`; this module owns what surrounds it: several
+The solver is :func:`glacli.core.prior.estimate_prior`; this module owns what surrounds it: several
 files pooled at one scale, the class proportions ``f`` of the estimation set (its labels, uniform,
 or a file), where the rows live during the fit (the solver keeps one float32 array of
 exponentials when it fits ``--memory``, else every pass streams the files), the device (on a CPU
@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from glacli import store
-from glacli.calibration import T_MIN
-from glacli.devices import compute_device
-from glacli.errors import GlaInputError
-from glacli.prior import DEFAULT_TOL, LogitSource, class_proportions, estimate_prior
-from glacli.types import Prior, PriorEstimate, Reporter
-from glacli.validation import (
+from glacli.base.devices import compute_device
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Prior, PriorEstimate, Reporter
+from glacli.core.calibration import T_MIN
+from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions, estimate_prior
+from glacli.io import store
+from glacli.base.validation import (
     check_same_classnames,
     labels_complete,
     require_count,
@@ -188,7 +188,7 @@ def _target_proportions(target: str, rows: _PooledRows) -> np.ndarray:
     if target == "uniform":
         return np.full(n_classes, 1.0 / n_classes)
     # imported here: only a file needs the readers of every format
-    from glacli.formats.proportions import read_proportions
+    from glacli.io.formats.proportions import read_proportions
     return read_proportions(Path(target), rows.classnames)
 
 

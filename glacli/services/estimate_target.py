@@ -1,6 +1,6 @@
 """``estimate-target``: the label distribution ``pi_t`` of an unlabelled logits file (label shift).
 
-The math is :mod:`glacli.label_shift`; this module owns what surrounds it: which logits may be
+The math is :mod:`glacli.core.label_shift`; this module owns what surrounds it: which logits may be
 given (calibrated for a uniform prior; the ensemble is refused since its implied prior is not
 uniform), the optional bias-corrected temperature scaling on labelled validation logits, whether
 the probabilities are held in memory or recomputed from the file on every pass, and the
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from glacli import store
-from glacli.errors import GlaInputError
-from glacli.label_shift import (
+from glacli.base.errors import GlaInputError
+from glacli.io import store
+from glacli.core.label_shift import (
     DEFAULT_CONCENTRATION,
     DEFAULT_TOL,
     TARGET_METHODS,
@@ -27,10 +27,10 @@ from glacli.label_shift import (
     mlls,
     probabilities,
 )
-from glacli.prior import estimate_prior
-from glacli.prior_passes import LogitSource
-from glacli.types import Prior, Reporter
-from glacli.validation import (
+from glacli.base.types import Prior, Reporter
+from glacli.core.prior import estimate_prior
+from glacli.core.prior.passes import LogitSource
+from glacli.base.validation import (
     check_same_classnames,
     check_same_temperature,
     require_choice,

@@ -3,8 +3,8 @@
 This module owns the results JSON (schema ``gla-evaluate``, documented in docs/evaluate.md): it
 writes it (:func:`evaluate_files`, :func:`dumps`) and reads it back for ``gla report``
 (:func:`read_records`), so writer and reader cannot drift. The metrics are computed by
-:mod:`glacli.metrics` while the rows stream from the store; with a bootstrap, the per-row values
-kept on the way are resampled by :mod:`glacli.bootstrap` (the logits are read once).
+:mod:`glacli.core.metrics` while the rows stream from the store; with a bootstrap, the per-row values
+kept on the way are resampled by :mod:`glacli.core.bootstrap` (the logits are read once).
 
 Version 2 names the top-k metric ``top{k}`` (``top5`` whenever there are 5 classes or more, as in
 version 1) and records k as ``top_k``; version 1 called it ``top5`` for any k, with ``top5_k``.
@@ -22,14 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from glacli import __version__, bootstrap, chunking, metrics, store
-from glacli.devices import compute_device
-from glacli.errors import GlaInputError
-from glacli.formats.proportions import read_pretraining_prior, read_target_distribution
-from glacli.plots import GroupBars, evaluation_figure
-from glacli.report import METHOD_KEY
-from glacli.types import Evaluation, Metrics, Record, Reporter
-from glacli.validation import check_same_classnames, require_count
+from glacli import __version__
+from glacli.base import chunking
+from glacli.base.devices import compute_device
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Evaluation, Metrics, Record, Reporter
+from glacli.base.validation import check_same_classnames, require_count
+from glacli.core import bootstrap
+from glacli.core import metrics
+from glacli.core.report import METHOD_KEY
+from glacli.io import store
+from glacli.io.formats.proportions import read_pretraining_prior, read_target_distribution
+from glacli.io.plots import GroupBars, evaluation_figure
 
 SCHEMA = "gla-evaluate"
 SCHEMA_VERSION = 2

@@ -1,21 +1,23 @@
 """``extract``: a data source encoded once into a features file, resumable and shardable.
 
 Every option is checked here first, before a source is listed or a model is loaded; then the
-rows come from :mod:`glacli.sources`, the model from :mod:`glacli.encoders`, and the pipeline
-(:mod:`glacli.extraction`) commits, resumes and merges.
+rows come from :mod:`glacli.io.sources`, the model from :mod:`glacli.io.encoders`, and the pipeline
+(:mod:`glacli.io.extraction`) commits, resumes and merges.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from glacli import extraction, sources, store
-from glacli.encoders import AUTOCAST_CHOICES, BACKENDS, encoder_class, load_encoder
-from glacli.encoders.base import Encoder
-from glacli.errors import GlaInputError
-from glacli.extraction.distributed import init_distributed
-from glacli.types import Reporter
-from glacli.validation import require_choice
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Reporter
+from glacli.base.validation import require_choice
+from glacli.io import extraction
+from glacli.io import sources
+from glacli.io import store
+from glacli.io.encoders import AUTOCAST_CHOICES, BACKENDS, encoder_class, load_encoder
+from glacli.io.encoders.base import Encoder
+from glacli.io.extraction.distributed import init_distributed
 
 
 def check_backend(backend: str, pretrained: str | None) -> type[Encoder]:

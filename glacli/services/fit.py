@@ -1,7 +1,7 @@
 """``fit``: a linear-probe head on cached features, with its penalty chosen on a validation set.
 
-The solver and the penalty search are :mod:`glacli.probe`, the anchor of ``--anchor`` is
-:mod:`glacli.anchor`; this module owns the policies around them: which heads may anchor which
+The solver and the penalty search are :mod:`glacli.core.probe`, the anchor of ``--anchor`` is
+:mod:`glacli.core.anchor`; this module owns the policies around them: which heads may anchor which
 features, where the features live during the fit (held on the compute device when they fit
 ``--memory`` and, on a GPU, half its free memory; else streamed from disk on every pass), what the
 head file records, and the warnings a user should read before trusting the head.
@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from glacli import store
-from glacli.anchor import AnchorFit, fit_anchor
-from glacli.calibration import T_MAX, T_MIN
-from glacli.devices import resolve_device
-from glacli.errors import GlaInputError
-from glacli.heads import head_tensors
-from glacli.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
-from glacli.types import Head, PathPoint, ProbeResult, Reporter
-from glacli.validation import (
+from glacli.base.devices import resolve_device
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Head, PathPoint, ProbeResult, Reporter
+from glacli.core.anchor import AnchorFit, fit_anchor
+from glacli.core.calibration import T_MAX, T_MIN
+from glacli.core.heads import head_tensors
+from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
+from glacli.io import store
+from glacli.base.validation import (
     check_head_fits,
     check_same_classnames,
     check_same_dimension,
@@ -50,7 +50,7 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
 
     With ``val`` the head's temperature is calibrated on it by NLL. ``init`` is a head to start
     from (a zero-shot head saves iterations). ``anchor`` is a zero-shot head: the penalty pulls the
-    weights towards it (:mod:`glacli.anchor`; the head written is ``anchored``, started from the
+    weights towards it (:mod:`glacli.core.anchor`; the head written is ``anchored``, started from the
     anchor unless ``init`` says otherwise). Returns the report of ``gla fit --json``, with the
     warnings (:func:`fit_warnings`) and the seconds spent loading and fitting.
     """

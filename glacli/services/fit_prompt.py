@@ -1,6 +1,6 @@
 """``fit --method prompt``: the GLA authors' few-shot prompt learner, trained over cached image features.
 
-The optimisation is :mod:`glacli.prompt_learning`, the text tower :mod:`glacli.encoders.prompt_tower`;
+The optimisation is :mod:`glacli.core.prompt_learning`, the text tower :mod:`glacli.io.encoders.prompt_tower`;
 this module owns the policies around them: which model (the features file's ``model`` and
 ``pretrained`` unless given, a mismatch refused), the defaults (template ``simple``, 50 epochs,
 the authors' learning rate and batch size for the shot count), the checkpoint a rerun resumes
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from glacli import store
-from glacli.calibration import T_MAX, T_MIN, fit_temperature_nll
-from glacli.devices import resolve_device
-from glacli.encoders import load_encoder
-from glacli.encoders.prompt_tower import LEARN_CHOICES, PromptTower
-from glacli.errors import GlaInputError, one_line
-from glacli.extraction.views import image_of
-from glacli.prompt_learning import (
+from glacli.base.devices import resolve_device
+from glacli.base.errors import GlaInputError, one_line
+from glacli.core.calibration import T_MAX, T_MIN, fit_temperature_nll
+from glacli.io import store
+from glacli.io.encoders import load_encoder
+from glacli.io.encoders.prompt_tower import LEARN_CHOICES, PromptTower
+from glacli.io.extraction.views import image_of
+from glacli.core.prompt_learning import (
     MOMENTUM,
     WARMUP_LR,
     WEIGHT_DECAY,
@@ -43,9 +43,9 @@ from glacli.prompt_learning import (
     prompt_logits,
     train_prompts,
 )
-from glacli.templates import load_templates
-from glacli.types import PROMPT_PLACEHOLDER, Head, Reporter
-from glacli.validation import (
+from glacli.base.types import PROMPT_PLACEHOLDER, Head, Reporter
+from glacli.io.templates import load_templates
+from glacli.base.validation import (
     check_same_classnames,
     check_same_dimension,
     require_choice,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from glacli import store
+from glacli.io import store
 
 
 def describe_file(path: Path) -> dict[str, Any]:

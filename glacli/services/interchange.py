@@ -1,6 +1,6 @@
 """``import`` and ``export``: files of other tools into gla files, and gla files out again.
 
-The readers and writers of each format live in :mod:`glacli.formats`; this module owns what
+The readers and writers of each format live in :mod:`glacli.io.formats`; this module owns what
 happens between: which labels, class names and ids a file gets when it has none (or takes from a
 gla file of the same rows, so that two tools' outputs line up), probabilities stored as
 log-probabilities, features L2-normalised, priors normalised, and the notes that say so. Rows
@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from glacli import chunking, formats, store
-from glacli.errors import GlaInputError
-from glacli.formats import npy
-from glacli.formats.base import ReadOptions, RowSource
-from glacli.formats.classnames import read_classnames
-from glacli.types import ExportReport, ImportReport, Prior
-from glacli.validation import (
+from glacli.base import chunking
+from glacli.base.errors import GlaInputError
+from glacli.base.types import ExportReport, ImportReport, Prior
+from glacli.io import formats
+from glacli.io import store
+from glacli.io.formats import npy
+from glacli.io.formats.base import ReadOptions, RowSource
+from glacli.io.formats.classnames import read_classnames
+from glacli.base.validation import (
     PRIOR_SUM_TOLERANCE,
     check_classnames,
     require_choice,

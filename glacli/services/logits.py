@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from glacli import chunking, store
-from glacli.heads import apply_head
-from glacli.types import Reporter
-from glacli.validation import check_head_fits
+from glacli.base import chunking
+from glacli.base.types import Reporter
+from glacli.base.validation import check_head_fits
+from glacli.core.heads import apply_head
+from glacli.io import store
 
 HEAD_ATTRS = ("model", "pretrained", "templates", "anchor_id")
 """Attributes of the head that its logits record (which model, which prompts, and for an anchored

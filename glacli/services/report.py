@@ -5,11 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli import report, store
-from glacli.metrics import metric_info
-from glacli.plots import Series, setting_figure
+from glacli.base.types import Reporter
+from glacli.core import report
+from glacli.core.metrics import metric_info
+from glacli.io import store
+from glacli.io.plots import Series, setting_figure
 from glacli.services.evaluate import load_document, read_records
-from glacli.types import Reporter
 
 DEFAULT_COLS = "shots"
 """The column key when none is given and the results have it: the shot count of few-shot runs."""

@@ -1,6 +1,6 @@
 """``subset``: class-balanced few-shot splits of a features (or logits) file, without re-extraction.
 
-The sampler is :func:`glacli.subset.few_shot_split` (keyed on ids, so ``extract --shots`` takes the
+The sampler is :func:`glacli.core.subset.few_shot_split` (keyed on ids, so ``extract --shots`` takes the
 same rows); this module streams the chosen rows of each split into its own file in one pass.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from glacli import chunking, store
-from glacli.errors import GlaInputError
-from glacli.subset import NotEnoughRows, few_shot_split, shot_keys
-from glacli.types import Reporter
-from glacli.validation import require_count
+from glacli.base import chunking
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Reporter
+from glacli.base.validation import require_count
+from glacli.core.subset import NotEnoughRows, few_shot_split, shot_keys
+from glacli.io import store
 
 
 def subset_file(source: Path, output: Path, *, shots: int, seed: int, val_shots: int = 0,

@@ -1,8 +1,8 @@
 """``zeroshot``: a zero-shot head from class names and a prompt set, with the encoder's text tower.
 
 Class names come from ``--classnames`` or a features file (``--like``, whose model is checked
-against the encoder's); prompts from :mod:`glacli.templates`; the weights from
-:func:`glacli.zeroshot.zeroshot_weights`. Everything is checked before the model is loaded.
+against the encoder's); prompts from :mod:`glacli.io.templates`; the weights from
+:func:`glacli.core.zeroshot.zeroshot_weights`. Everything is checked before the model is loaded.
 """
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from glacli import store
-from glacli.devices import resolve_device
-from glacli.encoders import load_encoder
-from glacli.errors import GlaInputError
-from glacli.formats.classnames import read_classnames
+from glacli.base.devices import resolve_device
+from glacli.base.errors import GlaInputError
+from glacli.base.types import Head, Reporter
+from glacli.core.zeroshot import zeroshot_weights
+from glacli.io import store
+from glacli.io.encoders import load_encoder
+from glacli.io.formats.classnames import read_classnames
+from glacli.io.templates import load_templates
 from glacli.services.extract import check_backend
-from glacli.templates import load_templates
-from glacli.types import Head, Reporter
-from glacli.zeroshot import zeroshot_weights
 
 
 def zeroshot_head(output: Path, *, model: str, pretrained: str | None, backend: str,
