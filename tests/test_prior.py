@@ -119,9 +119,6 @@ def test_one_solver_for_numpy_and_torch_and_for_kept_and_streamed_rows():
     kept, streamed = (estimate_prior(z32, f, 1.0, labels=y, hold_bytes=budget) for budget in (np.inf, 0))
     assert kept.converged and streamed.converged
     np.testing.assert_allclose(kept.log_prior, streamed.log_prior, atol=1e-6)
-    # both end on a float64 pass that also scores the estimate: per-class right predictions
-    np.testing.assert_array_equal(kept.correct, streamed.correct)
-    assert kept.correct[0].sum() == (z32.argmax(1) == y).sum()
 
 
 def test_estimate_prior_on_a_cpu_does_not_import_torch(tmp_path):

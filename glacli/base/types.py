@@ -171,7 +171,8 @@ class PriorEstimate:
     """``log q``, float64 [C], normalised so that ``q`` sums to 1 (finite even where ``q`` underflows)."""
     temperature: float
     iterations: int
-    """Newton iterations, on the subsample (``nll``'s start) and on all rows."""
+    """Newton iterations over all rows (with ``nll``: the steps in ``b`` at each trial ``T``, the
+    steps in ``T`` and the joint steps that confirm the end point)."""
     max_moment_gap: float
     """``max_k |f_k - mean_i softmax(z_i / T - log q + log f)_k|`` at the solution."""
     converged: bool
@@ -183,9 +184,6 @@ class PriorEstimate:
     """``f_k - mean_i p_ik`` per class, float64 [C]: where a fit that did not converge falls short."""
     passes: int = 0
     """Passes over the rows (float32 and float64), for benchmarks."""
-    correct: np.ndarray | None = None
-    """[2, C] right predictions per class on the estimation set, of ``z`` and of ``z / T - log q``
-    (with labels)."""
 
     @property
     def prior(self) -> np.ndarray:

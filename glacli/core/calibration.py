@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from array_api_compat import array_namespace
+from array_api_compat import device as device_of
 
 from glacli.base import chunking
 
@@ -32,6 +33,24 @@ def log_softmax(xp: Any, s: Any) -> Any:
     top = xp.max(s, axis=1, keepdims=True)
     shifted = s - top
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def expected_logits(xp: Any, e: Any, z: Any, weights: Any = None, second: bool = False) -> tuple[Any, ...]:
+    """Per row ``d_i = e_i . weights``, ``E_p[z_i]`` and, with ``second``, ``Var_p[z_i]`` and the
+    column sums ``sum_i e_i z_i / d_i``, under ``p_i = e_i * weights / d_i``.
+
+    ``e``: [n, C] unnormalised probabilities (e.g. ``exp(s - rowmax)``); ``weights``: [C] or None
+    (ones). The one kernel for the temperature's gradient and curvature, here and in the prior solver.
+    """
+    ones = xp.ones(e.shape[1], dtype=e.dtype, device=device_of(e)) if weights is None else weights
+    d = e @ ones
+    ez = e * z
+    mean = (ez @ ones) / d
+    if not second:
+        return d, mean, None, None
+    columns = (1.0 / d) @ ez
+    ez *= z
+    return d, mean, xp.clip((ez @ ones) / d - mean * mean, min=0.0), columns
 
 
 def _labelled_blocks(logits: Any, labels: Any) -> Iterator[tuple[Any, Any]]:
@@ -94,10 +113,10 @@ def fit_temperature_nll(logits: Any, labels: Any, tol: float = 1e-10, max_iter: 
     def grad_curv(beta: float) -> tuple[float, float]:
         mean_z_sum = var_sum = 0.0
         for z, _ in blocks:
-            p = xp.exp(log_softmax(xp, beta * z))
-            mean_z = xp.sum(p * z, axis=1)
+            s = beta * z
+            _, mean_z, var_z, _ = expected_logits(xp, xp.exp(s - xp.max(s, axis=1, keepdims=True)), z, second=True)
             mean_z_sum += float(xp.sum(mean_z))
-            var_sum += float(xp.sum(xp.clip(xp.sum(p * z * z, axis=1) - mean_z**2, min=0.0)))
+            var_sum += float(xp.sum(var_z))
         return mean_z_sum / n - mean_true, var_sum / n
 
     return solve_temperature_nll(grad_curv, tol, max_iter)

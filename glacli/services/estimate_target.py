@@ -29,7 +29,7 @@ from glacli.core.label_shift import (
 )
 from glacli.base.types import Prior, Reporter
 from glacli.core.prior import estimate_prior
-from glacli.core.prior.passes import LogitSource
+from glacli.core.prior import LogitSource
 from glacli.base.validation import (
     check_same_classnames,
     check_same_temperature,

@@ -1,4 +1,4 @@
-"""Estimating the label prior ``q`` of a zero-shot model (pure array math, no I/O).
+"""Estimating the label prior ``q`` of a zero-shot model (array math, no I/O).
 
 The estimator of GLA. On an estimation set whose class proportions are ``f``, the zero-shot model
 with its pre-training prior ``q`` replaced by ``f`` is ``softmax(beta * z_i - log q + log f)``, with
@@ -8,42 +8,17 @@ with its pre-training prior ``q`` replaced by ``f`` is ``softmax(beta * z_i - lo
 
 (the mean cross-entropy when ``f`` are the label proportions). ``L`` is convex in ``(beta, b)``,
 invariant to ``b -> b + c``, and its gradient in ``b`` is ``f - mean_i softmax(beta * z_i - b)``:
-at the optimum the mean predicted distribution equals the class proportions (the *moment*
-condition). The maximum-likelihood prior is then ``log q = b + log f``, normalised; on a
-balanced set ``log f`` is a constant and ``q = softmax(b)``. Only ``f`` enters, so a set of
-known proportions needs no labels at all when ``beta`` is fixed.
+at the optimum the mean predicted distribution equals the class proportions. Then ``log q = b +
+log f``, normalised. Only ``f`` enters, so a set of known proportions needs no labels when ``beta``
+is fixed.
 
-The solver is Newton's method with a line search, started by one fixed-point step
-``b += log(m / f)`` (``m`` the mean predicted distribution; computed in log space when a class's
-probability underflows on every row). The dense ``b``-block of the Hessian comes from a fixed
-subsample of rows with its diagonal raised to the exact one, and is then improved by BFGS updates
-from the gradients the passes give anyway.
-
-Passes are what cost, so they are made cheap and few:
-
-- With ``beta`` fixed, the first pass over the rows (which also checks them) computes
-  ``E = exp(beta z - rowmax)`` in float32 and keeps it (when it fits ``hold_bytes``); every later
-  pass is two matrix-vector products over the whole array, ``d = E w`` and ``E^T (1/d)`` with
-  ``w = exp(-b)``, since ``softmax(beta z_i - b)_k = E_ik w_k / d_i``. Where ``E`` does not fit,
-  each pass streams the rows again (memory stays one block; the next block is read while one is
-  worked on).
-- With ``beta`` free (``nll``, rows and ``E`` both in memory), ``beta`` is found on the *profile*
-  ``phi(beta) = min_b L(beta, b)``, convex in ``beta``. The first pass also gives the mean
-  softmax at T = 1, whose fixed-point step ``b1`` debiases a 2,048-row subsample on which a first
-  ``beta`` is fitted (within ~0.1% on CLIP-like logits). At each trial ``beta`` one exp pass keeps
-  ``E`` and ``b`` is solved by kept passes. At the first trial one more pass gives
-  ``phi'(beta) = mean_i E_p[z_i] - mean_i z_{i,y_i}``, the Hessian's beta row ``H_beta_b`` and
-  ``phi'' = H_beta_beta - H_beta_b H_bb^-1 H_b_beta``; the next ``b`` starts at
-  ``b + (db/dbeta) dbeta`` with ``db/dbeta = -H_bb^-1 H_b_beta``, and later trials take ``phi'``
-  from their keep pass, carried to the solved ``b`` along ``H_beta_b``, and ``phi''`` by secants.
-  Later keeps form the scores in float64 (the exp in float32) and sum ``phi'`` in float64, so the
-  float32 stage ends within the tolerance and one joint float64 Newton pass usually confirms it.
-  (``nll`` with only the rows in memory, or streamed, runs the joint Newton on full passes.)
-- Float32 until the gap is small; the last pass is always float64, and convergence is declared
-  on the float64 gap. On a CPU the pieces of a pass run on all cores.
-
-The arrays may be numpy arrays (CPU, no torch needed) or torch tensors (any device): the array-API
-namespace of the input is used, so one solver serves both.
+The pieces: :mod:`.objective` (``L`` over kept or streamed rows), :mod:`.newton` (Newton's method
+on it), :mod:`.rows` (the passes). With ``T`` fixed: one fixed-point step ``b += log(m / f)`` from
+the first pass (``m`` the mean predicted distribution), then Newton steps, float32 passes over kept
+``exp(beta z)`` while they make progress, float64 passes to declare convergence. With ``nll``:
+Newton on the profile ``phi(beta) = min_b L(beta, b)`` (convex), each trial ``beta`` solving ``b``
+by the ``T``-fixed iteration in float32; ``phi' = mean_i E_p[z_i] - mean_i z_{i,y_i}``, and
+``phi''`` and ``db/dbeta`` from the Hessian; then a joint float64 Newton confirms the end point.
 """
 from __future__ import annotations
 
@@ -51,19 +26,22 @@ import math
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
 from glacli.base.types import PriorEstimate
-from glacli.core.calibration import log_softmax, solve_temperature_confidence
-from glacli.core.prior.kept import prepare
-from glacli.core.prior.newton import Newton, Problem, first_step, fixed_point_step
-from glacli.core.prior.passes import Accuracy, Engine, LogitSource
-from glacli.core.prior.profile import solve_nll, start_beta
+from glacli.core.calibration import T_MAX, T_MIN, fit_temperature_nll, log_softmax, solve_temperature_confidence
+from glacli.core.prior.newton import Newton, Run, joint_inverse
+from glacli.core.prior.objective import Objective, Scan
+from glacli.core.prior.rows import LogitSource, Rows
 
-__all__ = ["DEFAULT_TOL", "LogitSource", "class_proportions", "debiased_logits", "estimate_prior"]
+__all__ = ["DEFAULT_TOL", "LogitSource", "class_proportions", "estimate_prior"]
 
 DEFAULT_TOL = 1e-8
+START_ROWS = 2048
+"""Subsample rows on which ``nll``'s first ``beta`` is fitted."""
+PROFILE_GRADIENT = 1e-5
+"""``nll``: the profile iteration hands over to the joint float64 Newton below this ``|phi'(beta)|``."""
+UNDERFLOW = 1e-30
+"""A mean class probability below this is recomputed in log space."""
 
 
 def class_proportions(labels: Any, n_classes: int) -> np.ndarray:
@@ -85,12 +63,10 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         temperature: a positive number (fixed T), ``"confidence"`` (T such that mean max
             probability equals accuracy, then q) or ``"nll"`` (T and q jointly by maximum likelihood).
         labels: [N] labels; needed by ``"confidence"`` and ``"nll"``, and for the reported mean
-            cross-entropy. ``"nll"`` requires that ``target`` are the proportions of these labels,
-            since both come from the same likelihood.
+            cross-entropy. ``"nll"`` requires that ``target`` are the proportions of these labels.
         tol: stop when ``max_k |f_k - mean_i p_ik|`` (and the beta gradient) is below this, in float64.
-        hold_bytes: keep one float32 copy in memory when it fits this budget: ``exp(z / T)`` with T
-            fixed, the rows as given with ``"nll"`` (and, when two copies fit, ``exp(beta z)`` beside
-            them for the profile iteration); else every pass streams the rows again.
+        hold_bytes: memory for float32 copies: ``exp(z / T)`` with T fixed; with ``"nll"`` the rows,
+            and ``exp(beta z)`` beside them when both fit; else every pass streams the rows again.
 
     Returns:
         A :class:`PriorEstimate`; ``converged`` is False if ``max_iter`` ran out first.
@@ -109,73 +85,111 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
     if temperature == "nll" and not np.allclose(label_proportions, target, rtol=0, atol=1e-12):
         raise ValueError("temperature 'nll' fits T to the labels, so the target must be their proportions")
 
-    fit_beta, fits = temperature == "nll", 4.0 * n * c <= hold_bytes
-    small = n * c < 2**20  # float64 throughout: passes cost nothing, and float32 would only add rounding
-    profile = fit_beta and 8.0 * n * c <= hold_bytes and not small  # the rows and E: two float32 copies
+    fit_beta, small = temperature == "nll", n * c < 2**20  # small: float64 throughout, passes cost nothing
+    dtypes = ("float64",) if small else ("float32", "float64")
+    keep = not small and (8.0 if fit_beta else 4.0) * n * c <= hold_bytes
     fixed_beta = None if temperature in ("nll", "confidence") else 1.0 / float(temperature)
-    # nll passes need the rows themselves every time: the first pass holds them when they fit. With
-    # T fixed the passes need exp(z/T), which the first pass computes and keeps (one float32 copy);
-    # the profile path takes the mean softmax at T = 1 from it, for its first T.
-    engine = Engine(source, None, hold=fit_beta and fits)
-    prepared = prepare(engine, labels, keep_beta=1.0 if profile else fixed_beta if fits else None,
-                       sum_columns=fit_beta)
-    if not prepared.finite:
-        raise ValueError("the logits hold NaN or infinite values")
-    mean_true_logit, z_sub = prepared.true_logit_sum / n, prepared.z_sub
-    if fit_beta:
-        # Per-class constants in z only move b (beta z - b is unchanged with b += beta shift), but a
-        # class far below the rest makes the beta curvature huge: centre the columns.
-        engine.shift = (prepared.column_sums / n).astype(np.float32).astype(np.float64)
-        z_sub = z_sub - engine.shift
-        mean_true_logit -= float(label_proportions @ engine.shift)
-
-    problem = Problem(target, mean_true_logit if labels is not None else 0.0, fit_beta, tol, max_iter)
-    accuracy = None if labels is None else Accuracy(engine.vector(labels, engine.xp.int64), np.log(target))
-    if profile:
-        # the first step at T = 1 from the raw rows, which in the centred frame is at b = -shift
-        b1 = fixed_point_step(engine, target, 1.0, -engine.shift, prepared.kept_pass.moments)
-        run = solve_nll(engine, problem, z_sub, labels[prepared.sub_rows], accuracy, b1, prepared.kept)
-    else:
+    with Rows(source, hold=fit_beta and 4.0 * n * c <= hold_bytes) as rows:
+        objective = Objective(rows, target, fit_beta, keep)
+        scan = objective.scan(labels, 1.0 if fit_beta else fixed_beta, column_sums=fit_beta)
+        if not scan.finite:
+            raise ValueError("the logits hold NaN or infinite values")
+        objective.mean_true_logit = scan.true_logit_sum / n
+        z_sub = scan.z_sub
         if fit_beta:
-            beta = start_beta(z_sub, labels[prepared.sub_rows])
+            # Per-class constants in z only move b, but a class far below the rest makes the beta
+            # curvature huge: centre the columns (float32-rounded, so every precision sees one shift).
+            objective.shift = (scan.column_sums / n).astype(np.float32).astype(np.float64)
+            z_sub = z_sub - objective.shift
+            objective.mean_true_logit -= float(label_proportions @ objective.shift)
+            if objective.kept is not None:  # E = exp(z - rowmax) is, in the centred frame, E at b = -shift
+                objective.kept.b_ref = -objective.shift
+            run = _profile(objective, scan, z_sub, labels, dtypes, tol, max_iter)
         else:
-            beta = fixed_beta or 1.0 / _confidence_temperature(engine, labels)
-        newton = Newton(engine, problem, z_sub, hold=fits and not fit_beta, accuracy=accuracy, kept=prepared.kept)
-        first = prepared.kept_pass if newton.kept is not None else None
-        run = newton.run(beta, first_step(newton, beta, np.zeros(c), first), float64=small)
-    beta, b, st = run.beta, run.b, run.st
-
-    moment_gaps = target - st.moments
-    objective = st.lse + float(target @ b) - beta * problem.mean_true_logit
+            beta = fixed_beta or 1.0 / _confidence_temperature(rows, labels)
+            zero = np.zeros(c)
+            start = scan.point or objective.evaluate(beta, zero, dtypes[0], hessian=False)
+            b = _fixed_point_step(objective, beta, zero, start.moments)
+            run = Newton(objective, z_sub, False, tol, max_iter).solve(beta, b, dtypes)
+        passes = rows.passes
+    point, beta = run.point, run.point.beta
+    moment_gaps = target - point.moments
+    b = point.b if objective.shift is None else point.b + beta * objective.shift
     cross_entropy = None
     if label_proportions is not None:  # L holds sum_k f_k b_k where the cross-entropy has the label mean of b
-        cross_entropy = objective + float((label_proportions - target) @ b)
-    if engine.shift is not None:
-        b = b + beta * engine.shift
+        cross_entropy = objective.value(point) + float((label_proportions - target) @ point.b)
     log_q = b + np.log(target)
     log_q -= log_q.max() + math.log(np.exp(log_q - log_q.max()).sum())
-    correct = None if labels is None else np.stack([prepared.correct_raw, st.correct])
-    return PriorEstimate(log_q, 1.0 / beta, run.iterations, float(np.abs(moment_gaps).max()),
-                         run.converged, cross_entropy,
-                         st.mean_z - problem.mean_true_logit if fit_beta else None, moment_gaps, engine.passes,
-                         correct)
+    return PriorEstimate(log_q, 1.0 / beta, run.iterations, float(np.abs(moment_gaps).max()), run.converged,
+                         cross_entropy, point.mean_z - objective.mean_true_logit if fit_beta else None,
+                         moment_gaps, passes)
 
 
-def _confidence_temperature(engine: Engine, labels: np.ndarray) -> float:
+def _fixed_point_step(objective: Objective, beta: float, b: np.ndarray, moments: np.ndarray) -> np.ndarray:
+    """``b + log(m / f)`` from the mean predicted distribution ``m`` at ``(beta, b)``: moves every
+    class's mean probability to its target at once, which lands close to the optimum; ``log m`` in
+    log space (one more pass) when a class's probability underflows everywhere."""
+    log_m = np.log(np.maximum(moments, 1e-300))
+    if (moments < UNDERFLOW).any():
+        log_m = objective.log_moments(beta, b)
+    b = b + log_m - np.log(objective.target)
+    return b - b.max()
+
+
+def _confidence_temperature(rows: Rows, labels: np.ndarray) -> float:
     """The T at which mean max-probability equals top-1 accuracy, by passes over the rows."""
-    xp = engine.xp
-    y_all = engine.vector(labels, xp.int64)
-    correct = engine.reduce(lambda s, z: (float(xp.sum(xp.astype(
-        xp.argmax(z, axis=1) == y_all[s:s + z.shape[0]], xp.float64))),))[0]
+    xp = rows.xp
+    y = rows.vector(labels, xp.int64)
+    correct = rows.reduce(lambda s, z: (float(xp.sum(xp.astype(
+        xp.argmax(z, axis=1) == y[s:s + z.shape[0]], xp.float64))),))[0]
 
     def confidence(temperature: float) -> float:
-        return engine.reduce(lambda _s, z: (float(xp.sum(xp.exp(xp.max(
-            log_softmax(xp, engine.load(z, xp.float64, None) / temperature), axis=1)))),))[0] / engine.n
+        return rows.reduce(lambda _s, z: (float(xp.sum(xp.exp(xp.max(
+            log_softmax(xp, xp.astype(z, xp.float64) / temperature), axis=1)))),))[0] / rows.n
 
-    return solve_temperature_confidence(confidence, correct / engine.n, engine.c)
+    return solve_temperature_confidence(confidence, correct / rows.n, rows.c)
 
 
-def debiased_logits(logits: Any, log_prior: Any, temperature: float) -> Any:
-    """``z / T - log q``: the zero-shot model with its label prior removed."""
-    xp = array_namespace(logits)
-    return logits / temperature - xp.asarray(np.asarray(log_prior), dtype=logits.dtype, device=device_of(logits))
+def _profile(objective: Objective, scan: Scan, z_sub: np.ndarray, labels: np.ndarray, dtypes: tuple[str, ...],
+             tol: float, max_iter: int) -> Run:
+    """``nll``: Newton on ``phi(beta) = min_b L(beta, b)``, then the joint float64 Newton.
+
+    The first ``beta`` is fitted on :data:`START_ROWS` subsample rows debiased by the fixed-point
+    step at T = 1 (a T fitted with q uniform would absorb a strong prior). At each trial ``beta``
+    the first pass keeps ``E`` (when it fits) and ``b`` is solved over it; one more pass gives
+    ``phi' = mean_i E_p[z_i] - mean_i z_{i,y_i}`` at the solved ``b`` and the Hessian's beta terms,
+    so ``phi'' = H_beta_beta - H_beta_b H_bb^-1 H_b_beta`` and the next ``b`` starts at ``b +
+    (db/dbeta) dbeta`` with ``db/dbeta = -H_bb^-1 H_b_beta`` (``H_bb^-1``: the Newton's inverse).
+    """
+    shift = objective.shift
+    at_one = scan.point or objective.evaluate(1.0, -shift, dtypes[0], hessian=False)
+    b1 = _fixed_point_step(objective, 1.0, -shift, at_one.moments)
+    every = max(1, len(z_sub) // START_ROWS)
+    beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, labels[scan.sub_rows[::every]], tol=1e-4)
+    b, inner = beta * b1, Newton(objective, z_sub, False, 1e-6, max_iter)
+    lo, hi, iterations, run = 1.0 / T_MAX, 1.0 / T_MIN, 0, None
+    while True:
+        inner.max_iter = max(1, max_iter - iterations)
+        # the first pass at each beta keeps E; the inverse Hessian carries over (refreshed from the
+        # subsample while the gap is large)
+        run = inner.solve(beta, b, dtypes[:1], None if run is None else run.inverse)
+        b, iterations = run.point.b, iterations + run.iterations + 1
+        at = objective.evaluate(beta, b, dtypes[0], False, mean_z=True)
+        gradient, slope = at.mean_z - objective.mean_true_logit, run.inverse @ at.h_beta_b
+        curvature = at.h_beta - float(at.h_beta_b @ slope)
+        if gradient > 0:
+            hi = beta
+        else:
+            lo = beta
+        new_beta = beta - gradient / curvature if curvature > 0 else math.nan
+        if not lo < new_beta < hi:
+            new_beta = math.sqrt(lo * hi)  # bisect in log beta: the bracket spans decades
+        b, beta = b - slope * (new_beta - beta), new_beta
+        inner.tol = max(tol / 4, min(1e-6, 1e-6 * abs(gradient)))
+        if abs(gradient) < PROFILE_GRADIENT or hi - lo <= 1e-9 * hi or iterations >= max_iter:
+            break
+    joint = joint_inverse(run.inverse, at.h_beta_b, curvature) if curvature > 0 else None
+    final = Newton(objective, z_sub, True, tol, max(1, max_iter - iterations)).solve(
+        beta, b, ("float64",), inverse=joint, diag=run.diag)
+    final.iterations += iterations
+    return final

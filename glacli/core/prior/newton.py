@@ -1,9 +1,11 @@
-"""Newton's method on the prior estimator's objective (pure array math, no I/O).
+"""Newton's method on the prior estimator's objective, in the named stages of scikit-learn's
+``NewtonSolver``: setup, gradient and Hessian, inner solve, line search, convergence check, finalize.
 
-The iteration of :mod:`glacli.core.prior`: Newton steps with a line search on ``L(beta, b)``, the
-dense ``b``-block of the Hessian from a fixed subsample of rows with its diagonal raised to the
-exact one, improved by BFGS updates from the gradients the passes give anyway; passes in float32
-while each iteration at least halves the gap, the last one in float64.
+The variables are ``b`` (``T`` fixed) or ``(beta, b)``. The Hessian is dense only on a fixed
+subsample of rows, its ``b``-diagonal raised to the exact one the passes give; its inverse is
+refreshed while the gap is large and then improved by BFGS updates from the gradients the passes
+give anyway, which makes the last iterations superlinear. Passes run in the precisions of
+``dtypes`` in turn (float32 while it makes progress, then float64 to declare convergence).
 """
 from __future__ import annotations
 
@@ -11,227 +13,152 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glacli.core.prior.kept import Kept, keep, kept_pass
-from glacli.core.prior.passes import Accuracy, Engine, Pass, full_pass, log_moments
+from glacli.core.calibration import expected_logits
+from glacli.core.prior.objective import Objective, Point
 
 REUSE_HESSIAN_BELOW_GAP = 1e-4
-
 FLOAT32_FLOOR = 1e-6
-"""Below this gap float32 rounding may stall the iteration (the beta gradient cancels): an
-iteration that does not halve the gap there hands over to float64."""
-
-REFERENCE_DRIFT = 30.0
-"""Kept ``E`` is recomputed once ``b`` moved this far from where it was computed (float32 range)."""
-
+"""Below this gap float32 rounding may stall the iteration: one that does not halve the gap there
+hands over to the next precision."""
 MAX_RIDGE_RETRIES = 30
 """Each retry multiplies the ridge by 100: from 1e-12 to far beyond any finite Hessian's scale."""
 
-UNDERFLOW = 1e-30
-"""A mean class probability below this is recomputed in log space."""
 
-
-def subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray) -> np.ndarray:
-    """``mean_i diag(p_i) - p_i p_i^T`` over the subsample, float64 [C, C] (float32 inside: it only shapes the step)."""
-    p = (z_sub * beta - b).astype(np.float32)
-    p -= p.max(1, keepdims=True)
-    np.exp(p, out=p)
-    p /= p.sum(1, keepdims=True)
-    return np.diag(p.mean(0, dtype=np.float64)) - (p.T @ p).astype(np.float64) / len(p)
-
-
-def newton_system(st: Pass, diag: np.ndarray, h_sub: np.ndarray, fit_beta: bool) -> np.ndarray:
-    """The Hessian used for the step: subsample b-block with the exact diagonal, plus the beta row.
-
-    The b-block is made PSD-safe by only raising its diagonal (``max(exact - subsample, 0)``), and
-    the gauge direction ``b -> b + c`` (zero curvature, zero gradient) is fixed by adding ``1 1^T / C``.
-    """
-    c = h_sub.shape[0]
-    h_bb = h_sub + np.diag(np.maximum(diag - np.diag(h_sub), 0)) + 1.0 / c
+def subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray, diag: np.ndarray, fit_beta: bool) -> np.ndarray:
+    """The Hessian of ``L`` over the subsample rows, float64 [C, C] (``fit_beta``: [C + 1, C + 1],
+    ``beta`` first), with its ``b``-diagonal raised to the exact ``diag`` (never lowered: it stays
+    positive semi-definite) and the gauge direction ``b -> b + c`` fixed by adding ``1 1^T / C``.
+    Float32 inside: it only shapes the step."""
+    z = z_sub.astype(np.float32)
+    s = z * np.float32(beta) - b.astype(np.float32)
+    e = np.exp(s - s.max(1, keepdims=True))
+    d, mean_z, var_z, columns = expected_logits(np, e, z, second=fit_beta)
+    p = e / d[:, None]
+    h_bb = np.diag(p.mean(0, dtype=np.float64)) - (p.T @ p).astype(np.float64) / len(p)
+    h_bb += np.diag(np.maximum(diag - np.diag(h_bb), 0)) + 1.0 / len(b)
     if not fit_beta:
         return h_bb
-    h = np.empty((c + 1, c + 1))
-    h[0, 0] = st.hess_beta
-    h[0, 1:] = h[1:, 0] = st.hess_beta_b
-    h[1:, 1:] = h_bb
-    return h
+    h_beta_b = -(columns - (mean_z / d) @ e).astype(np.float64) / len(p)
+    return np.block([[np.array([[var_z.mean(dtype=np.float64)]]), h_beta_b[None]], [h_beta_b[:, None], h_bb]])
 
 
-def _bfgs_update(inverse: np.ndarray, step: np.ndarray, change: np.ndarray) -> np.ndarray:
-    """The BFGS update of an inverse Hessian from one step and the gradient change it caused
-    (skipped when the curvature along the step is not positive, e.g. rounding at the optimum)."""
-    curvature = float(change @ step)
-    if not curvature > 1e-300:
-        return inverse
-    rho = 1.0 / curvature
-    hy = inverse @ change
-    return (inverse - rho * (np.outer(step, hy) + np.outer(hy, step))
-            + (rho * rho * float(change @ hy) + rho) * np.outer(step, step))
+def joint_inverse(inverse_bb: np.ndarray, h_beta_b: np.ndarray, curvature: float) -> np.ndarray:
+    """The inverse of ``[[h, u^T], [u, H]]`` from ``H^-1``, ``u`` and the Schur complement
+    ``h - u^T H^-1 u`` (the profile's curvature): no new factorisation for the joint Newton."""
+    v = inverse_bb @ h_beta_b
+    return np.block([[np.array([[1.0]]), -v[None]], [-v[:, None], inverse_bb * curvature + np.outer(v, v)]]) / curvature
 
 
 def regularised_inverse(h: np.ndarray) -> np.ndarray:
     """``(h + ridge I)^-1`` with the smallest ridge that makes ``h`` positive definite (a Cholesky
-    factorisation decides); kept across iterations, each Newton direction is then one product."""
-    if not np.isfinite(h).all():
-        raise ValueError("the Newton system is not positive definite at any ridge (non-finite curvature)")
-    ridge = 1e-12 * max(float(np.abs(np.diag(h)).max()), 1e-300)
-    eye = np.eye(len(h))
-    for _ in range(MAX_RIDGE_RETRIES):
-        try:
-            np.linalg.cholesky(h + ridge * eye)
-            return np.linalg.inv(h + ridge * eye)
-        except np.linalg.LinAlgError:
-            ridge *= 100
+    factorisation decides)."""
+    if np.isfinite(h).all():
+        ridge, eye = 1e-12 * max(float(np.abs(np.diag(h)).max()), 1e-300), np.eye(len(h))
+        for _ in range(MAX_RIDGE_RETRIES):
+            try:
+                np.linalg.cholesky(h + ridge * eye)
+                return np.linalg.inv(h + ridge * eye)
+            except np.linalg.LinAlgError:
+                ridge *= 100
     raise ValueError("the Newton system is not positive definite at any ridge (non-finite curvature)")
-
-
-def joint_inverse(inverse_bb: np.ndarray, hess_beta_b: np.ndarray, curvature: float) -> np.ndarray:
-    """The inverse of ``[[h, u^T], [u, H]]`` from ``H^-1``, ``u`` and the Schur complement
-    ``h - u^T H^-1 u`` (the profile's curvature): no new factorisation for the joint Newton."""
-    v = inverse_bb @ hess_beta_b
-    out = np.empty((len(v) + 1, len(v) + 1))
-    out[0, 0] = 1.0 / curvature
-    out[0, 1:] = out[1:, 0] = -v / curvature
-    out[1:, 1:] = inverse_bb + np.outer(v, v) / curvature
-    return out
-
-
-@dataclass
-class Problem:
-    """What the Newton iteration needs besides the rows: ``f``, the label term, and the stopping rule."""
-
-    target: np.ndarray
-    mean_true_logit: float
-    fit_beta: bool
-    tol: float
-    max_iter: int
 
 
 @dataclass
 class Run:
-    """Where a Newton run ended: the point, its pass, the iterations, convergence, the inverse Hessian."""
+    """Where a Newton run ended: its last point, iterations, convergence, inverse Hessian and exact
+    diagonal; ``start``: the pass it started from."""
 
-    beta: float
-    b: np.ndarray
-    st: Pass
+    point: Point
+    start: Point
     iterations: int
     converged: bool
-    inverse: np.ndarray | None
+    inverse: np.ndarray
+    diag: np.ndarray
 
 
 class Newton:
-    """Newton's method on ``L``: full passes (beta free, or rows too large to keep) or kept-``E`` passes."""
+    """Newton's method with an Armijo (or gradient-decrease) line search on ``objective``."""
 
-    def __init__(self, engine: Engine, problem: Problem, z_sub: np.ndarray, hold: bool,
-                 accuracy: Accuracy | None = None, kept: Kept | None = None):
-        self.engine, self.problem, self.z_sub, self.hold, self.accuracy = engine, problem, z_sub, hold, accuracy
-        self.kept = kept
-        self.beta_terms: str | None = None
-        """``"gradient"``: each pass that keeps ``E`` also gives ``mean_i E_p[z_i]`` where it
-        starts (``nll``'s profile at fixed beta), as :attr:`kept_at`."""
-        self.kept_at: Pass | None = None
+    def __init__(self, objective: Objective, z_sub: np.ndarray, fit_beta: bool, tol: float, max_iter: int):
+        self.objective, self.z_sub, self.fit_beta, self.tol, self.max_iter = objective, z_sub, fit_beta, tol, max_iter
 
-    def objective(self, beta: float, b: np.ndarray, st: Pass) -> float:
-        return st.lse + float(self.problem.target @ b) - beta * self.problem.mean_true_logit
+    def setup(self, beta: float, b: np.ndarray, dtype: str, inverse: np.ndarray | None,
+              diag: np.ndarray | None) -> None:
+        """The start point's pass (with the Hessian's diagonal unless ``diag`` is given)."""
+        self.point = self.start = self.objective.evaluate(beta, b, dtype, hessian=diag is None)
+        self.diag = self.point.hess_diag if diag is None else diag
+        self.inverse = inverse
+        self.g = self.objective.gradient(self.point, self.fit_beta)
+        self.iterations = 0
 
-    def gradient(self, st: Pass) -> np.ndarray:
-        g_b = self.problem.target - st.moments
-        return np.concatenate([[st.mean_z - self.problem.mean_true_logit], g_b]) if self.problem.fit_beta else g_b
+    @property
+    def gap(self) -> float:
+        return float(np.abs(self.g).max())
 
-    def evaluate(self, beta: float, b: np.ndarray, float64: bool, hessian: bool) -> Pass:
-        xp = self.engine.xp
-        if float64 or not self.hold:
-            return full_pass(self.engine, beta, b, self.problem.fit_beta, xp.float64 if float64 else xp.float32,
-                              hessian, self.accuracy if float64 else None)
-        if self.kept is None or self.kept.beta != beta or np.abs(b - self.kept.b_ref).max() > REFERENCE_DRIFT:
-            self.kept, self.kept_at, _ = keep(self.engine, beta, b, reuse=self.kept, hessian=hessian,
-                                              beta_terms=self.beta_terms)
-            return self.kept_at
-        return kept_pass(self.engine, self.kept, b, hessian)[0]
+    def update_gradient_hessian(self) -> None:
+        """Refresh the inverse from the subsample while the gap is large, from a pass that carries the diagonal."""
+        if self.point.hess_diag is not None:
+            self.diag = self.point.hess_diag
+        if self.inverse is None or (self.gap > REUSE_HESSIAN_BELOW_GAP and self.point.hess_diag is not None):
+            self.inverse = regularised_inverse(
+                subsample_hessian(self.z_sub, self.point.beta, self.point.b, self.diag, self.fit_beta))
 
-    def run(self, beta: float, b: np.ndarray, float64: bool, inverse: np.ndarray | None = None,
-            float32_only: bool = False) -> Run:
-        """Iterate from ``(beta, b)``; returns the end point with its float64 pass (``float32_only``:
-        its float32 pass, stopping at the tolerance in float32, for ``nll``'s inner solves).
+    def inner_solve(self) -> np.ndarray:
+        return -(self.inverse @ self.g)
 
-        The inverse Hessian comes from the subsample (refreshed while the gap is above
-        :data:`REUSE_HESSIAN_BELOW_GAP`, unless given) and is then improved by BFGS updates from
-        the gradients the passes give anyway, which turns the subsample's linear convergence
-        superlinear. Float32 passes go on while each iteration at least halves the gap; then
-        float64 finishes.
-        """
-        problem = self.problem
-        st = self.evaluate(beta, b, float64, hessian=inverse is None)
-        diag, iterations, given = st.hess_diag, 0, inverse is not None
-        g = self.gradient(st)
-        while True:
-            gap = float(np.abs(g).max())
-            if (gap < problem.tol and (float64 or float32_only)) or iterations >= problem.max_iter:
-                break
-            if st.hess_diag is not None:
-                diag = st.hess_diag
-            # refreshed only from a pass that carries the Hessian's terms (trial passes near the
-            # threshold skip them: the BFGS-updated inverse goes on instead)
-            if inverse is None or (gap > REUSE_HESSIAN_BELOW_GAP and not given and st.hess_diag is not None):
-                h_sub = subsample_hessian(self.z_sub, beta, b)
-                inverse = regularised_inverse(newton_system(st, diag, h_sub, problem.fit_beta))
-            direction = -(inverse @ g)
-            slope, g_norm = float(g @ direction), float(np.linalg.norm(g))
-            current = self.objective(beta, b, st)
-            t, accepted = 1.0, False
-            near_float32_floor = not float64 and gap < FLOAT32_FLOOR
-            for _ in range(3 if near_float32_floor else 40):
-                new_beta = beta + t * float(direction[0]) if problem.fit_beta else beta
-                new_b = b + t * (direction[1:] if problem.fit_beta else direction)
-                if new_beta > 0:
-                    # its Hessian diagonal is used only if the next gap stays above the reuse
-                    # threshold, which a Newton step from below 10x that threshold usually crosses
-                    trial = self.evaluate(new_beta, new_b, float64, hessian=gap > 10 * REUSE_HESSIAN_BELOW_GAP)
-                    new_g = self.gradient(trial)
-                    armijo = self.objective(new_beta, new_b, trial) <= current + 1e-4 * t * slope
-                    if armijo or float(np.linalg.norm(new_g)) <= (1 - 1e-4 * t) * g_norm:
-                        accepted = True
-                        break
-                t *= 0.5
-            iterations += 1
-            if accepted:
-                step = t * direction
-                inverse = _bfgs_update(inverse, step, new_g - g)
-                beta, b, st, g = new_beta, new_b, trial, new_g
-            new_gap = float(np.abs(g).max())
-            stalled = not accepted or (near_float32_floor and new_gap > gap / 2)
-            if float32_only and stalled:
-                break
-            if not float64 and not float32_only and (stalled or new_gap < problem.tol / 4):
-                float64 = True  # float32 has done what it can: its rounding now limits the gap
-                st = self.evaluate(beta, b, True, hessian=False)
-                g = self.gradient(st)
-            elif not accepted:
-                break
-        if not float64 and not float32_only:
-            st = self.evaluate(beta, b, True, hessian=False)
-        gap = float(np.abs(self.gradient(st)).max())
-        return Run(beta, b, st, iterations, gap < problem.tol, inverse)
+    def line_search(self, direction: np.ndarray, dtype: str) -> bool:
+        """Halve the step until ``L`` falls enough (Armijo) or the gradient's norm does; on success
+        move there and BFGS-update the inverse with the step and the gradient change it caused."""
+        point, objective = self.point, self.objective
+        slope, g_norm, current = float(self.g @ direction), float(np.linalg.norm(self.g)), objective.value(point)
+        t, near_floor = 1.0, dtype == "float32" and self.gap < FLOAT32_FLOOR
+        for _ in range(3 if near_floor else 40):
+            beta = point.beta + t * direction[0] if self.fit_beta else point.beta
+            if beta > 0:
+                # its Hessian diagonal is used only while the next gap stays above the reuse threshold
+                trial = objective.evaluate(beta, point.b + t * direction[self.fit_beta:], dtype,
+                                           hessian=self.gap > 10 * REUSE_HESSIAN_BELOW_GAP)
+                new_g = objective.gradient(trial, self.fit_beta)
+                if (objective.value(trial) <= current + 1e-4 * t * slope
+                        or float(np.linalg.norm(new_g)) <= (1 - 1e-4 * t) * g_norm):
+                    self._bfgs_update(t * direction, new_g - self.g)
+                    self.point, self.g = trial, new_g
+                    return True
+            t *= 0.5
+        return False
 
+    def _bfgs_update(self, step: np.ndarray, change: np.ndarray) -> None:
+        """Skipped when the curvature along the step is not positive (rounding at the optimum)."""
+        curvature = float(change @ step)
+        if curvature > 1e-300:
+            rho, hy = 1.0 / curvature, self.inverse @ change
+            self.inverse = (self.inverse - rho * (np.outer(step, hy) + np.outer(hy, step))
+                            + (rho * rho * float(change @ hy) + rho) * np.outer(step, step))
 
-def first_step(newton: Newton, beta: float, b: np.ndarray, st: Pass | None = None) -> np.ndarray:
-    """:func:`fixed_point_step` from ``(beta, b)``; ``st``: the pass there when one was made already."""
-    engine = newton.engine
-    if st is not None:
-        moments = st.moments
-    elif newton.hold:
-        moments = newton.evaluate(beta, b, False, hessian=False).moments
-    else:
-        moments = full_pass(engine, beta, b, False, engine.xp.float32, hessian=False).moments
-    return fixed_point_step(engine, newton.problem.target, beta, b, moments)
+    def check_convergence(self, tol: float) -> bool:
+        return self.gap < tol
 
+    def finalize(self) -> Run:
+        return Run(self.point, self.start, self.iterations, self.check_convergence(self.tol), self.inverse, self.diag)
 
-def fixed_point_step(engine: Engine, target: np.ndarray, beta: float, b: np.ndarray,
-                     moments: np.ndarray) -> np.ndarray:
-    """``b + log(m / f)`` from the mean predicted distribution ``m`` at ``(beta, b)``: moves every
-    class's mean probability to its target at once, which lands close to the optimum; ``log m`` in
-    log space (one more pass) when a class's probability underflows everywhere."""
-    log_m = np.log(np.maximum(moments, 1e-300))
-    if (moments < UNDERFLOW).any():
-        log_m = log_moments(engine, beta, b)
-    b = b + log_m - np.log(target)
-    return b - b.max()
+    def solve(self, beta: float, b: np.ndarray, dtypes: tuple[str, ...] = ("float32", "float64"),
+              inverse: np.ndarray | None = None, diag: np.ndarray | None = None) -> Run:
+        """Iterate from ``(beta, b)`` in each precision of ``dtypes`` in turn: an earlier one stops at
+        a quarter of the tolerance, when its step fails, or when it stops halving the gap near the
+        float32 floor; the last one ends at the tolerance, ``max_iter``, or a failed line search."""
+        self.setup(beta, b, dtypes[0], inverse, diag)
+        for stage, dtype in enumerate(dtypes):
+            last = stage == len(dtypes) - 1
+            if stage:
+                self.point = self.objective.evaluate(self.point.beta, self.point.b, dtype, hessian=False)
+                self.g = self.objective.gradient(self.point, self.fit_beta)
+            while not self.check_convergence(self.tol if last else self.tol / 4) and self.iterations < self.max_iter:
+                gap = self.gap
+                self.update_gradient_hessian()
+                accepted = self.line_search(self.inner_solve(), dtype)
+                self.iterations += 1
+                if not accepted or (dtype == "float32" and gap < FLOAT32_FLOOR and self.gap > gap / 2):
+                    break
+        if self.inverse is None:  # solved before any step: the caller may still need the Hessian
+            self.update_gradient_hessian()
+        return self.finalize()

@@ -1,0 +1,254 @@
+"""The prior estimator's objective over the rows, kept or streamed (pure array math, no I/O).
+
+``L(beta, b) = mean_i logsumexp(beta z_i - b) + f . b - beta mean_i z_{i,y_i}``. One evaluation is
+one pass over the rows, and every pass sums the same terms with one kernel (:meth:`Objective._terms`):
+the log-partition, the moments ``mean_i p_i``, when asked the Hessian's diagonal ``mean_i p_i (1 - p_i)``,
+and with the temperature free ``mean_i E_p[z_i]`` (the kernel shared with
+:mod:`glacli.core.calibration`). A pass either computes ``E = exp(beta z - b - rowmax)`` from the
+rows, or reuses a kept float32 ``E`` computed at ``b_ref``: ``softmax(beta z_i - b)_k = E_ik w_k /
+(E_i . w)`` with ``w = exp(b_ref - b)``, two matrix-vector products over the whole array.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from glacli.core.calibration import expected_logits, log_softmax
+from glacli.core.prior.rows import Rows
+
+SUBSAMPLE_ROWS = 4096
+"""Rows of the fixed subsample that shapes the Newton step (its dense Hessian)."""
+
+REFERENCE_DRIFT = 30.0
+"""Kept ``E`` is recomputed once ``b`` moved this far from ``b_ref`` (float32 range)."""
+
+
+@dataclass
+class Point:
+    """What one pass gives at ``(beta, b)`` (float64 numpy)."""
+
+    lse: float                       # mean_i logsumexp(beta z_i - b)
+    moments: np.ndarray              # mean_i p_i                          [C]
+    hess_diag: np.ndarray | None     # mean_i p_i (1 - p_i)                [C]
+    mean_z: float = math.nan         # mean_i E_p[z_i] (temperature free)
+    h_beta: float = math.nan         # mean_i Var_p(z_i): the Hessian's beta-beta entry
+    h_beta_b: np.ndarray | None = None  # -mean_i p_i (z_i - E_p z_i): its beta row [C]
+    beta: float = math.nan
+    b: np.ndarray | None = None
+
+
+@dataclass
+class Kept:
+    """``E = exp(beta z - b_ref - rowmax)`` (float32) as ``(E, rowmax)`` pieces; on numpy the pieces
+    are views of ``storage``, one [N, C] array that the next keep refills."""
+
+    beta: float
+    b_ref: np.ndarray
+    pieces: list
+    storage: Any
+    tops: Any = None
+
+
+@dataclass
+class Scan:
+    """The first pass: finiteness, ``sum_i z_{i,y_i}``, column sums, the subsample, and ``E`` when asked."""
+
+    finite: bool
+    true_logit_sum: float
+    column_sums: np.ndarray
+    z_sub: np.ndarray
+    sub_rows: np.ndarray
+    point: Point | None
+
+
+class Objective:
+    """``L`` over ``rows``: ``target`` the proportions ``f``, ``mean_true_logit`` the label term,
+    ``fit_beta`` whether passes also give ``mean_i E_p[z_i]``, ``keep`` whether float32 passes may
+    keep ``E`` in memory. ``shift``: column constants taken out of ``z`` (they only move ``b``)."""
+
+    def __init__(self, rows: Rows, target: np.ndarray, fit_beta: bool, keep: bool):
+        self.rows, self.target, self.fit_beta, self.keep = rows, target, fit_beta, keep
+        self.mean_true_logit = 0.0
+        self.shift: np.ndarray | None = None
+        self.kept: Kept | None = None
+
+    def value(self, point: Point) -> float:
+        return point.lse + float(self.target @ point.b) - point.beta * self.mean_true_logit
+
+    def gradient(self, point: Point, fit_beta: bool) -> np.ndarray:
+        """``dL/db`` and, with ``fit_beta``, ``dL/dbeta`` first."""
+        g_b = self.target - point.moments
+        return np.concatenate([[point.mean_z - self.mean_true_logit], g_b]) if fit_beta else g_b
+
+    def evaluate(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, mean_z: bool = False) -> Point:
+        """One pass at ``(beta, b)`` in ``dtype`` (``"float32"`` or ``"float64"``). ``mean_z``: also the
+        temperature's gradient and Hessian terms (passes over the rows give the gradient whenever
+        ``fit_beta``)."""
+        if dtype == "float32" and self.keep:
+            kept = self.kept
+            if kept is None or kept.beta != beta or np.abs(b - kept.b_ref).max() > REFERENCE_DRIFT:
+                return self._keep(beta, b, hessian)[0]
+            return self._kept_pass(b, hessian, mean_z)
+        return self._pass(beta, b, dtype, hessian, mean_z)
+
+    def _load(self, piece: Any, dtype: str) -> Any:
+        """``piece - shift`` in ``dtype`` (a per-thread buffer on numpy; the piece is never written)."""
+        rows, xp = self.rows, self.rows.xp
+        if not rows.on_numpy:
+            piece = xp.astype(piece, getattr(xp, dtype), copy=False)
+            return piece if self.shift is None else piece - rows.vector(self.shift, piece.dtype)
+        if self.shift is None and piece.dtype == dtype:
+            return piece
+        out = rows.scratch("z", piece.shape, dtype)
+        np.subtract(piece, 0.0 if self.shift is None else self.shift.astype(dtype), out=out, casting="unsafe")
+        return out
+
+    def _exp(self, z: Any, beta: float, b_x: Any, out: Any = None) -> tuple[Any, Any]:
+        """``exp(beta z - b - rowmax)`` (into ``out`` or a per-thread buffer on numpy) and the row maxima."""
+        rows, xp = self.rows, self.rows.xp
+        if rows.on_numpy:
+            s = out if out is not None else rows.scratch("s", z.shape, z.dtype)
+            np.multiply(z, z.dtype.type(beta), out=s)
+            s -= b_x
+        else:
+            s = z * beta - b_x
+        top = xp.max(s, axis=1)
+        s -= top[:, None]
+        return (np.exp(s, out=s) if rows.on_numpy else xp.exp(s)), xp.astype(top, xp.float64)
+
+    def _terms(self, e: Any, top: Any, w: Any, z: Any, hessian: bool, curvature: bool = False) -> list:
+        """The kernel of every pass, on one piece of ``E`` (``w`` None: weights one): sums over its rows
+        of ``log d_i + rowmax_i``, ``E_i / d_i``, ``(E_i / d_i)^2`` (``hessian``), ``E_p[z_i]`` (``z``
+        given) and the temperature's Hessian terms (``curvature``)."""
+        xp, to_np = self.rows.xp, self.rows.numpy
+        if z is None:
+            d = e @ (self.rows.vector(np.ones(e.shape[1]), e.dtype) if w is None else w)
+        else:
+            d, mean_z, var_z, columns = expected_logits(xp, e, z, w, second=curvature)
+        r = 1.0 / d
+        out = [float(xp.sum(top + xp.log(xp.astype(d, xp.float64)))), to_np(r @ e)]
+        if hessian:
+            out.append(to_np((r * r) @ (e * e)))
+        if z is not None:
+            out.append(float(xp.sum(xp.astype(mean_z, xp.float64))))
+        if curvature:
+            out += [float(xp.sum(xp.astype(var_z, xp.float64))), to_np(columns) - to_np((r * mean_z) @ e)]
+        return out
+
+    def _point(self, parts: list, beta: float, b: np.ndarray, w: np.ndarray | None, hessian: bool) -> Point:
+        n, w = self.rows.n, np.ones(self.rows.c) if w is None else w
+        moments = w * parts[1] / n
+        point = Point(parts[0] / n, moments, moments - w * w * parts[2] / n if hessian else None,
+                      beta=beta, b=np.asarray(b, dtype=np.float64))
+        rest = parts[2 + hessian:]
+        if rest:
+            point.mean_z = rest[0] / n
+        if len(rest) > 1:
+            point.h_beta, point.h_beta_b = rest[1] / n, -w * rest[2] / n
+        return point
+
+    def _pass(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, curvature: bool = False) -> Point:
+        """A pass over the rows themselves (held or streamed)."""
+        b_x = self.rows.vector(b, getattr(self.rows.xp, dtype))
+
+        def terms(_start: int, piece: Any) -> list:
+            z = self._load(piece, dtype)
+            e, top = self._exp(z, beta, b_x)
+            return self._terms(e, top, None, z if self.fit_beta else None, hessian, curvature)
+
+        return self._point(self.rows.reduce(terms), beta, b, None, hessian)
+
+    def _keep(self, beta: float, b_ref: np.ndarray, hessian: bool,
+              first: Callable[[int, Any], tuple] | None = None) -> tuple[Point, list]:
+        """One exp pass that keeps ``E`` at ``b_ref`` (into the last keep's memory) and gives the point
+        there; ``first``: the first pass's own sums of each piece, returned beside it."""
+        rows, xp = self.rows, self.rows.xp
+        storage = None if not rows.on_numpy else (
+            self.kept.storage if self.kept is not None else np.empty((rows.n, rows.c), np.float32))
+        b_x = rows.vector(b_ref, xp.float32)
+        pieces: list = []
+
+        def terms(start: int, piece: Any) -> tuple:
+            extra = () if first is None else first(start, piece)
+            z = self._load(piece, "float32")
+            e, top = self._exp(z, beta, b_x, None if storage is None else storage[start:start + piece.shape[0]])
+            pieces.append((start, e, top))
+            return (*extra, *self._terms(e, top, None, z if self.fit_beta and first is None else None, hessian))
+
+        parts = self.rows.reduce(terms)
+        k = 0 if first is None else len(parts) - 2 - hessian
+        pieces.sort(key=lambda item: item[0])
+        self.kept = Kept(beta, np.asarray(b_ref, dtype=np.float64).copy(), [(e, top) for _, e, top in pieces], storage)
+        if storage is not None:
+            self.kept.tops = np.concatenate([top for _, top in self.kept.pieces])
+        return self._point(parts[k:], beta, b_ref, None, hessian), parts[:k]
+
+    def _kept_pass(self, b: np.ndarray, hessian: bool, with_z: bool = False) -> Point:
+        """Two matrix-vector products over kept ``E`` (the whole array at once on numpy, where BLAS
+        runs them on all cores); the Hessian's diagonal, or ``E_p[z]`` and the temperature's Hessian
+        terms (``with_z``, the rows held), piece by piece."""
+        kept, rows = self.kept, self.rows
+        w = np.exp(kept.b_ref - b)
+        w_x = rows.vector(w, rows.xp.float32)
+        if with_z:
+            items = ((e, top, piece) for (e, top), (_, piece) in zip(kept.pieces, rows.pieces()))
+            parts = rows.reduce(lambda e, top, piece: self._terms(
+                e, top, w_x, self._load(piece, "float32"), hessian, True), items)
+        elif kept.storage is None or hessian:
+            parts = rows.reduce(lambda e, top: self._terms(e, top, w_x, None, hessian), kept.pieces)
+        else:
+            rows.passes += 1
+            d = kept.storage @ w_x
+            parts = [float(np.sum(kept.tops + np.log(d.astype(np.float64)))),
+                     (np.float32(1.0) / d) @ kept.storage]
+        return self._point(parts, kept.beta, b, w, hessian)
+
+    def log_moments(self, beta: float, b: np.ndarray) -> np.ndarray:
+        """``log mean_i softmax(beta z_i - b)`` in log space, float64 [C]: finite for a class whose
+        probability underflows on every row (logits far below the others)."""
+        xp, rows = self.rows.xp, self.rows
+        b_x = rows.vector(b, xp.float64)
+
+        def terms(_start: int, piece: Any) -> tuple:
+            log_p = log_softmax(xp, self._load(piece, "float64") * beta - b_x)
+            top = xp.max(log_p, axis=0)
+            return rows.numpy(top), rows.numpy(xp.sum(xp.exp(log_p - top), axis=0))
+
+        top, total = np.full(rows.c, -math.inf), np.zeros(rows.c)
+        rows.passes += 1
+        for block_top, block_total in rows.map(terms, rows.pieces()):
+            new_top = np.maximum(top, block_top)
+            total = total * np.exp(top - new_top) + block_total * np.exp(block_top - new_top)
+            top = new_top
+        return np.log(total) + top - math.log(rows.n)
+
+    def scan(self, labels: np.ndarray | None, keep_beta: float | None, column_sums: bool) -> Scan:
+        """The first pass over the rows as given: non-finite values, ``sum_i z_{i,y_i}`` (float64),
+        column sums (when asked), :data:`SUBSAMPLE_ROWS` rows as float64 numpy,
+        and with ``keep_beta`` (when ``E`` may be kept) ``E`` at ``b = 0`` and the point there."""
+        rows, xp, to_np = self.rows, self.rows.xp, self.rows.numpy
+        y_all = None if labels is None else rows.vector(labels, xp.int64)
+        # rows at random (fixed seed), not every k-th: a file sorted or cycled by class would alias
+        picks = np.sort(np.random.default_rng(0).choice(rows.n, min(rows.n, SUBSAMPLE_ROWS), replace=False))
+
+        def first(start: int, z: Any) -> tuple:
+            true_sum = 0.0 if y_all is None else float(xp.sum(xp.astype(xp.take_along_axis(
+                z, y_all[start:start + z.shape[0]][:, None], axis=1), xp.float64)))
+            sums = to_np(rows.vector(np.ones(z.shape[0]), z.dtype) @ z) if column_sums else 0.0  # a centring constant
+            chosen = picks[np.searchsorted(picks, start):np.searchsorted(picks, start + z.shape[0])]
+            return (not bool(xp.all(xp.isfinite(z))), true_sum, sums,
+                    [(start, chosen, to_np(z[rows.vector(chosen - start, xp.int64)]))])
+
+        point = None
+        if keep_beta is not None and self.keep:
+            point, parts = self._keep(keep_beta, np.zeros(rows.c), False, first)
+        else:
+            parts = rows.reduce(first)
+        bad, true_sum, sums, picked = parts
+        picked.sort(key=lambda item: item[0])
+        z_sub, sub_rows = np.concatenate([sub for *_, sub in picked]), np.concatenate([at for _, at, _ in picked])
+        return Scan(not bad, true_sum, np.asarray(sums, dtype=np.float64), z_sub, sub_rows, point)

@@ -1,0 +1,124 @@
+"""The rows the prior solver passes over, and how a pass goes over them.
+
+A pass walks a :class:`LogitSource` in cache-sized pieces, in the array namespace of its blocks
+(numpy on a CPU, torch tensors on a GPU), and sums what each piece gives. One thread pool does
+all the concurrency: on a CPU up to ``min(4, cpus)`` pieces are worked on at once (numpy's
+elementwise kernels are single-threaded and release the GIL), and the source's next block is
+read while the current one is worked on (a file read releases the GIL too).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_numpy_namespace
+from array_api_compat import device as device_of
+
+from glacli.base import chunking
+
+
+@dataclass
+class LogitSource:
+    """Blocks of [rows, C] logits, the same blocks in the same order on every call of ``blocks()``.
+    Streaming a file through it keeps memory at one block whatever ``n_rows`` is. ``like``: an
+    empty array of the blocks' kind and device (else the first block is read to learn them)."""
+
+    blocks: Callable[[], Iterable[Any]]
+    n_rows: int
+    n_classes: int
+    like: Any = None
+
+    @classmethod
+    def from_array(cls, logits: Any) -> LogitSource:
+        n, c = logits.shape
+        rows = chunking.array_rows(c)
+        return cls(lambda: (logits[start:start + rows] for start in range(0, n, rows)), n, c, logits[:0])
+
+
+class Rows:
+    """Passes over a :class:`LogitSource`; ``hold``: the first pass keeps the blocks, so later
+    passes read no file. Use as a context manager (it owns the thread pool)."""
+
+    def __init__(self, source: LogitSource, hold: bool):
+        self.source, self.hold, self.held = source, hold, None
+        self.n, self.c = source.n_rows, source.n_classes
+        like = source.like if source.like is not None else next(iter(source.blocks()))
+        # numpy 2.1+ is itself an array-API namespace: its wrapper would only add start-up time
+        self.xp = np if isinstance(like, np.ndarray) and hasattr(np, "astype") else array_namespace(like)
+        self.device = "cpu" if self.xp is np else device_of(like)
+        self.on_numpy = is_numpy_namespace(self.xp)
+        self.cpu = self.on_numpy or str(self.device) == "cpu"
+        self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
+        self.passes = 0
+        self._pool = ThreadPoolExecutor(self.workers + 1)
+        self._local = threading.local()
+
+    def __enter__(self) -> Rows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def vector(self, values: np.ndarray, dtype: Any) -> Any:
+        return self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
+
+    def numpy(self, value: Any) -> np.ndarray:
+        return np.asarray(value.cpu() if hasattr(value, "cpu") else value, dtype=np.float64)
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A per-thread buffer (numpy), reused by every piece of that shape."""
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        key = (name, shape, np.dtype(dtype))
+        if key not in buffers:
+            buffers[key] = np.empty(shape, dtype)
+        return buffers[key]
+
+    def _blocks(self) -> Iterator[Any]:
+        if self.held is not None:
+            yield from self.held
+            return
+        held: list[Any] | None = [] if self.hold else None
+        blocks, end = iter(self.source.blocks()), object()
+        ahead = self._pool.submit(next, blocks, end)
+        while (block := ahead.result()) is not end:
+            ahead = self._pool.submit(next, blocks, end)
+            block = self.xp.asarray(block, device=self.device)
+            if held is not None:
+                held.append(block)
+            yield block
+        self.held = held
+
+    def pieces(self) -> Iterator[tuple[int, Any]]:
+        """``(first row, piece)`` of the rows in order; cache-sized on a CPU."""
+        start, step = 0, chunking.cache_rows(self.c) if self.cpu else None
+        for block in self._blocks():
+            for offset in range(0, block.shape[0], step or block.shape[0]):
+                yield start + offset, block[offset:offset + (step or block.shape[0])]
+            start += block.shape[0]
+
+    def map(self, fn: Callable[..., Any], items: Iterable[tuple]) -> Iterator[Any]:
+        """``fn(*item)`` for every item, in order; on a CPU several at once, a bounded number in
+        flight (a streamed file is never read ahead whole)."""
+        if self.workers == 1:
+            yield from (fn(*item) for item in items)
+            return
+        pending: list = []
+        for item in items:
+            pending.append(self._pool.submit(fn, *item))
+            if len(pending) > 2 * self.workers:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+    def reduce(self, fn: Callable[..., tuple], items: Iterable[tuple] | None = None) -> list:
+        """Sums over pieces (or ``items``) of the tuples ``fn(start, piece)`` returns; one pass."""
+        self.passes += 1
+        total: list | None = None
+        for parts in self.map(fn, self.pieces() if items is None else items):
+            total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
+        return total
