@@ -1,24 +1,16 @@
-"""Estimating the label prior ``q`` of a zero-shot model (array math, no I/O).
+"""Estimating the label prior ``q`` of a zero-shot model (array math, no I/O; docs/method.md).
 
-The estimator of GLA. On an estimation set whose class proportions are ``f``, the zero-shot model
-with its pre-training prior ``q`` replaced by ``f`` is ``softmax(beta * z_i - log q + log f)``, with
-``beta = 1 / T``. Its likelihood depends on ``q`` only through the bias ``b = log q - log f``:
+On an estimation set of class proportions ``f``, the zero-shot model with its prior ``q`` replaced
+by ``f`` is ``softmax(beta z_i - b)`` with ``beta = 1 / T`` and ``b = log q - log f``, fitted by
 
-    L(beta, b) = mean_i logsumexp(beta * z_i - b) + sum_k f_k b_k - beta * mean_i z_{i, y_i}
+    L(beta, b) = mean_i logsumexp(beta * z_i - b) + sum_k f_k b_k - beta * mean_i z_{i, y_i},
 
-(the mean cross-entropy when ``f`` are the label proportions). ``L`` is convex in ``(beta, b)``,
-invariant to ``b -> b + c``, and its gradient in ``b`` is ``f - mean_i softmax(beta * z_i - b)``:
-at the optimum the mean predicted distribution equals the class proportions. Then ``log q = b +
-log f``, normalised. Only ``f`` enters, so a set of known proportions needs no labels when ``beta``
-is fixed.
-
-The pieces: :mod:`.objective` (``L`` over kept or streamed rows), :mod:`.newton` (Newton's method
-on it), :mod:`.rows` (the passes). With ``T`` fixed: one fixed-point step ``b += log(m / f)`` from
-the first pass (``m`` the mean predicted distribution), then Newton steps, float32 passes over kept
-``exp(beta z)`` while they make progress, float64 passes to declare convergence. With ``nll``:
-Newton on the profile ``phi(beta) = min_b L(beta, b)`` (convex), each trial ``beta`` solving ``b``
-by the ``T``-fixed iteration in float32; ``phi' = mean_i E_p[z_i] - mean_i z_{i,y_i}``, and
-``phi''`` and ``db/dbeta`` from the Hessian; then a joint float64 Newton confirms the end point.
+convex in ``(beta, b)``, invariant to ``b -> b + c``; ``dL/db = f - mean_i softmax(beta z_i - b)``
+(the moment condition). Then ``log q = b + log f``, normalised. :mod:`.objective` is ``L`` over
+kept or streamed rows, :mod:`.newton` Newton's method on it, :mod:`.rows` the passes. ``T`` fixed:
+one fixed-point step ``b += log(m / f)`` (``m`` the mean predicted distribution), then Newton.
+``nll``: Newton on the profile ``phi(beta) = min_b L(beta, b)`` (convex), then a joint float64
+Newton step confirms the end point.
 """
 from __future__ import annotations
 
@@ -29,8 +21,8 @@ import numpy as np
 
 from glacli.base.types import PriorEstimate
 from glacli.core.calibration import T_MAX, T_MIN, fit_temperature_nll, log_softmax, solve_temperature_confidence
-from glacli.core.prior.newton import Newton, Run, joint_inverse
-from glacli.core.prior.objective import Objective, Scan
+from glacli.core.prior.newton import Newton, joint_inverse
+from glacli.core.prior.objective import Objective, Point
 from glacli.core.prior.rows import LogitSource, Rows
 
 __all__ = ["DEFAULT_TOL", "LogitSource", "class_proportions", "estimate_prior"]
@@ -91,25 +83,15 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
     fixed_beta = None if temperature in ("nll", "confidence") else 1.0 / float(temperature)
     with Rows(source, hold=fit_beta and 4.0 * n * c <= hold_bytes) as rows:
         objective = Objective(rows, target, fit_beta, keep)
-        scan = objective.scan(labels, 1.0 if fit_beta else fixed_beta, column_sums=fit_beta)
-        if not scan.finite:
-            raise ValueError("the logits hold NaN or infinite values")
-        objective.mean_true_logit = scan.true_logit_sum / n
-        z_sub = scan.z_sub
+        z_sub, sub_rows, start = objective.scan(labels, 1.0 if fit_beta else fixed_beta,
+                                                label_proportions if fit_beta else None)
         if fit_beta:
-            # Per-class constants in z only move b, but a class far below the rest makes the beta
-            # curvature huge: centre the columns (float32-rounded, so every precision sees one shift).
-            objective.shift = (scan.column_sums / n).astype(np.float32).astype(np.float64)
-            z_sub = z_sub - objective.shift
-            objective.mean_true_logit -= float(label_proportions @ objective.shift)
-            if objective.kept is not None:  # E = exp(z - rowmax) is, in the centred frame, E at b = -shift
-                objective.kept.b_ref = -objective.shift
-            run = _profile(objective, scan, z_sub, labels, dtypes, tol, max_iter)
+            run = _profile(objective, start, z_sub, labels[sub_rows], dtypes, tol, max_iter)
         else:
             beta = fixed_beta or 1.0 / _confidence_temperature(rows, labels)
             zero = np.zeros(c)
-            start = scan.point or objective.evaluate(beta, zero, dtypes[0], hessian=False)
-            b = _fixed_point_step(objective, beta, zero, start.moments)
+            start = start or objective.evaluate(beta, zero, dtypes[0], hessian=False)
+            b = _fixed_point_step(objective, beta, zero, start.moments, z_sub)
             run = Newton(objective, z_sub, False, tol, max_iter).solve(beta, b, dtypes)
         passes = rows.passes
     point, beta = run.point, run.point.beta
@@ -125,13 +107,16 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
                          moment_gaps, passes)
 
 
-def _fixed_point_step(objective: Objective, beta: float, b: np.ndarray, moments: np.ndarray) -> np.ndarray:
-    """``b + log(m / f)`` from the mean predicted distribution ``m`` at ``(beta, b)``: moves every
-    class's mean probability to its target at once, which lands close to the optimum; ``log m`` in
-    log space (one more pass) when a class's probability underflows everywhere."""
+def _fixed_point_step(objective: Objective, beta: float, b: np.ndarray, moments: np.ndarray,
+                      z_sub: np.ndarray) -> np.ndarray:
+    """``b + log(m / f)`` from the mean predicted distribution ``m`` at ``(beta, b)``: every class's
+    mean probability moves to its target at once, which lands close to the optimum. Where a class's
+    probability underflows on every row, ``log m`` comes from the subsample in log space."""
     log_m = np.log(np.maximum(moments, 1e-300))
     if (moments < UNDERFLOW).any():
-        log_m = objective.log_moments(beta, b)
+        log_p = log_softmax(np, z_sub * beta - b)
+        top = log_p.max(0)
+        log_m = np.where(moments < UNDERFLOW, top + np.log(np.exp(log_p - top).mean(0)), log_m)
     b = b + log_m - np.log(objective.target)
     return b - b.max()
 
@@ -150,8 +135,8 @@ def _confidence_temperature(rows: Rows, labels: np.ndarray) -> float:
     return solve_temperature_confidence(confidence, correct / rows.n, rows.c)
 
 
-def _profile(objective: Objective, scan: Scan, z_sub: np.ndarray, labels: np.ndarray, dtypes: tuple[str, ...],
-             tol: float, max_iter: int) -> Run:
+def _profile(objective: Objective, at_one: Point | None, z_sub: np.ndarray, y_sub: np.ndarray, dtypes: tuple[str, ...],
+             tol: float, max_iter: int) -> Newton:
     """``nll``: Newton on ``phi(beta) = min_b L(beta, b)``, then the joint float64 Newton.
 
     The first ``beta`` is fitted on :data:`START_ROWS` subsample rows debiased by the fixed-point
@@ -162,10 +147,10 @@ def _profile(objective: Objective, scan: Scan, z_sub: np.ndarray, labels: np.nda
     (db/dbeta) dbeta`` with ``db/dbeta = -H_bb^-1 H_b_beta`` (``H_bb^-1``: the Newton's inverse).
     """
     shift = objective.shift
-    at_one = scan.point or objective.evaluate(1.0, -shift, dtypes[0], hessian=False)
-    b1 = _fixed_point_step(objective, 1.0, -shift, at_one.moments)
+    at_one = at_one or objective.evaluate(1.0, -shift, dtypes[0], hessian=False)
+    b1 = _fixed_point_step(objective, 1.0, -shift, at_one.moments, z_sub)
     every = max(1, len(z_sub) // START_ROWS)
-    beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, labels[scan.sub_rows[::every]], tol=1e-4)
+    beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, y_sub[::every], tol=1e-4)
     b, inner = beta * b1, Newton(objective, z_sub, False, 1e-6, max_iter)
     lo, hi, iterations, run = 1.0 / T_MAX, 1.0 / T_MIN, 0, None
     while True:

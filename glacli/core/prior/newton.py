@@ -9,19 +9,14 @@ give anyway, which makes the last iterations superlinear. Passes run in the prec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from glacli.core.calibration import expected_logits
 from glacli.core.prior.objective import Objective, Point
 
 REUSE_HESSIAN_BELOW_GAP = 1e-4
-FLOAT32_FLOOR = 1e-6
-"""Below this gap float32 rounding may stall the iteration: one that does not halve the gap there
-hands over to the next precision."""
-MAX_RIDGE_RETRIES = 30
-"""Each retry multiplies the ridge by 100: from 1e-12 to far beyond any finite Hessian's scale."""
+FLOAT32_FLOOR = 1e-6  # below it float32 rounding may stall: not halving the gap hands over to float64
+MAX_RIDGE_RETRIES = 30  # each multiplies the ridge by 100: from 1e-12 past any finite Hessian's scale
 
 
 def subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray, diag: np.ndarray, fit_beta: bool) -> np.ndarray:
@@ -63,21 +58,10 @@ def regularised_inverse(h: np.ndarray) -> np.ndarray:
     raise ValueError("the Newton system is not positive definite at any ridge (non-finite curvature)")
 
 
-@dataclass
-class Run:
-    """Where a Newton run ended: its last point, iterations, convergence, inverse Hessian and exact
-    diagonal; ``start``: the pass it started from."""
-
-    point: Point
-    start: Point
-    iterations: int
-    converged: bool
-    inverse: np.ndarray
-    diag: np.ndarray
-
-
 class Newton:
-    """Newton's method with an Armijo (or gradient-decrease) line search on ``objective``."""
+    """Newton's method with an Armijo (or gradient-decrease) line search on ``objective``. After
+    :meth:`solve`: ``point`` (the last pass), ``start`` (the first), ``iterations``, ``converged``,
+    ``inverse`` (the inverse Hessian) and ``diag`` (the exact diagonal)."""
 
     def __init__(self, objective: Objective, z_sub: np.ndarray, fit_beta: bool, tol: float, max_iter: int):
         self.objective, self.z_sub, self.fit_beta, self.tol, self.max_iter = objective, z_sub, fit_beta, tol, max_iter
@@ -91,9 +75,7 @@ class Newton:
         self.g = self.objective.gradient(self.point, self.fit_beta)
         self.iterations = 0
 
-    @property
-    def gap(self) -> float:
-        return float(np.abs(self.g).max())
+    gap = property(lambda self: float(np.abs(self.g).max()))
 
     def update_gradient_hessian(self) -> None:
         """Refresh the inverse from the subsample while the gap is large, from a pass that carries the diagonal."""
@@ -138,11 +120,12 @@ class Newton:
     def check_convergence(self, tol: float) -> bool:
         return self.gap < tol
 
-    def finalize(self) -> Run:
-        return Run(self.point, self.start, self.iterations, self.check_convergence(self.tol), self.inverse, self.diag)
+    def finalize(self) -> Newton:
+        self.converged = self.check_convergence(self.tol)
+        return self
 
     def solve(self, beta: float, b: np.ndarray, dtypes: tuple[str, ...] = ("float32", "float64"),
-              inverse: np.ndarray | None = None, diag: np.ndarray | None = None) -> Run:
+              inverse: np.ndarray | None = None, diag: np.ndarray | None = None) -> Newton:
         """Iterate from ``(beta, b)`` in each precision of ``dtypes`` in turn: an earlier one stops at
         a quarter of the tolerance, when its step fails, or when it stops halving the gap near the
         float32 floor; the last one ends at the tolerance, ``max_iter``, or a failed line search."""

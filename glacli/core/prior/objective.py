@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from glacli.core.calibration import expected_logits, log_softmax
+from glacli.core.calibration import expected_logits
 from glacli.core.prior.rows import Rows
 
 SUBSAMPLE_ROWS = 4096
@@ -51,18 +51,6 @@ class Kept:
     pieces: list
     storage: Any
     tops: Any = None
-
-
-@dataclass
-class Scan:
-    """The first pass: finiteness, ``sum_i z_{i,y_i}``, column sums, the subsample, and ``E`` when asked."""
-
-    finite: bool
-    true_logit_sum: float
-    column_sums: np.ndarray
-    z_sub: np.ndarray
-    sub_rows: np.ndarray
-    point: Point | None
 
 
 class Objective:
@@ -207,29 +195,13 @@ class Objective:
                      (np.float32(1.0) / d) @ kept.storage]
         return self._point(parts, kept.beta, b, w, hessian)
 
-    def log_moments(self, beta: float, b: np.ndarray) -> np.ndarray:
-        """``log mean_i softmax(beta z_i - b)`` in log space, float64 [C]: finite for a class whose
-        probability underflows on every row (logits far below the others)."""
-        xp, rows = self.rows.xp, self.rows
-        b_x = rows.vector(b, xp.float64)
-
-        def terms(_start: int, piece: Any) -> tuple:
-            log_p = log_softmax(xp, self._load(piece, "float64") * beta - b_x)
-            top = xp.max(log_p, axis=0)
-            return rows.numpy(top), rows.numpy(xp.sum(xp.exp(log_p - top), axis=0))
-
-        top, total = np.full(rows.c, -math.inf), np.zeros(rows.c)
-        rows.passes += 1
-        for block_top, block_total in rows.map(terms, rows.pieces()):
-            new_top = np.maximum(top, block_top)
-            total = total * np.exp(top - new_top) + block_total * np.exp(block_top - new_top)
-            top = new_top
-        return np.log(total) + top - math.log(rows.n)
-
-    def scan(self, labels: np.ndarray | None, keep_beta: float | None, column_sums: bool) -> Scan:
-        """The first pass over the rows as given: non-finite values, ``sum_i z_{i,y_i}`` (float64),
-        column sums (when asked), :data:`SUBSAMPLE_ROWS` rows as float64 numpy,
-        and with ``keep_beta`` (when ``E`` may be kept) ``E`` at ``b = 0`` and the point there."""
+    def scan(self, labels: np.ndarray | None, keep_beta: float | None,
+             centre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, Point | None]:
+        """The first pass over the rows as given. Refuses non-finite values, sets the label term and,
+        with ``centre`` (the label proportions), takes the column means out of ``z`` (per-class
+        constants only move ``b``, but a class far below the rest makes the beta curvature huge).
+        Returns :data:`SUBSAMPLE_ROWS` random rows (float64, centred), their indices, and with
+        ``keep_beta`` (when ``E`` may be kept) the point at ``b = 0`` of the rows as given."""
         rows, xp, to_np = self.rows, self.rows.xp, self.rows.numpy
         y_all = None if labels is None else rows.vector(labels, xp.int64)
         # rows at random (fixed seed), not every k-th: a file sorted or cycled by class would alias
@@ -238,7 +210,7 @@ class Objective:
         def first(start: int, z: Any) -> tuple:
             true_sum = 0.0 if y_all is None else float(xp.sum(xp.astype(xp.take_along_axis(
                 z, y_all[start:start + z.shape[0]][:, None], axis=1), xp.float64)))
-            sums = to_np(rows.vector(np.ones(z.shape[0]), z.dtype) @ z) if column_sums else 0.0  # a centring constant
+            sums = to_np(rows.vector(np.ones(z.shape[0]), z.dtype) @ z) if centre is not None else 0.0
             chosen = picks[np.searchsorted(picks, start):np.searchsorted(picks, start + z.shape[0])]
             return (not bool(xp.all(xp.isfinite(z))), true_sum, sums,
                     [(start, chosen, to_np(z[rows.vector(chosen - start, xp.int64)]))])
@@ -249,6 +221,15 @@ class Objective:
         else:
             parts = rows.reduce(first)
         bad, true_sum, sums, picked = parts
+        if bad:
+            raise ValueError("the logits hold NaN or infinite values")
         picked.sort(key=lambda item: item[0])
         z_sub, sub_rows = np.concatenate([sub for *_, sub in picked]), np.concatenate([at for _, at, _ in picked])
-        return Scan(not bad, true_sum, np.asarray(sums, dtype=np.float64), z_sub, sub_rows, point)
+        self.mean_true_logit = true_sum / rows.n
+        if centre is not None:  # float32-rounded, so that every precision sees one shift
+            self.shift = (sums / rows.n).astype(np.float32).astype(np.float64)
+            z_sub = z_sub - self.shift
+            self.mean_true_logit -= float(centre @ self.shift)
+            if self.kept is not None:  # E = exp(beta z - rowmax) is, centred, E at b = -beta shift
+                self.kept.b_ref = -keep_beta * self.shift
+        return z_sub, sub_rows, point

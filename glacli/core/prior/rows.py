@@ -104,9 +104,6 @@ class Rows:
     def map(self, fn: Callable[..., Any], items: Iterable[tuple]) -> Iterator[Any]:
         """``fn(*item)`` for every item, in order; on a CPU several at once, a bounded number in
         flight (a streamed file is never read ahead whole)."""
-        if self.workers == 1:
-            yield from (fn(*item) for item in items)
-            return
         pending: list = []
         for item in items:
             pending.append(self._pool.submit(fn, *item))
