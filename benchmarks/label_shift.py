@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli.core.label_shift import bbse, mlls, probability_blocks
+from glacli.core.label_shift import bbse, mlls, probabilities
 from glacli.core.prior import class_proportions, estimate_prior
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "clip-zeroshot" / "Clip_CIFAR10_CIFAR10_test.csv"
@@ -59,7 +59,7 @@ def run(seeds: int, rows: int) -> dict:
             test = long_tailed(y, pool, rows, imbalance, rng)
             truth = np.bincount(y[test], minlength=10) / len(test)
             scores = debias(test)
-            estimates = {"+ MLLS": mlls(probability_blocks(scores), 10).prior,
+            estimates = {"+ MLLS": mlls(lambda: iter([probabilities(scores)]), 10).prior,
                          "+ BBSE": bbse(scores.argmax(1), debias(estimation).argmax(1), y[estimation], 10).prior,
                          "+ oracle": truth}
             predictions = {"zero-shot": z[test].argmax(1), "debiased": scores.argmax(1)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,10 +58,13 @@ def write_file(path: Path, per_class: int, n_classes: int) -> None:
             sink.write(start, logits, labels, [str(i) for i in range(start, start + len(labels))])
 
 
-def timed(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MB) of one command, from GNU time."""
+def timed(args: list[str], tree: str | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MB) of one command, from GNU time; ``tree``: run gla from that
+    source tree instead (a baseline checkout)."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "%M", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", *args], capture_output=True, text=True, check=False,
+                          env=env, cwd=tree)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
@@ -118,6 +122,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-rows", default="", help="comma-separated N for the memory rows (C fixed)")
+    parser.add_argument("--baseline", help="a source tree of gla (e.g. `git archive` of an earlier commit) timed "
+                        "alternately with this one, each repeat running both")
     args = parser.parse_args()
     result: dict = {"rows": args.rows_per_class * args.classes, "classes": args.classes}
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,8 +131,17 @@ def main() -> None:
         write_file(path, args.rows_per_class, args.classes)
         result["floor"] = floor(path, args.repeats)
         for mode in ("1", "nll"):
-            runs = [timed([*GLA, "estimate-prior", str(path), "-o", str(out), "-t", mode, "--json"])
-                    for _ in range(args.repeats)]
+            runs, baseline = [], []
+            for _ in range(args.repeats):  # alternately, so both see the same machine load
+                command = [*GLA, "estimate-prior", str(path), "-o", str(out), "-t", mode, "--json"]
+                runs.append(timed(command))
+                if args.baseline:
+                    baseline.append(timed(command, args.baseline))
+            if baseline:
+                result[f"baseline_t_{mode}"] = {"seconds": min(s for s, _ in baseline),
+                                                "all": [s for s, _ in baseline], "current": [s for s, _ in runs]}
+            if baseline:
+                timed(command)  # the prior file of this tree, for the table
             prior = store.read_prior(out)
             result[f"gla_t_{mode}"] = {"seconds": min(s for s, _ in runs), "peak_rss_mb": max(m for _, m in runs),
                                        "iterations": prior.iterations, "temperature": prior.temperature,
@@ -163,6 +178,11 @@ def report(result: dict) -> None:
         print(f"| gla estimate-prior --temperature {mode} (whole command) | {r['seconds']:.2f} | "
               f"{r['seconds'] / fl['total']:.2f} | {r['iterations']} | {ce} | {r['max_moment_gap']:.1e} | "
               f"{r['peak_rss_mb']} |")
+    for mode in ("1", "nll"):
+        if f"baseline_t_{mode}" in result:
+            r = result[f"baseline_t_{mode}"]
+            print(f"| baseline estimate-prior --temperature {mode} (whole command) | {r['seconds']:.2f} | "
+                  f"{r['seconds'] / fl['total']:.2f} | | | | |")
     p = result["paper"]
     print(f"| paper solver ({p['steps']} SGD steps, solve only; sum of q {p['sum_q']:.3f}) | {p['seconds']:.2f} | "
           f"{p['seconds'] / fl['total']:.1f} | {p['steps']} | {p['cross_entropy']:.6f} | {p['moment_gap']:.1e} | |")

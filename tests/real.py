@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synth import write_logits
+
 from glacli.io import store
 
 
@@ -26,7 +28,7 @@ def wideresnet_cifar10(fixtures: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_rows(path: Path, logits: np.ndarray, labels: np.ndarray, names: list[str], rows: np.ndarray,
                **attrs) -> Path:
-    store.write_logits(path, logits[rows], labels[rows], [f"cifar10/test/{i}" for i in rows], names, attrs=attrs)
+    write_logits(path, logits[rows], labels[rows], [f"cifar10/test/{i}" for i in rows], names, attrs=attrs)
     return path
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glacli.base import chunking
+from glacli.core.label_shift import probabilities
 from glacli.io import store
 
 N_CLASSES = 5
@@ -33,11 +35,27 @@ def biased_logits(n_per_class: int, c: int, seed: int = 0, scale: float = 3.0, t
     return z, labels.astype(np.int64), q_true
 
 
+def write_logits(path: str | Path, logits: np.ndarray, labels: np.ndarray, ids: list[str],
+                 classnames: list[str], attrs: dict | None = None) -> None:
+    """Write a whole in-memory logits array, block by block as a service does."""
+    with store.write_rows(path, "logits", n_rows=len(logits), n_cols=len(classnames), classnames=classnames,
+                          attrs={"temperature": 1.0, **(attrs or {})}) as sink:
+        step = chunking.io_rows(len(classnames))
+        for start in range(0, len(logits), step):
+            rows = slice(start, start + step)
+            sink.write(start, np.asarray(logits[rows], dtype=np.float32), np.asarray(labels[rows]), ids[rows])
+
+
+def probability_blocks(scores: np.ndarray, rows: int = 4096):
+    """MLLS's probability blocks over in-memory scores (computed per block, never all at once)."""
+    return lambda: (probabilities(scores[start:start + rows]) for start in range(0, len(scores), rows))
+
+
 def write_logits_file(path: Path, logits: np.ndarray, labels: np.ndarray | None = None,
                       names: list[str] | None = None, ids: list[str] | None = None, **attrs) -> Path:
     n, c = logits.shape
     labels = np.full(n, -1, np.int64) if labels is None else labels
-    store.write_logits(path, logits, labels, ids or [f"img/{i:06d}.jpg" for i in range(n)],
+    write_logits(path, logits, labels, ids or [f"img/{i:06d}.jpg" for i in range(n)],
                        names or classnames(c), attrs=attrs)
     return path
 

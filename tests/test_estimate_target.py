@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_one_line_error
-from synth import write_logits_file
+from synth import probability_blocks, write_logits_file
 
 from glacli.base import chunking
-from glacli.core.label_shift import mlls, probability_blocks
+from glacli.core.label_shift import mlls
 from glacli.core.prior import estimate_prior
 from glacli.io import store
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synth import probability_blocks
 
 from glacli.core.label_shift import (
     bbse,
     mlls,
     probabilities,
-    probability_blocks,
     project_to_simplex,
 )
 

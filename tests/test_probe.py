@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
-from synth import DIM, N_CLASSES, class_features, classnames, write_features
+from synth import DIM, N_CLASSES, class_features, classnames, write_features, write_logits
 
 from glacli.io import store
 from glacli.core.probe import (
@@ -353,8 +353,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
     made["wide"] = write_features(tmp_path / "wide.h5", xw, y)
     made["unlabelled"] = write_features(tmp_path / "unlabelled.h5", x, np.where(np.arange(60) % 2, y, -1))
     made["missing_class"] = write_features(tmp_path / "missing.h5", x[y != 2], y[y != 2])
-    store.write_logits(tmp_path / "logits.h5", x[:, :N_CLASSES], y, [str(i) for i in range(60)],
-                       classnames(N_CLASSES))
+    write_logits(tmp_path / "logits.h5", x[:, :N_CLASSES], y, [str(i) for i in range(60)],
+                 classnames(N_CLASSES))
     made["logits"] = tmp_path / "logits.h5"
     store.write_head(tmp_path / "wide_head.h5", store.Head(np.zeros((N_CLASSES, DIM + 1)), np.zeros(N_CLASSES),
                                                             classnames(N_CLASSES), "zeroshot"))

@@ -51,11 +51,6 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def probability_blocks(scores: np.ndarray, rows: int = 4096) -> ProbabilityBlocks:
-    """:data:`ProbabilityBlocks` over in-memory scores (computed per block, never all at once)."""
-    return lambda: (probabilities(scores[start:start + rows]) for start in range(0, len(scores), rows))
-
-
 @dataclass
 class TargetEstimate:
     """An estimated test label distribution and how the solver got there."""

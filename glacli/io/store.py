@@ -188,19 +188,6 @@ def write_rows(path: str | Path, kind: str, *, n_rows: int, n_cols: int, classna
             raise RuntimeError(f"wrote {sink.written} of {n_rows} rows")
 
 
-def write_logits(path: str | Path, logits: np.ndarray, labels: np.ndarray, ids: Sequence[str],
-                 classnames: Sequence[str], attrs: dict[str, Any] | None = None,
-                 parents: Iterable[str] = ()) -> None:
-    """Write a whole in-memory logits array (small files, tests, imports)."""
-    attrs = {"temperature": 1.0, **(attrs or {})}
-    with write_rows(path, "logits", n_rows=len(logits), n_cols=len(classnames), classnames=classnames,
-                    attrs=attrs, parents=parents) as sink:
-        step = chunking.io_rows(len(classnames))
-        for start in range(0, len(logits), step):
-            sl = slice(start, start + step)
-            sink.write(start, np.asarray(logits[sl], dtype=np.float32), np.asarray(labels[sl]), ids[sl])
-
-
 def write_features(path: str | Path, features: np.ndarray, labels: np.ndarray, ids: Sequence[str],
                    classnames: Sequence[str], attrs: dict[str, Any] | None = None,
                    parents: Iterable[str] = (), dtype: Any = np.float16) -> None:

@@ -3,9 +3,11 @@
     extract.py      extract, check_backend         images or texts -> a features file
     zeroshot.py     zeroshot_head                  class names -> a zero-shot head file
     fit.py          fit_head                       features -> a linear-probe head file
+    fit_prompt.py   fit_prompt_head                image features -> a learned-prompt head file
     logits.py       logits_file                    features x head -> a logits file
     calibrate.py    calibrate_file                 temperature scaling of a logits file
     estimate.py     estimate_prior_file            zero-shot logits -> the label prior q (a prior file)
+    estimate_target.py  estimate_target_file       test logits -> their label distribution (MLLS, BBSE)
     combine.py      combine_files                  GLA, the debiased zero-shot model, the ensemble
     evaluate.py     evaluate_files                 metrics of logits files; owns the results JSON schema
     report.py       report_files                   results JSON -> a Markdown table and a plot
