@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_TOL", "LogitSource", "class_proportions", "estimate_prior"]
 DEFAULT_TOL = 1e-8
 START_ROWS = 2048
 """Subsample rows on which ``nll``'s first ``beta`` is fitted."""
-PROFILE_GRADIENT = 1e-5
+PROFILE_GRADIENT = 1e-4
 """``nll``: the profile iteration hands over to the joint float64 Newton below this ``|phi'(beta)|``."""
 UNDERFLOW = 1e-30
 """A mean class probability below this is recomputed in log space."""
@@ -141,10 +141,12 @@ def _profile(objective: Objective, at_one: Point | None, z_sub: np.ndarray, y_su
 
     The first ``beta`` is fitted on :data:`START_ROWS` subsample rows debiased by the fixed-point
     step at T = 1 (a T fitted with q uniform would absorb a strong prior). At each trial ``beta``
-    the first pass keeps ``E`` (when it fits) and ``b`` is solved over it; one more pass gives
-    ``phi' = mean_i E_p[z_i] - mean_i z_{i,y_i}`` at the solved ``b`` and the Hessian's beta terms,
-    so ``phi'' = H_beta_beta - H_beta_b H_bb^-1 H_b_beta`` and the next ``b`` starts at ``b +
-    (db/dbeta) dbeta`` with ``db/dbeta = -H_bb^-1 H_b_beta`` (``H_bb^-1``: the Newton's inverse).
+    the first pass keeps ``E`` (when it fits; it also gives ``phi' = mean_i E_p[z_i] - mean_i
+    z_{i,y_i}`` there) and ``b`` is solved over it. At the first trial one more pass gives ``phi'``
+    at the solved ``b`` and the Hessian's beta terms, so ``phi'' = H_beta_beta - H_beta_b H_bb^-1
+    H_b_beta`` and ``db/dbeta = -H_bb^-1 H_b_beta`` (``H_bb^-1``: the Newton's inverse), which starts
+    each next ``b``; later trials carry ``phi'`` from their keep along ``H_beta_b`` and take ``phi''``
+    by secants.
     """
     shift = objective.shift
     at_one = at_one or objective.evaluate(1.0, -shift, dtypes[0], hessian=False)
@@ -152,16 +154,23 @@ def _profile(objective: Objective, at_one: Point | None, z_sub: np.ndarray, y_su
     every = max(1, len(z_sub) // START_ROWS)
     beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, y_sub[::every], tol=1e-4)
     b, inner = beta * b1, Newton(objective, z_sub, False, 1e-6, max_iter)
-    lo, hi, iterations, run = 1.0 / T_MAX, 1.0 / T_MIN, 0, None
+    lo, hi, iterations, run, h_beta_b = 1.0 / T_MAX, 1.0 / T_MIN, 0, None, None
     while True:
         inner.max_iter = max(1, max_iter - iterations)
         # the first pass at each beta keeps E; the inverse Hessian carries over (refreshed from the
         # subsample while the gap is large)
         run = inner.solve(beta, b, dtypes[:1], None if run is None else run.inverse)
         b, iterations = run.point.b, iterations + run.iterations + 1
-        at = objective.evaluate(beta, b, dtypes[0], False, mean_z=True)
-        gradient, slope = at.mean_z - objective.mean_true_logit, run.inverse @ at.h_beta_b
-        curvature = at.h_beta - float(at.h_beta_b @ slope)
+        if h_beta_b is None or math.isnan(run.start.mean_z):  # phi', H_beta_b and phi'' from one more pass
+            at = objective.evaluate(beta, b, dtypes[0], False, mean_z=True)
+            gradient, h_beta_b = at.mean_z - objective.mean_true_logit, at.h_beta_b
+            slope = run.inverse @ h_beta_b
+            curvature = at.h_beta - float(h_beta_b @ slope)
+        else:  # phi' where this beta's keep started, carried to the solved b along H_beta_b; phi'' by secant
+            gradient = run.start.mean_z - objective.mean_true_logit + float(h_beta_b @ (b - run.start.b))
+            secant = (gradient - previous[1]) / (beta - previous[0])
+            curvature = secant if secant > 0 else curvature
+        previous = (beta, gradient)
         if gradient > 0:
             hi = beta
         else:
@@ -173,7 +182,7 @@ def _profile(objective: Objective, at_one: Point | None, z_sub: np.ndarray, y_su
         inner.tol = max(tol / 4, min(1e-6, 1e-6 * abs(gradient)))
         if abs(gradient) < PROFILE_GRADIENT or hi - lo <= 1e-9 * hi or iterations >= max_iter:
             break
-    joint = joint_inverse(run.inverse, at.h_beta_b, curvature) if curvature > 0 else None
+    joint = joint_inverse(run.inverse, h_beta_b, curvature) if curvature > 0 else None
     final = Newton(objective, z_sub, True, tol, max(1, max_iter - iterations)).solve(
         beta, b, ("float64",), inverse=joint, diag=run.diag)
     final.iterations += iterations
