@@ -8,6 +8,7 @@ read while the current one is worked on (a file read releases the GIL too).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -101,21 +102,15 @@ class Rows:
                 yield start + offset, block[offset:offset + (step or block.shape[0])]
             start += block.shape[0]
 
-    def map(self, fn: Callable[..., Any], items: Iterable[tuple]) -> Iterator[Any]:
-        """``fn(*item)`` for every item, in order; on a CPU several at once, a bounded number in
-        flight (a streamed file is never read ahead whole)."""
-        pending: list = []
-        for item in items:
-            pending.append(self._pool.submit(fn, *item))
-            if len(pending) > 2 * self.workers:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
-
     def reduce(self, fn: Callable[..., tuple], items: Iterable[tuple] | None = None) -> list:
-        """Sums over pieces (or ``items``) of the tuples ``fn(start, piece)`` returns; one pass."""
+        """One pass: the sums over pieces (or ``items``) of the tuples ``fn(start, piece)`` returns,
+        several pieces at once on a CPU, a bounded number in flight (a file is never read ahead whole)."""
         self.passes += 1
-        total: list | None = None
-        for parts in self.map(fn, self.pieces() if items is None else items):
-            total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
+        total, pending = None, []
+        for item in itertools.chain(self.pieces() if items is None else items, [None]):
+            if item is not None:
+                pending.append(self._pool.submit(fn, *item))
+            while pending and (item is None or len(pending) > 2 * self.workers):
+                parts = pending.pop(0).result()
+                total = list(parts) if total is None else [a + b for a, b in zip(total, parts)]
         return total
