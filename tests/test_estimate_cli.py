@@ -39,6 +39,24 @@ def test_writes_a_prior_file_with_its_attributes_and_reports_json(gla, zs_file, 
     assert len(report["least_likely"]) == 5
 
 
+def test_top1_before_and_after_are_counted_on_the_estimation_rows(gla, tmp_path):
+    """The command counts them itself (the solver returns only the fit): z's argmax and that of the
+    debiased z / T - log q, overall and as a mean over classes, against a float64 numpy count."""
+    z, y, _ = biased_logits(50, 6, seed=7, temperature=1.2)
+    z[y == 0] *= 0.8  # classes of different accuracy: the class mean differs from the overall one
+    path = write_logits_file(tmp_path / "zs.h5", z, y)
+    r = gla("estimate-prior", path, "-o", tmp_path / "q.h5", "--json")
+    assert r.code == 0, r.err
+    report, prior = json.loads(r.out), store.read_prior(tmp_path / "q.h5")
+    with store.read_rows(path, "logits") as rows:
+        values = rows.read().astype(np.float64)
+    for when, scores in (("before", values), ("after", values / prior.temperature - prior.log_prior)):
+        right = scores.argmax(1) == y
+        assert report[f"top1_{when}"] == pytest.approx(100 * right.mean())
+        assert report[f"mean_per_class_{when}"] == pytest.approx(100 * np.mean([right[y == k].mean() for k in range(6)]))
+    assert report["top1_after"] != report["top1_before"]
+
+
 def test_table_report_names_temperature_and_gap(gla, zs_file, tmp_path):
     r = gla("estimate-prior", zs_file, "-o", tmp_path / "q.h5", "--temperature", "confidence")
     assert r.code == 0, r.err
