@@ -273,9 +273,9 @@ def estimate_prior(logits: Any, labels: Any = None, *, temperature: str | float 
         require_every_class(y, _names(c), "labels", "target 'labels' needs every class (q is undefined for an "
                                                     "absent class)")
         f = class_proportions(y, c)
-    if temperature == "nll" and (proportions is not None or target == "uniform"):
-        raise GlaInputError("temperature 'nll' fits T to the labels, so it needs target 'labels'; with given "
-                            "proportions give a number, e.g. temperature=1")
+    if temperature == "nll" and target == "uniform":
+        raise GlaInputError("temperature 'nll' fits T to the labels, so it needs target 'labels'; with target "
+                            "'uniform' give a number, e.g. temperature=1")
     if temperature in TEMPERATURE_METHODS and y is None:
         raise GlaInputError(f"labels are needed for temperature '{temperature}'")
     hold = math.inf if memory_gib is None else memory_gib * 2**30
@@ -294,7 +294,7 @@ def estimate_prior(logits: Any, labels: Any = None, *, temperature: str | float 
 
 def combine(zeroshot: Any, prior: Any, finetuned: Any = None, *, zeroshot_temperature: float | None = None,
             finetuned_temperature: float = 1.0, source_prior: Any = None, target_prior: Any = None,
-            method: str = "gla", alpha: float = 0.5) -> np.ndarray:
+            method: str = "gla", alpha: float | None = 0.5) -> np.ndarray:
     """GLA logits, the debiased zero-shot model, or the ensemble baseline.
 
     With ``T_zs`` = ``zeroshot_temperature`` (default: the ``temperature`` of ``prior``) and
@@ -320,7 +320,7 @@ def combine(zeroshot: Any, prior: Any, finetuned: Any = None, *, zeroshot_temper
         target_prior: ``pi_t``, [C] label proportions of the test set (e.g. a :class:`TargetFit`);
             None: uniform. ``method="gla"`` only.
         method: ``"gla"`` or ``"ensemble"``.
-        alpha: the ensemble's weight of the fine-tuned model, in [0, 1].
+        alpha: the ensemble's weight of the fine-tuned model, in [0, 1] (unused by ``"gla"``).
 
     Returns:
         [N, C] float32 logits.
@@ -342,7 +342,7 @@ def combine(zeroshot: Any, prior: Any, finetuned: Any = None, *, zeroshot_temper
     if method == "ensemble":
         if ft is None:
             raise GlaInputError("method 'ensemble' needs finetuned logits")
-        if not 0.0 <= alpha <= 1.0:
+        if alpha is None or not 0.0 <= alpha <= 1.0:
             raise GlaInputError(f"alpha: expected a number in [0, 1], got {alpha}")
         if source_prior is not None or target_prior is not None:
             raise GlaInputError("source_prior and target_prior apply to method 'gla' only: the ensemble's "

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from glacli import api
 from glacli.base.errors import GlaInputError
 from glacli.io import store
 from glacli.core.label_shift import (
@@ -28,7 +29,6 @@ from glacli.core.label_shift import (
     probabilities,
 )
 from glacli.base.types import Prior, Reporter
-from glacli.core.prior import estimate_prior
 from glacli.core.prior.passes import LogitSource
 from glacli.base.validation import (
     check_same_classnames,
@@ -110,10 +110,9 @@ def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> 
         check_same_classnames(val.classnames, calibrate, rows.classnames, rows.path)
         labels = val.require_labels("for --calibrate")
         require_every_class(labels, val.classnames, calibrate, "BCTS fits one bias per class")
-        proportions = np.bincount(labels, minlength=val.n_classes) / len(labels)
         source = LogitSource(lambda: (chunk.values for chunk in val.iter_chunks()), val.n_rows, val.n_classes)
         try:
-            fit = estimate_prior(source, proportions, "nll", labels=labels)
+            fit = api.estimate_prior(source, labels, temperature="nll")
         except ValueError as exc:
             raise GlaInputError(str(exc), calibrate) from None
         if not fit.converged:
