@@ -42,8 +42,6 @@ from glacli.base.validation import (
     require_positive_entries,
     require_prior,
 )
-from glacli.core import bootstrap as _bootstrap
-from glacli.core import metrics as _metrics
 from glacli.core.calibration import fit_temperature_confidence, fit_temperature_nll
 from glacli.core.combine import ensemble_logits, gla_logits
 from glacli.core.label_shift import DEFAULT_CONCENTRATION, TARGET_METHODS, bbse, mlls, probabilities
@@ -596,6 +594,9 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
         The results document (schema ``gla-evaluate``, docs/evaluate.md) as plain JSON values:
         ``doc["results"][i]["metrics"]["top1"]``, ``doc["results"][i]["ci"]["top1"]``, ...
     """
+    from glacli.core import bootstrap as _bootstrap  # the metrics load with the first evaluation (start-up)
+    from glacli.core import metrics as _metrics
+
     if not isinstance(logits_by_name, Mapping) or not logits_by_name:
         raise GlaInputError("logits_by_name: expected a dict of name -> logits with at least one entry")
     names = [str(name) for name in logits_by_name]

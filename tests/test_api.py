@@ -3,6 +3,8 @@ a float64 reference on synthetic data, refuses bad input with the CLI's one-line
 importing the package loads no torch, typer or rich."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -421,3 +423,15 @@ def test_the_readme_python_snippet_runs():
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 (the project's own README)
     assert 0 < namespace["fit"].temperature and namespace["doc"]["results"][0]["metrics"]["top1"] > 0
+
+
+def test_the_worked_example_prints_what_docs_api_shows(shared_fixtures, monkeypatch):
+    text = (ROOT / "docs" / "api.md").read_text()
+    example = text.split("## A worked example", 1)[1]
+    code = re.search(r"```python\n(.*?)```", example, re.S).group(1)
+    shown = re.search(r"```text\n(.*?)```", example, re.S).group(1)
+    monkeypatch.chdir(ROOT)  # the example names the fixtures relative to the project root
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "docs/api.md", "exec"), {})  # noqa: S102 (the project's own docs)
+    assert printed.getvalue() == shown
