@@ -413,7 +413,7 @@ def fit_temperature(logits: Any, labels: Any, *, method: str = "nll") -> float:
 
 def estimate_target(logits: Any, *, method: str = "mlls", val: tuple[Any, Any] | None = None,
                     calibrate: tuple[Any, Any] | None = None, concentration: float = DEFAULT_CONCENTRATION,
-                    tol: float = 1e-8, max_iter: int = 10000) -> TargetFit:
+                    tol: float = 1e-8, max_iter: int = 10000, memory_gib: float | None = None) -> TargetFit:
     """The label distribution ``pi_t`` of an unlabelled test set (label shift).
 
     ``logits`` must be calibrated for a uniform prior (the debiased zero-shot model, a balanced
@@ -425,14 +425,17 @@ def estimate_target(logits: Any, *, method: str = "mlls", val: tuple[Any, Any] |
       labelled ``val`` rows, projected onto the simplex.
 
     Parameters:
-        logits: [N, C] test logits (numpy).
+        logits: [N, C] test logits (numpy), or a :class:`glacli.core.prior.LogitSource` streaming them.
         method: ``"mlls"`` or ``"bbse"``.
-        val: ``(logits [M, C], labels [M])`` of labelled validation rows of the same model (BBSE).
+        val: ``(logits [M, C], labels [M])`` of labelled validation rows of the same model (BBSE);
+            the logits may be a ``LogitSource`` too.
         calibrate: ``(logits [M, C], labels [M])``: fit a temperature and class biases on them by
             maximum likelihood first (BCTS, :func:`estimate_prior` with ``temperature="nll"``); the
             test scores become ``z / T - log q``.
         concentration: MLLS's Dirichlet pseudo-counts ``a`` (>= 0).
         tol, max_iter: MLLS's stopping rule (KKT residual) and iteration limit.
+        memory_gib: MLLS holds the [N, C] float64 probabilities when they fit this (GiB), else
+            recomputes them from the rows on every pass. None: no limit.
 
     Returns:
         :class:`TargetFit` (``prior``, ``log_prior`` [C] float64, ``method``, ``iterations``,
@@ -447,40 +450,55 @@ def estimate_target(logits: Any, *, method: str = "mlls", val: tuple[Any, Any] |
         raise GlaInputError(f"concentration must be a number >= 0, got {concentration}")
     require_positive(tol, "tol")
     require_count(max_iter, "max_iter")
-    z = _matrix(logits, "logits")
-    n, c = z.shape
+    if memory_gib is not None:
+        require_positive(memory_gib, "memory_gib")
+    source = _source(logits, "logits")
+    n, c = source.n_rows, source.n_classes
     if n < c:
         raise GlaInputError(f"has {n} rows for {c} classes: too few to estimate their proportions", "logits")
-
-    def scores(values: np.ndarray) -> np.ndarray:
-        return values
-
+    scale, log_q = 1.0, np.zeros(c)
     if calibrate is not None:
-        cal_z = _matrix(calibrate[0], "calibrate logits")
-        if cal_z.shape[1] != c:
-            raise GlaInputError(f"has {cal_z.shape[1]} classes but logits has {c}", "calibrate logits")
-        cal_y = _labels(calibrate[1], len(cal_z), c, "calibrate labels", "for calibrate")
+        cal = _matrix(calibrate[0], "calibrate logits")
+        if cal.shape[1] != c:
+            raise GlaInputError(f"has {cal.shape[1]} classes but logits has {c}", "calibrate logits")
+        cal_y = _labels(calibrate[1], len(cal), c, "calibrate labels", "for calibrate")
         require_every_class(cal_y, _names(c), "calibrate labels", "BCTS fits one bias per class")
-        fit = estimate_prior(cal_z, cal_y, temperature="nll")
+        fit = estimate_prior(cal, cal_y, temperature="nll")
         if not fit.converged:
             raise GlaInputError(f"BCTS did not converge in {fit.iterations} iterations (T went to "
                                 f"{fit.temperature:.3g}); the validation logits pin it down poorly", "calibrate")
+        scale, log_q = 1.0 / fit.temperature, fit.log_prior
 
-        def scores(values: np.ndarray) -> np.ndarray:  # noqa: F811 (the calibrated map replaces the identity)
-            return values.astype(np.float64) / fit.temperature - fit.log_prior
+    def scores(block: Any) -> np.ndarray:
+        """A block of rows as float64 scores calibrated for a uniform prior."""
+        return _numpy(block).astype(np.float64) * scale - log_q
 
     if method == "mlls":
-        held = [probabilities(scores(z[s:s + 4096])) for s in range(0, n, 4096)]
-        return mlls(lambda: iter(held), c, concentration, tol, max_iter)
-    val_z = _matrix(val[0], "val logits")
-    if val_z.shape[1] != c:
-        raise GlaInputError(f"has {val_z.shape[1]} classes but logits has {c}", "val logits")
-    val_y = _labels(val[1], len(val_z), c, "val labels", "for method 'bbse'")
+        def passes() -> Any:
+            return (probabilities(scores(block)) for block in source.blocks())
+
+        if memory_gib is None or 8.0 * n * c <= memory_gib * 2**30:
+            held = list(passes())
+            passes = lambda: iter(held)  # noqa: E731 (computed once, read on every EM pass)
+        return mlls(passes, c, concentration, tol, max_iter)
+    val_source = _source(val[0], "val logits")
+    if val_source.n_classes != c:
+        raise GlaInputError(f"has {val_source.n_classes} classes but logits has {c}", "val logits")
+    val_y = _labels(val[1], val_source.n_rows, c, "val labels", "for method 'bbse'")
     require_every_class(val_y, _names(c), "val labels", "its column of the confusion matrix is undefined")
+
+    def predictions(rows: LogitSource) -> np.ndarray:
+        return np.concatenate([scores(block).argmax(1) for block in rows.blocks()])
+
     try:
-        return bbse(scores(z).argmax(1), scores(val_z).argmax(1), val_y, c)
-    except ValueError as exc:
-        raise GlaInputError(str(exc), "val") from None
+        return bbse(predictions(source), predictions(val_source), val_y, c)
+    except ValueError as exc:  # a singular confusion matrix: the caller names the validation rows
+        raise GlaInputError(str(exc)) from None
+
+
+def _source(logits: Any, what: str) -> LogitSource:
+    """Rows to pass over: a :class:`LogitSource` as given, or a checked array in blocks."""
+    return logits if isinstance(logits, LogitSource) else LogitSource.from_array(_matrix(logits, what))
 
 
 # --------------------------------------------------------------------------- the linear probe
