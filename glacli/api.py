@@ -302,9 +302,10 @@ def combine(zeroshot: Any, prior: Any, finetuned: Any = None, *, zeroshot_temper
       ``finetuned`` the debiased zero-shot model ``zs / T_zs - log q (+ log pi_t)``.
     - ``method="ensemble"``: ``(1 - alpha) zs / T_zs + alpha ft``.
 
-    ``zs`` must be at the scale ``q`` was fitted on: a :class:`RowRecord` and a :class:`Prior` record
-    (from :func:`load`) are brought to it exactly, as ``gla combine`` does (values x the record's
-    temperature / the prior's ``logits_temperature``); plain arrays are taken as at that scale.
+    ``zs`` must be at the scale ``q`` was fitted on: a :class:`RowRecord` divided by the prior's
+    ``T_zs`` is brought to it exactly, as ``gla combine`` does (values x the record's temperature /
+    the prior's ``logits_temperature``); plain arrays are taken as at that scale, and an explicit
+    ``zeroshot_temperature`` divides the values as given.
 
     Parameters:
         zeroshot: [N, C] zero-shot logits (numpy, torch, or a logits :class:`RowRecord`).
@@ -357,7 +358,7 @@ def combine(zeroshot: Any, prior: Any, finetuned: Any = None, *, zeroshot_temper
         raise GlaInputError("zeroshot_temperature is needed: a prior given as probabilities carries no temperature "
                             "(give the T it was fitted at, e.g. PriorFit.temperature)")
     divisor = t_zs
-    if isinstance(zeroshot, RowRecord) and parts is not None:
+    if isinstance(zeroshot, RowRecord) and zeroshot_temperature is None:  # T_zs is q's: at q's scale exactly
         divisor = t_zs * parts.logits_temperature / zeroshot.temperature
     if method == "ensemble":
         return ensemble_logits(zs, divisor, ft, alpha)

@@ -228,6 +228,9 @@ def test_combine_brings_records_to_the_scale_q_was_fitted_on(data):
     prior = gla.Prior(None, classnames(C), fit.temperature, "nll", log_prior=fit.log_prior, logits_temperature=1.0)
     record = gla.RowRecord("logits", z / np.float32(4.0), y, [str(i) for i in range(len(y))], classnames(C), 4.0)
     np.testing.assert_allclose(gla.combine(record, prior), gla.debias(z, fit), rtol=1e-6, atol=1e-5)
+    # an explicit temperature divides the values as given, as gla combine --zs-temperature does
+    np.testing.assert_allclose(gla.combine(record, prior, zeroshot_temperature=2.0),
+                               record.values / 2.0 - fit.log_prior, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, fragments", [
