@@ -338,6 +338,22 @@ def test_fit_probe_equals_the_command_and_scikit_learn(gla_cli, tmp_path):
     assert (searched.logits(xv).argmax(1) == written.logits(xv).argmax(1)).mean() > 0.99
 
 
+def test_the_anchored_probe_equals_the_command(gla_cli, tmp_path):
+    x, y = class_features(100, 1.0, seed=2)
+    write_features(tmp_path / "train.h5", x, y)
+    means = np.random.default_rng(1000).normal(size=(5, x.shape[1]))  # class_features' class means
+    zero_shot = gla.Head((50 * means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32),
+                         np.zeros(5, np.float32), classnames(5), "zeroshot")
+    gla.save(zero_shot, tmp_path / "zs_head.h5")
+    assert gla_cli("fit", tmp_path / "train.h5", "--anchor", tmp_path / "zs_head.h5", "--wd", 1e-2, "--float64",
+                   "--tol", 1e-8, "--device", "cpu", "-o", tmp_path / "anchored.h5").code == 0
+    head, written = gla.fit_probe(x, y, anchor=zero_shot, wd=1e-2, float64=True, tol=1e-8), gla.load(
+        tmp_path / "anchored.h5")
+    assert head.head_type == written.head_type == "anchored" and head.classnames == written.classnames
+    np.testing.assert_allclose(head.logits(x), written.logits(x), rtol=0, atol=1e-5)
+    assert head.attrs["anchor_t_zs"] == pytest.approx(written.attrs["anchor_t_zs"], rel=1e-9)
+
+
 def test_fit_probe_refuses_a_missing_penalty_and_an_absent_class():
     x, y = class_features(50, 1.0, seed=0)
     with pytest.raises(gla.GlaInputError, match="give val to choose the penalty"):
