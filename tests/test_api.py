@@ -131,7 +131,8 @@ def test_estimate_prior_equals_the_command_in_every_mode(gla_cli, data, tmp_path
         assert fit.iterations >= 1 and fit.prior.sum() == pytest.approx(1.0)
     # a file of proportions is the proportions argument
     np.save(tmp_path / "f.npy", f)
-    assert gla_cli("estimate-prior", path, "-o", tmp_path / "qf.h5", "-t", "1", "--target", tmp_path / "f.npy").code == 0
+    assert gla_cli("estimate-prior", path, "-o", tmp_path / "qf.h5", "-t", "1",
+                   "--target", tmp_path / "f.npy").code == 0
     np.testing.assert_allclose(gla.estimate_prior(z, temperature=1.0, proportions=f).log_prior,
                                store.read_prior(tmp_path / "qf.h5").log_prior, rtol=0, atol=1e-6)
 

@@ -1,8 +1,8 @@
 """``estimate-prior``: the label prior q of a zero-shot model (and its temperature), from logits files.
 
-The estimate is :func:`glacli.api.estimate_prior` (the solver: :mod:`glacli.core.prior`); this module owns what surrounds it: several
-files pooled at one scale, the class proportions ``f`` of the estimation set (its labels, uniform,
-or a file), where the rows live during the fit (the solver keeps one float32 array of
+The estimate is :func:`glacli.api.estimate_prior` (the solver: :mod:`glacli.core.prior`); this
+module owns what surrounds it: several files pooled at one scale, the class proportions ``f`` of
+the estimation set (its labels, uniform, or a file), where the rows live during the fit (the solver keeps one float32 array of
 exponentials when it fits ``--memory``, else every pass streams the files), the device (on a CPU
 the solver runs on numpy and torch is never imported, so the command starts as fast as those
 without a model), what the prior file records, and the report (entropy of q, top-1 before and
