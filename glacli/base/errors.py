@@ -5,8 +5,10 @@ import re
 from pathlib import Path
 
 
-class GlaInputError(Exception):
-    """A user error: bad file, bad option value, files that do not belong together.
+class GlaInputError(ValueError):
+    """A user error: bad file, bad option value, bad argument, files that do not belong together.
+
+    A ``ValueError``, so that callers of the Python API catch it as one.
 
     The command-line layer prints it as one line (``gla: error: <message>``) and exits
     with status 2; anything else escaping a command is a bug and keeps its traceback.

@@ -44,6 +44,12 @@ class Head:
     def gla_id(self) -> str:
         return str(self.attrs.get("gla_id", ""))
 
+    def logits(self, features: Any) -> np.ndarray:
+        """``(features @ weight.T + bias) / temperature``: [N, D] features (numpy, or a CPU tensor) to
+        [N, C] logits, computed in the weight's dtype."""
+        x = np.asarray(features, dtype=self.weight.dtype)
+        return (x @ self.weight.T + self.bias) / self.temperature
+
 
 @dataclass
 class Prior:

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from glacli import api
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
 from glacli.base.validation import check_same_classnames, check_same_temperature, require_choice
-from glacli.core.calibration import fit_temperature_confidence, fit_temperature_nll, nll
+from glacli.core.calibration import nll
 from glacli.io import store
 
 METHODS = ("nll", "confidence")
@@ -34,8 +35,7 @@ def calibrate_file(logits: Path, val: Path, output: Path, method: str = "nll",
         check_same_temperature(val_temperature, val, rows.temperature, rows.path,
                                "calibrate logits on the same scale")
         try:
-            temperature = (fit_temperature_nll(val_logits, labels) if method == "nll"
-                           else fit_temperature_confidence(val_logits, labels))
+            temperature = api.fit_temperature(val_logits, labels, method=method)
         except ValueError as exc:
             raise GlaInputError(str(exc), val) from None
         total = temperature * rows.temperature

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from glacli import api
 from glacli.base import chunking
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior, Reporter
 from glacli.base.validation import check_same_classnames, require_choice, require_every_class
-from glacli.core.combine import ensemble_logits, gla_logits, log_label_frequencies, zeroshot_divisor
+from glacli.core.combine import log_label_frequencies, zeroshot_divisor
 from glacli.io import formats
 from glacli.io import store
 from glacli.io.formats.proportions import check_proportions, read_pretraining_prior, read_target_distribution
@@ -46,11 +47,11 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         zs = stack.enter_context(store.read_rows(zeroshot, "logits"))
         ft = stack.enter_context(store.read_rows(finetuned, "logits")) if finetuned else None
         parents = [zs.gla_id]
-        divisor, log_q = 1.0, None
+        divisor, q = 1.0, None
         if prior is not None:
             q = read_pretraining_prior(prior)
             check_same_classnames(q.classnames, prior, zs.classnames, zeroshot)
-            divisor, log_q = _prior_scale(q, prior, zs, reporter), q.log_prior
+            divisor = _prior_scale(q, prior, zs, reporter)
             parents.append(q.gla_id)
         if method == "ensemble" and zs_temperature != "prior":
             divisor = float(zs_temperature)
@@ -74,16 +75,15 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
                  "alpha": alpha, "source_prior": source_prior if ft is not None and method == "gla" else None,
                  "ft_temperature": ft.temperature if ft is not None else None,
                  "target_prior": str(target_prior) if method == "gla" else None}
+        pi_s, pi_t = (None if log_pi is None else np.exp(log_pi) for log_pi in (log_pi_s, log_pi_t))
         with store.write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
                               attrs=attrs, parents=parents) as sink:
             reporter.start(f"combine ({name})", zs.n_rows)
             for chunk in zs.iter_chunks(chunking.io_rows(zs.n_cols), with_ids=True):
                 ft_block = ft.read(chunk.start, chunk.stop) if ft is not None else None
-                if method == "ensemble":
-                    block = ensemble_logits(chunk.values, divisor, ft_block, alpha)
-                else:
-                    block = gla_logits(chunk.values, divisor, log_q, ft_block, log_pi_s,
-                                       ft.temperature if ft is not None else 1.0, log_pi_t)
+                block = api.combine(chunk.values, q, ft_block, zeroshot_temperature=divisor,
+                                    finetuned_temperature=ft.temperature if ft is not None else 1.0,
+                                    source_prior=pi_s, target_prior=pi_t, method=method, alpha=alpha)
                 sink.write(chunk.start, block, labels[chunk.start:chunk.stop], chunk.ids)
                 reporter.advance(chunk.stop - chunk.start)
     return {"output": str(output), "method": name, "n_rows": zs.n_rows, "n_classes": zs.n_cols}

@@ -1,8 +1,8 @@
 """``estimate-prior``: the label prior q of a zero-shot model (and its temperature), from logits files.
 
-The solver is :func:`glacli.core.prior.estimate_prior`; this module owns what surrounds it: several
-files pooled at one scale, the class proportions ``f`` of the estimation set (its labels, uniform,
-or a file), where the rows live during the fit (the solver keeps one float32 array of
+The estimate is :func:`glacli.api.estimate_prior` (the solver: :mod:`glacli.core.prior`); this
+module owns what surrounds it: several files pooled at one scale, the class proportions ``f`` of
+the estimation set (its labels, uniform, or a file), where the rows live during the fit (the solver keeps one float32 array of
 exponentials when it fits ``--memory``, else every pass streams the files), the device (on a CPU
 the solver runs on numpy and torch is never imported, so the command starts as fast as those
 without a model), what the prior file records, and the report (entropy of q, top-1 before and
@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from glacli import api
 from glacli.base.devices import compute_device
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior, PriorEstimate, Reporter
 from glacli.core.calibration import T_MIN
-from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions, estimate_prior
+from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions
 from glacli.io import store
 from glacli.base.validation import (
     check_same_classnames,
@@ -62,8 +63,10 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
             require_labels(rows.labels, rows.path, f"for --temperature {temperature}")
         labels = rows.labels if labels_complete(rows.labels) else None
         try:
-            fit = estimate_prior(rows.source, proportions, temperature, labels=labels, tol=tol, max_iter=max_iter,
-                                 hold_bytes=memory_gib * 2**30 * (0.5 if compute != "cpu" else 1.0))
+            fit = api.estimate_prior(rows.source, labels, temperature=temperature,
+                                     proportions=None if target == "labels" else proportions, tol=tol,
+                                     max_iter=max_iter,
+                                     memory_gib=memory_gib * (0.5 if compute != "cpu" else 1.0)).estimate
         except ValueError as exc:
             raise GlaInputError(str(exc), rows.path) from None
         method = temperature if isinstance(temperature, str) else "fixed"

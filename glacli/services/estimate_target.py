@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glacli import api
 from glacli.base.errors import GlaInputError
 from glacli.io import store
 from glacli.core.label_shift import (
@@ -23,12 +24,8 @@ from glacli.core.label_shift import (
     DEFAULT_TOL,
     TARGET_METHODS,
     TargetEstimate,
-    bbse,
-    mlls,
-    probabilities,
 )
 from glacli.base.types import Prior, Reporter
-from glacli.core.prior import estimate_prior
 from glacli.core.prior import LogitSource
 from glacli.base.validation import (
     check_same_classnames,
@@ -78,8 +75,8 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
                                 "calibrated GLA output", logits)
         scores, calibration = _scores(rows, calibrate, reporter)
         if method == "mlls":
-            blocks = _probability_blocks(rows, scores, memory_bytes, reporter)
-            estimate = mlls(blocks, rows.n_classes, concentration, tol, max_iter)
+            estimate = api.estimate_target(_scored(rows, scores, memory_bytes, reporter), concentration=concentration,
+                                           tol=tol, max_iter=max_iter, memory_gib=memory_gib)
         else:
             estimate = _bbse(rows, files.enter_context(store.read_rows(val, "logits")), scores)
         if not estimate.converged:
@@ -110,10 +107,9 @@ def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> 
         check_same_classnames(val.classnames, calibrate, rows.classnames, rows.path)
         labels = val.require_labels("for --calibrate")
         require_every_class(labels, val.classnames, calibrate, "BCTS fits one bias per class")
-        proportions = np.bincount(labels, minlength=val.n_classes) / len(labels)
         source = LogitSource(lambda: (chunk.values for chunk in val.iter_chunks()), val.n_rows, val.n_classes)
         try:
-            fit = estimate_prior(source, proportions, "nll", labels=labels)
+            fit = api.estimate_prior(source, labels, temperature="nll")
         except ValueError as exc:
             raise GlaInputError(str(exc), calibrate) from None
         if not fit.converged:
@@ -131,20 +127,14 @@ def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> 
                         "val_rows": len(labels)}
 
 
-def _probability_blocks(rows: store.RowFile, scores: Scores, memory_bytes: float,
-                        reporter: Reporter) -> Callable[[], Iterator[np.ndarray]]:
-    """``softmax(scores)`` per block: computed once and held when float64 fits ``memory_bytes``, else
-    recomputed from the file on every pass (memory stays at one block whatever N is)."""
-    def stream() -> Iterator[np.ndarray]:
-        for chunk in rows.iter_chunks():
-            yield probabilities(scores(chunk.values))
-
+def _scored(rows: store.RowFile, scores: Scores, memory_bytes: float = math.inf,
+            reporter: Reporter = Reporter()) -> LogitSource:
+    """The file's uniform-prior scores, block by block on every pass: MLLS holds their
+    probabilities when float64 fits ``memory_bytes``, else every pass reads the file again."""
     if rows.n_rows * rows.n_classes * 8 > memory_bytes:
         reporter.message(f"{rows.n_rows} x {rows.n_classes} probabilities exceed --memory: "
                          "every pass reads the file")
-        return stream
-    held = list(stream())
-    return lambda: iter(held)
+    return LogitSource(lambda: (scores(chunk.values) for chunk in rows.iter_chunks()), rows.n_rows, rows.n_classes)
 
 
 def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> TargetEstimate:
@@ -154,10 +144,8 @@ def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> TargetEsti
     require_every_class(labels, val.classnames, val.path, "its column of the confusion matrix is undefined")
     check_same_temperature(val.temperature, val.path, rows.temperature, rows.path,
                            "BBSE needs the same model at the same scale")
-    test_predictions = np.concatenate([scores(c.values).argmax(1) for c in rows.iter_chunks()])
-    val_predictions = np.concatenate([scores(c.values).argmax(1) for c in val.iter_chunks()])
     try:
-        return bbse(test_predictions, val_predictions, labels, rows.n_classes)
+        return api.estimate_target(_scored(rows, scores), method="bbse", val=(_scored(val, scores), labels))
     except ValueError as exc:
         raise GlaInputError(str(exc), val.path) from None
 

@@ -61,6 +61,8 @@ def read_proportions(path: Path, classnames: Sequence[str]) -> np.ndarray:
     positive and normalised to sum to 1."""
     try:
         values, names = READERS.get(path.suffix.lower(), _from_text)(path)
+    except GlaInputError:  # a prior file's own message (a ValueError too), kept as it is
+        raise
     except (ValueError, TypeError, OSError) as exc:
         raise GlaInputError(f"cannot read class proportions: {exc}", path) from exc
     return check_proportions(values, names, path, classnames)
