@@ -30,6 +30,8 @@ from glacli.io.formats.proportions import check_proportions, read_pretraining_pr
 METHODS = ("gla", "ensemble")
 DEFAULT_ALPHA = 0.5
 """The ensemble's weight of the fine-tuned model when ``--alpha`` is not given."""
+HEAD_FITTED = "head_fitted_rows"
+"""Logits attribute: how many of the file's rows its head was fitted on (``gla logits`` counts them)."""
 FITTED_HEADS = ("linear", "anchored")
 """Heads fitted by ``gla fit``: their logits are calibrated only when the head's temperature was fitted."""
 HEADS_WITH_ZEROSHOT = ("anchored", "prompt")
@@ -52,33 +54,29 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         raise GlaInputError("--target-prior applies to --method gla only: the ensemble's implied prior is not "
                             "uniform, so adding log pi_t to it is not the label-shift correction")
     notes: list[tuple[str, str]] = []
-    reporter, said = _held(notes), reporter  # notes wait until every check has passed: a refusal stays one line
+    held = _held(notes)  # notes wait until every check has passed, so that a refusal stays one line
     with contextlib.ExitStack() as stack:
         zs = stack.enter_context(store.read_rows(zeroshot, "logits"))
         ft = stack.enter_context(store.read_rows(finetuned, "logits")) if finetuned else None
         _check_not_combined(zs, ft)
         parents = [zs.gla_id]
-        divisor, log_q, prior_fitted = 1.0, None, 0
+        divisor, log_q, prior_fitted = 1.0, None, None
         if prior is not None:
             q = read_pretraining_prior(prior)
             check_same_classnames(q.classnames, prior, zs.classnames, zeroshot)
-            _check_same_model(q, prior, zs, allow_other_model, reporter)
-            divisor, log_q = _prior_scale(q, prior, zs, reporter), q.log_prior
+            _check_same_model(q, prior, zs, allow_other_model, held)
+            divisor, log_q = _prior_scale(q, prior, zs, held), q.log_prior
             parents.append(q.gla_id)
-            prior_fitted = fitted_ids.count_fitted(zs, fitted_ids.read_hashes(prior))
-            if prior_fitted:
-                reporter.warning(f"{prior_fitted} of the {zs.n_rows} rows of {zs.path} were used to estimate q "
-                                 f"({prior}): results on them overstate accuracy; evaluate on other rows")
         if method == "ensemble" and zs_temperature != "prior":
             divisor = float(zs_temperature)
         if ft is not None:
             check_same_classnames(ft.classnames, finetuned, zs.classnames, zeroshot)
             store.check_same_rows(ft, zs)
             parents.append(ft.gla_id)
-            _warn_leaks_and_calibration(ft, method, reporter)
+            _warn_leaks_and_calibration(ft, method, held)
         log_pi_s = None
         if ft is not None and method == "gla" and ft.attrs.get("head_type") in HEADS_WITH_ZEROSHOT:
-            reporter.warning(f"{ft.path} comes from a '{ft.attrs['head_type']}' head, which already holds the "
+            held.warning(f"{ft.path} comes from a '{ft.attrs['head_type']}' head, which already holds the "
                              "zero-shot model: GLA counts it twice (docs/probe.md measures what that costs)")
         if ft is not None and method == "gla":
             log_pi_s, source_id = _log_source_prior(source_prior, zs.classnames)
@@ -86,17 +84,23 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         log_pi_t, target_id = _log_target_prior(target_prior, zs.classnames)
         if target_id:
             parents.append(target_id)
+        hashes = fitted_ids.read_hashes(prior) if prior is not None else None
+        if hashes is not None:
+            prior_fitted = fitted_ids.count_fitted(zs, hashes)
+            if prior_fitted:
+                held.warning(f"{prior_fitted} of the {zs.n_rows} rows of {zs.path} were used to estimate q "
+                             f"({prior}): results on them overstate accuracy; evaluate on other rows")
+        head_fitted = [int(f.attrs[HEAD_FITTED]) for f in (zs, ft) if f is not None and HEAD_FITTED in f.attrs]
         labels = np.where(zs.labels >= 0, zs.labels, ft.labels if ft is not None else zs.labels)
         name = ("ensemble" if method == "ensemble" else "gla" if ft is not None else "debiased_zeroshot")
         attrs = {"temperature": 1.0, "combine_method": name, "zs_temperature": divisor * zs.temperature,
                  "alpha": alpha, "source_prior": source_prior if ft is not None and method == "gla" else None,
                  "ft_temperature": ft.temperature if ft is not None else None,
                  "target_prior": str(target_prior) if method == "gla" else None,
-                 "prior_fitted_rows": prior_fitted if prior is not None else None,
-                 "head_fitted_rows": max(int(f.attrs.get(HEAD_FITTED, 0)) for f in (zs, ft) if f is not None)}
-        for say, note in notes:
-            getattr(said, say)(note)
-        reporter = said
+                 "prior_fitted_rows": prior_fitted,
+                 HEAD_FITTED: max(head_fitted, default=None)}
+        for kind, note in notes:
+            getattr(reporter, kind)(note)
         with store.write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
                               attrs=attrs, parents=parents) as sink:
             reporter.start(f"combine ({name})", zs.n_rows)
@@ -116,10 +120,6 @@ def _held(notes: list[tuple[str, str]]) -> Reporter:
     """A reporter that keeps messages and warnings in ``notes`` (as (kind, text)) instead of printing them."""
     return Reporter(message=lambda text: notes.append(("message", text)),
                     warning=lambda text: notes.append(("warning", text)))
-
-
-HEAD_FITTED = "head_fitted_rows"
-"""Logits attribute: how many of the file's rows its head was fitted on (``gla logits`` counts them)."""
 
 
 def _check_not_combined(zs: store.RowFile, ft: store.RowFile | None) -> None:

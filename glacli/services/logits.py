@@ -27,7 +27,8 @@ def logits_file(features: Path, head: Path, output: Path, reporter: Reporter = R
         check_head_fits(head_file, head, rows.classnames, rows.n_cols, rows.path)
         weight = np.asarray(head_file.weight, dtype=np.float32)
         bias = np.asarray(head_file.bias, dtype=np.float32)
-        fitted = fitted_ids.count_fitted(rows, fitted_ids.read_hashes(head))
+        hashes = fitted_ids.read_hashes(head)
+        fitted = None if hashes is None else fitted_ids.count_fitted(rows, hashes)
         if fitted:
             reporter.warning(f"{fitted} of the {rows.n_rows} rows of {rows.path} were used to fit {head}: "
                              "results on them overstate accuracy")
