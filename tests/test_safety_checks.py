@@ -98,6 +98,15 @@ def test_a_prior_of_another_model_is_refused_unless_forced(gla, shared_fixtures,
     assert (read(tmp_path / "out.h5")[0].argmax(1) == labels).mean() > 0.5
 
 
+def test_logits_that_record_no_model_are_said_to_be_unchecked(gla, shared_fixtures, tmp_path):
+    est, test, _ = cifar_pair(shared_fixtures, tmp_path, "ViT-B-32", "openai")
+    assert gla("estimate-prior", est, "-o", tmp_path / "q.h5").code == 0
+    with store.read_rows(test, "logits") as f:   # as imported from another tool: no model recorded
+        write_logits_file(tmp_path / "imported.h5", f.read(), f.labels, names=f.classnames, ids=f.ids())
+    r = gla("combine", "--zeroshot", tmp_path / "imported.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "o.h5")
+    assert r.code == 0 and len(warnings_in(r.err, "records no model, so nothing checks")) == 1, r.err
+
+
 def test_another_head_of_the_same_model_is_warned_about_in_one_line(gla, shared_fixtures, tmp_path):
     est, test, _ = cifar_pair(shared_fixtures, tmp_path, "ViT-B-32", "openai")   # same model, another head id
     assert gla("estimate-prior", est, "-o", tmp_path / "q.h5").code == 0

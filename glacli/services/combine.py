@@ -143,6 +143,9 @@ def _check_same_model(q: Prior, prior_path: Path, zs: store.RowFile, allow_other
     differ = [f"{key} {zs.attrs[key]!r} (q: {q.attrs['zeroshot_' + key]!r})" for key in ("model", "pretrained")
               if zs.attrs.get(key) and q.attrs.get("zeroshot_" + key) and zs.attrs[key] != q.attrs["zeroshot_" + key]]
     if not differ:
+        if q.attrs.get("zeroshot_model") and not zs.attrs.get("model"):
+            reporter.warning(f"{zs.path} records no model, so nothing checks that it comes from "
+                             f"{q.attrs['zeroshot_model']!r}, the model q was estimated on ({prior_path})")
         return
     what = f"comes from another model than the logits q was estimated on ({prior_path}): {', '.join(differ)}"
     if not allow_other_model:
