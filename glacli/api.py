@@ -686,6 +686,7 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
             "reliability": {"edges": r.reliability.edges, "count": r.reliability.count,
                             "confidence": r.reliability.confidence, "accuracy": r.reliability.accuracy},
         } for i, (name, r, summary) in enumerate(zip(names, results, summaries))],
+        "label_shift": False, "warnings": [],  # arrays carry no target prior nor record of fitted rows
     }
     return _plain(document)
 

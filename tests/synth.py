@@ -35,15 +35,8 @@ def biased_logits(n_per_class: int, c: int, seed: int = 0, scale: float = 3.0, t
     return z, labels.astype(np.int64), q_true
 
 
-def write_logits(path: str | Path, logits: np.ndarray, labels: np.ndarray, ids: list[str],
-                 classnames: list[str], attrs: dict | None = None) -> None:
-    """Write a whole in-memory logits array, block by block as a service does."""
-    with store.write_rows(path, "logits", n_rows=len(logits), n_cols=len(classnames), classnames=classnames,
-                          attrs={"temperature": 1.0, **(attrs or {})}) as sink:
-        step = chunking.io_rows(len(classnames))
-        for start in range(0, len(logits), step):
-            rows = slice(start, start + step)
-            sink.write(start, np.asarray(logits[rows], dtype=np.float32), np.asarray(labels[rows]), ids[rows])
+write_logits = store.write_logits
+"""A whole in-memory logits array as a gla logits file."""
 
 
 def probability_blocks(scores: np.ndarray, rows: int = 4096):

@@ -70,7 +70,8 @@ def test_combine_adds_log_pi_t_and_that_raises_accuracy_on_a_shifted_set(gla, sh
     store.write_prior(tmp / "q.h5", store.Prior(prior=q, classnames=[f"class {k}" for k in range(5)],
                                                 temperature=1.0, method="nll"))
     assert gla("estimate-target", tmp / "test.h5", "-o", tmp / "t.h5").code == 0
-    common = ("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "q.h5")
+    write_logits_file(tmp / "zs.h5", scores, labels)          # the same scores, not yet an output of combine
+    common = ("combine", "--zeroshot", tmp / "zs.h5", "--prior", tmp / "q.h5")
     assert gla(*common, "-o", tmp / "uniform.h5").code == 0
     r = gla(*common, "--target-prior", tmp / "t.h5", "-o", tmp / "adapted.h5")
     assert r.code == 0, r.err
@@ -134,6 +135,7 @@ def test_refusals_are_one_line(gla, shifted):
     store.write_prior(tmp / "q.h5", store.Prior(prior=np.full(5, 0.2), classnames=names, temperature=1.0,
                                                 method="nll"))
     assert gla("estimate-target", tmp / "test.h5", "-o", tmp / "t.h5").code == 0
+    write_logits_file(tmp / "zs.h5", scores, labels)
     write_logits_file(tmp / "ens.h5", scores, labels, combine_method="ensemble")
     write_logits_file(tmp / "small.h5", scores[:3], labels[:3])
     bad = scores.copy()
@@ -146,14 +148,14 @@ def test_refusals_are_one_line(gla, shifted):
         (("estimate-target", tmp / "test.h5", "--method", "bbse", "-o", tmp / "x.h5"), ("--val",)),
         (("estimate-target", tmp / "small.h5", "-o", tmp / "x.h5"), ("small.h5", "3 rows for 5 classes")),
         (("estimate-target", tmp / "nan.h5", "-o", tmp / "x.h5"), ("nan.h5", "7000")),
-        (("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "q.h5", "--target-prior", tmp / "other.h5",
+        (("combine", "--zeroshot", tmp / "zs.h5", "--prior", tmp / "q.h5", "--target-prior", tmp / "other.h5",
           "-o", tmp / "x.h5"), ("other.h5", "class")),
         (("estimate-target", tmp / "test.h5", "--concentration", "-1", "-o", tmp / "x.h5"), ("--concentration",)),
-        (("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "t.h5", "-o", tmp / "x.h5"),
+        (("combine", "--zeroshot", tmp / "zs.h5", "--prior", tmp / "t.h5", "-o", tmp / "x.h5"),
          ("t.h5", "--target-prior")),
-        (("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "q.h5", "--target-prior", tmp / "q.h5",
+        (("combine", "--zeroshot", tmp / "zs.h5", "--prior", tmp / "q.h5", "--target-prior", tmp / "q.h5",
           "-o", tmp / "x.h5"), ("q.h5", "pre-training prior")),
-        (("combine", "--zeroshot", tmp / "test.h5", "--prior", tmp / "q.h5", "--finetuned", tmp / "test.h5",
+        (("combine", "--zeroshot", tmp / "zs.h5", "--prior", tmp / "q.h5", "--finetuned", tmp / "zs.h5",
           "--method", "ensemble", "--alpha", "0.5", "--target-prior", tmp / "t.h5", "-o", tmp / "x.h5"),
          ("--target-prior",)),
     ]

@@ -188,6 +188,19 @@ def write_rows(path: str | Path, kind: str, *, n_rows: int, n_cols: int, classna
             raise RuntimeError(f"wrote {sink.written} of {n_rows} rows")
 
 
+def write_logits(path: str | Path, logits: np.ndarray, labels: np.ndarray, ids: Sequence[str],
+                 classnames: Sequence[str], attrs: dict[str, Any] | None = None,
+                 parents: Iterable[str] = ()) -> None:
+    """Write a whole in-memory logits array (``glacli.save``, small files, tests)."""
+    attrs = {"temperature": 1.0, **(attrs or {})}
+    with write_rows(path, "logits", n_rows=len(logits), n_cols=len(classnames), classnames=classnames,
+                    attrs=attrs, parents=parents) as sink:
+        step = chunking.io_rows(len(classnames))
+        for start in range(0, len(logits), step):
+            sl = slice(start, start + step)
+            sink.write(start, np.asarray(logits[sl], dtype=np.float32), np.asarray(labels[sl]), ids[sl])
+
+
 def write_features(path: str | Path, features: np.ndarray, labels: np.ndarray, ids: Sequence[str],
                    classnames: Sequence[str], attrs: dict[str, Any] | None = None,
                    parents: Iterable[str] = (), dtype: Any = np.float16) -> None:
@@ -396,8 +409,10 @@ def _check_prior_pair(values: np.ndarray, log_values: np.ndarray, path: str | Pa
         raise GlaInputError(f"prior and log_prior disagree at entry {k} ({values[k]:g} vs exp {log_values[k]:g})", path)
 
 
-def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = ()) -> None:
-    """Write ``log_prior`` (the exact solution, finite) and ``prior`` (its exp)."""
+def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = (),
+                datasets: dict[str, np.ndarray] | None = None) -> None:
+    """Write ``log_prior`` (the exact solution, finite) and ``prior`` (its exp), and any other ``datasets``
+    (e.g. ``fitted_id_hashes``)."""
     log_values = require_log_prior(prior.log_prior, None)
     _check_prior_pair(prior.prior, log_values, None)
     attrs = _kind_attrs(prior.attrs, {
@@ -409,6 +424,7 @@ def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = ()) -> 
         f.create_dataset("prior", data=np.asarray(prior.prior, dtype=np.float64))
         f.create_dataset("log_prior", data=log_values)
         write_strings(f, "classnames", prior.classnames)
+        _write_datasets(f, datasets)
 
 
 def read_prior(path: str | Path) -> Prior:
@@ -432,7 +448,8 @@ def read_prior(path: str | Path) -> Prior:
                  logits_temperature=_temperature(attrs, "logits_temperature", path))
 
 
-def write_head(path: str | Path, head: Head, parents: Iterable[str] = ()) -> None:
+def write_head(path: str | Path, head: Head, parents: Iterable[str] = (),
+               datasets: dict[str, np.ndarray] | None = None) -> None:
     weight = np.asarray(head.weight, dtype=np.float32)
     bias = np.asarray(head.bias, dtype=np.float32)
     if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(head.classnames) != weight.shape[0]:
@@ -445,6 +462,14 @@ def write_head(path: str | Path, head: Head, parents: Iterable[str] = ()) -> Non
         f.create_dataset("weight", data=weight)
         f.create_dataset("bias", data=bias)
         write_strings(f, "classnames", head.classnames)
+        _write_datasets(f, datasets)
+
+
+def _write_datasets(f: h5py.File, datasets: dict[str, np.ndarray] | None) -> None:
+    """Datasets a writer adds beside a kind's own (compressed: they may hold a value per row)."""
+    for name, values in (datasets or {}).items():
+        values = np.asarray(values)
+        f.create_dataset(name, data=values, **({"compression": "gzip", "shuffle": True} if values.size > 1024 else {}))
 
 
 def read_head(path: str | Path) -> Head:

@@ -5,7 +5,9 @@ logits are brought to the scale q was fitted on (the prior's ``logits_temperatur
 are divided by ``T_zs``; ``log pi_s`` is divided by the fine-tuned file's own temperature, the
 scale at which a probe's bias absorbed it. ``log pi_t`` of a test set that is not balanced
 (``--target-prior``, a file from ``gla estimate-target`` or proportions) is added last. Files whose ids, labels or class names disagree are
-refused before anything is written.
+refused before anything is written, and so are inputs that would count a model twice (an output of
+``combine`` given again) or a prior of another model; inputs that leak (rows q or the head was fitted on)
+or that skipped calibration are warned about.
 """
 from __future__ import annotations
 
@@ -23,10 +25,16 @@ from glacli.base.types import Prior, Reporter
 from glacli.base.validation import check_same_classnames, require_choice, require_every_class
 from glacli.core.combine import log_label_frequencies, zeroshot_divisor
 from glacli.io import formats
-from glacli.io import store
+from glacli.io import fitted_ids, store
 from glacli.io.formats.proportions import check_proportions, read_pretraining_prior, read_target_distribution
 
 METHODS = ("gla", "ensemble")
+DEFAULT_ALPHA = 0.5
+"""The ensemble's weight of the fine-tuned model when ``--alpha`` is not given."""
+HEAD_FITTED = "head_fitted_rows"
+"""Logits attribute: how many of the file's rows its head was fitted on (``gla logits`` counts them)."""
+FITTED_HEADS = ("linear", "anchored")
+"""Heads fitted by ``gla fit``: their logits are calibrated only when the head's temperature was fitted."""
 HEADS_WITH_ZEROSHOT = ("anchored", "prompt")
 """Fine-tuned heads built from the zero-shot model (anchored at it, or its prompts tuned): adding the
 zero-shot logits to theirs counts that model twice."""
@@ -35,23 +43,30 @@ zero-shot logits to theirs counts that model twice."""
 def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, finetuned: Path | None = None,
                   source_prior: str = "uniform", method: str = "gla", alpha: float | None = None,
                   zs_temperature: str | float = "prior", target_prior: str = "uniform",
-                  reporter: Reporter = Reporter()) -> dict[str, Any]:
+                  allow_other_model: bool = False, reporter: Reporter = Reporter()) -> dict[str, Any]:
     """Write ``ft + zs/T_zs - log q - log(pi_s)/T_ft`` (GLA), ``zs/T_zs - log q`` (no ``finetuned``) or
-    ``(1 - alpha) zs/T_zs + alpha ft`` (ensemble; ``zs_temperature`` a number or the prior's); GLA and
-    the debiased model plus ``log pi_t`` with a ``target_prior`` other than uniform."""
+    ``(1 - alpha) zs/T_zs + alpha ft`` (ensemble, alpha 0.5 unless given; ``zs_temperature`` a number or
+    the prior's); GLA and the debiased model plus ``log pi_t`` with a ``target_prior`` other than uniform.
+    ``allow_other_model`` takes a prior estimated on logits of another model (warned, not refused)."""
+    if method == "ensemble" and alpha is None:
+        alpha = DEFAULT_ALPHA
     _check_options(method, prior, finetuned, source_prior, alpha, zs_temperature)
     if method == "ensemble" and target_prior != "uniform":
         raise GlaInputError("--target-prior applies to --method gla only: the ensemble's implied prior is not "
                             "uniform, so adding log pi_t to it is not the label-shift correction")
+    notes: list[tuple[str, str]] = []
+    held = _held(notes)  # notes wait until every check has passed, so that a refusal stays one line
     with contextlib.ExitStack() as stack:
         zs = stack.enter_context(store.read_rows(zeroshot, "logits"))
         ft = stack.enter_context(store.read_rows(finetuned, "logits")) if finetuned else None
+        _check_not_combined(zs, ft)
         parents = [zs.gla_id]
-        divisor, q = 1.0, None
+        divisor, q, prior_fitted = 1.0, None, None
         if prior is not None:
             q = read_pretraining_prior(prior)
             check_same_classnames(q.classnames, prior, zs.classnames, zeroshot)
-            divisor = _prior_scale(q, prior, zs, reporter)
+            _check_same_model(q, prior, zs, allow_other_model, held)
+            divisor = _prior_scale(q, prior, zs, held)
             parents.append(q.gla_id)
         if method == "ensemble" and zs_temperature != "prior":
             divisor = float(zs_temperature)
@@ -59,9 +74,10 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
             check_same_classnames(ft.classnames, finetuned, zs.classnames, zeroshot)
             store.check_same_rows(ft, zs)
             parents.append(ft.gla_id)
+            _warn_leaks_and_calibration(ft, method, held)
         log_pi_s = None
         if ft is not None and method == "gla" and ft.attrs.get("head_type") in HEADS_WITH_ZEROSHOT:
-            reporter.warning(f"{ft.path} comes from a '{ft.attrs['head_type']}' head, which already holds the "
+            held.warning(f"{ft.path} comes from a '{ft.attrs['head_type']}' head, which already holds the "
                              "zero-shot model: GLA counts it twice (docs/probe.md measures what that costs)")
         if ft is not None and method == "gla":
             log_pi_s, source_id = _log_source_prior(source_prior, zs.classnames)
@@ -69,13 +85,24 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         log_pi_t, target_id = _log_target_prior(target_prior, zs.classnames)
         if target_id:
             parents.append(target_id)
+        hashes = fitted_ids.read_hashes(prior) if prior is not None else None
+        if hashes is not None:
+            prior_fitted = fitted_ids.count_fitted(zs, hashes)
+            if prior_fitted:
+                held.warning(f"{prior_fitted} of the {zs.n_rows} rows of {zs.path} were used to estimate q "
+                             f"({prior}): results on them overstate accuracy; evaluate on other rows")
+        head_fitted = [int(f.attrs[HEAD_FITTED]) for f in (zs, ft) if f is not None and HEAD_FITTED in f.attrs]
         labels = np.where(zs.labels >= 0, zs.labels, ft.labels if ft is not None else zs.labels)
         name = ("ensemble" if method == "ensemble" else "gla" if ft is not None else "debiased_zeroshot")
         attrs = {"temperature": 1.0, "combine_method": name, "zs_temperature": divisor * zs.temperature,
                  "alpha": alpha, "source_prior": source_prior if ft is not None and method == "gla" else None,
                  "ft_temperature": ft.temperature if ft is not None else None,
-                 "target_prior": str(target_prior) if method == "gla" else None}
+                 "target_prior": str(target_prior) if method == "gla" else None,
+                 "prior_fitted_rows": prior_fitted,
+                 HEAD_FITTED: max(head_fitted, default=None)}
         pi_s, pi_t = (None if log_pi is None else np.exp(log_pi) for log_pi in (log_pi_s, log_pi_t))
+        for kind, note in notes:
+            getattr(reporter, kind)(note)
         with store.write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
                               attrs=attrs, parents=parents) as sink:
             reporter.start(f"combine ({name})", zs.n_rows)
@@ -87,6 +114,60 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
                 sink.write(chunk.start, block, labels[chunk.start:chunk.stop], chunk.ids)
                 reporter.advance(chunk.stop - chunk.start)
     return {"output": str(output), "method": name, "n_rows": zs.n_rows, "n_classes": zs.n_cols}
+
+
+def _held(notes: list[tuple[str, str]]) -> Reporter:
+    """A reporter that keeps messages and warnings in ``notes`` (as (kind, text)) instead of printing them."""
+    return Reporter(message=lambda text: notes.append(("message", text)),
+                    warning=lambda text: notes.append(("warning", text)))
+
+
+def _check_not_combined(zs: store.RowFile, ft: store.RowFile | None) -> None:
+    """Refuse an output of ``combine`` (or one calibrated afterwards) given as an input: it already holds
+    ``-log q`` (and maybe the fine-tuned model), and a second pass would remove or add them twice."""
+    method = zs.attrs.get("combine_method")
+    if method:
+        calibrated = " (then calibrated)" if zs.attrs.get("calibration_method") else ""
+        raise GlaInputError(f"is already an output of gla combine (combine_method {method}{calibrated}): "
+                            "q was removed from it once; give the zero-shot logits it was made from", zs.path)
+    method = ft.attrs.get("combine_method") if ft is not None else None
+    if method:
+        raise GlaInputError(f"is an output of gla combine (combine_method {method}), not a fine-tuned model's "
+                            "logits: it already holds the zero-shot model; give the probe's logits", ft.path)
+
+
+def _check_same_model(q: Prior, prior_path: Path, zs: store.RowFile, allow_other_model: bool,
+                      reporter: Reporter) -> None:
+    """Refuse a q estimated on logits of another model (architecture or weights), where both files record
+    it: q is that model's bias. ``--allow-other-model`` turns the refusal into a warning."""
+    differ = [f"{key} {zs.attrs[key]!r} (q: {q.attrs['zeroshot_' + key]!r})" for key in ("model", "pretrained")
+              if zs.attrs.get(key) and q.attrs.get("zeroshot_" + key) and zs.attrs[key] != q.attrs["zeroshot_" + key]]
+    if not differ:
+        if q.attrs.get("zeroshot_model") and not zs.attrs.get("model"):
+            reporter.warning(f"{zs.path} records no model, so nothing checks that it comes from "
+                             f"{q.attrs['zeroshot_model']!r}, the model q was estimated on ({prior_path})")
+        return
+    what = f"comes from another model than the logits q was estimated on ({prior_path}): {', '.join(differ)}"
+    if not allow_other_model:
+        raise GlaInputError(f"{what}; q is one model's bias: estimate it on this model's logits, or give "
+                            "--allow-other-model", zs.path)
+    reporter.warning(f"{zs.path} {what}; used anyway (--allow-other-model)")
+
+
+def _warn_leaks_and_calibration(ft: store.RowFile, method: str, reporter: Reporter) -> None:
+    """Fine-tuned logits on rows their head was fitted on, or left at temperature 1 by a fit or an import
+    of probabilities that nothing calibrated: GLA adds them to the calibrated zero-shot model as they are."""
+    fitted = int(ft.attrs.get(HEAD_FITTED, 0))
+    if fitted:
+        reporter.warning(f"{fitted} of the {ft.n_rows} rows of {ft.path} were used to fit its head: results on "
+                         "them overstate accuracy; evaluate on other rows")
+    made = ("made from probabilities" if ft.attrs.get("from_probabilities")
+            else f"of an uncalibrated '{ft.attrs['head_type']}' head" if ft.attrs.get("head_type") in FITTED_HEADS
+            else None)
+    if method == "gla" and made and math.isclose(ft.temperature, 1.0) and not ft.attrs.get("calibration_method"):
+        reporter.warning(f"{ft.path} is {made}, at temperature 1 with no calibration record: GLA adds it to the "
+                         "calibrated zero-shot model as it is; calibrate it first (gla calibrate FT.h5 --val "
+                         "FT_VAL.h5 -o FT_CAL.h5)")
 
 
 def _check_options(method: str, prior: Path | None, finetuned: Path | None, source_prior: str,

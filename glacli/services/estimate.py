@@ -25,7 +25,7 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior, PriorEstimate, Reporter
 from glacli.core.calibration import T_MIN
 from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions
-from glacli.io import store
+from glacli.io import fitted_ids, store
 from glacli.base.validation import (
     check_same_classnames,
     labels_complete,
@@ -71,6 +71,7 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
             raise GlaInputError(str(exc), rows.path) from None
         method = temperature if isinstance(temperature, str) else "fixed"
         report = _report(rows, labels, proportions, fit, method, output, show)
+        fitted = fitted_ids.hash_rows(rows.files)
     if method == "nll" and (not fit.converged or fit.temperature <= T_MIN * 1.0001):
         why = ("the logits carry almost no information about these labels" if fit.temperature > 1 else
                "with q free, the logits separate the labels, which is common on a few dozen rows")
@@ -82,10 +83,23 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
     store.write_prior(output, Prior(
         prior=np.exp(fit.log_prior), log_prior=fit.log_prior, classnames=rows.classnames,
         temperature=fit.temperature, method=method, converged=fit.converged, max_moment_gap=fit.max_moment_gap,
-        iterations=fit.iterations, logits_temperature=rows.temperature, attrs=attrs), rows.parents)
+        iterations=fit.iterations, logits_temperature=rows.temperature, attrs=attrs), rows.parents,
+        datasets={fitted_ids.DATASET: fitted})
     if not fit.converged:
         reporter.warning(_not_converged(fit, rows.classnames, tol))
+    if labels is not None and report["top1_after"] < report["top1_before"] \
+            and report["mean_per_class_after"] < report["mean_per_class_before"]:
+        reporter.warning(_debiasing_hurts(report, rows.path))
     return report
+
+
+def _debiasing_hurts(report: dict[str, Any], path: str) -> str:
+    """Debiasing lowered both accuracies on the very rows q was fitted to: q does not describe a bias
+    that removing it corrects (a model near chance on most classes, or logits of another kind)."""
+    return (f"on {path} itself, debiasing lowers top-1 ({report['top1_before']:.2f} -> {report['top1_after']:.2f}) "
+            f"and mean per-class accuracy ({report['mean_per_class_before']:.2f} -> "
+            f"{report['mean_per_class_after']:.2f}): this q does not correct the model here; check the logits "
+            "before using it (docs/label-shift.md)")
 
 
 def _check_options(temperature: str | float, target: str, tol: float, max_iter: int, memory_gib: float,

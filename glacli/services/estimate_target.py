@@ -4,7 +4,8 @@ The math is :mod:`glacli.core.label_shift`; this module owns what surrounds it: 
 given (calibrated for a uniform prior; the ensemble is refused since its implied prior is not
 uniform), the optional bias-corrected temperature scaling on labelled validation logits, whether
 the probabilities are held in memory or recomputed from the file on every pass, and the
-prior-kind file that ``combine --target-prior`` and ``evaluate --target-prior`` read.
+prior-kind file that ``combine --target-prior`` and ``evaluate --target-prior`` read, and the warnings
+that an estimate is not to be trusted (:func:`estimate_warnings`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ from glacli.base.validation import (
 
 METHODS = TARGET_METHODS
 DEFAULT_MEMORY_GIB = 4.0
+RARE_SHARE = 0.01
+"""A class is estimated as rare below min(RARE_SHARE, a tenth of uniform)."""
+MIN_SKILL = 0.1
+"""Validation mean per-class accuracy below chance + MIN_SKILL x (1 - chance) counts as near chance."""
 Scores = Callable[[np.ndarray], np.ndarray]
 """Stored logits block -> scores calibrated for a uniform prior."""
 
@@ -74,11 +79,13 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
                                 "estimate holds; give the debiased zero-shot model, a balanced probe or a "
                                 "calibrated GLA output", logits)
         scores, calibration = _scores(rows, calibrate, reporter)
+        val_accuracy = calibration["val_mean_per_class"] if calibration else None
         if method == "mlls":
             estimate = api.estimate_target(_scored(rows, scores, memory_bytes, reporter), concentration=concentration,
                                            tol=tol, max_iter=max_iter, memory_gib=memory_gib)
         else:
-            estimate = _bbse(rows, files.enter_context(store.read_rows(val, "logits")), scores)
+            estimate, bbse_val_accuracy = _bbse(rows, files.enter_context(store.read_rows(val, "logits")), scores)
+            val_accuracy = bbse_val_accuracy if val_accuracy is None else val_accuracy
         if not estimate.converged:
             reporter.warning(f"MLLS stopped after {estimate.iterations} iterations with KKT gap "
                              f"{estimate.kkt_gap:.2e} > {tol:g}: raise --max-iter")
@@ -96,7 +103,45 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
         if rows.has_labels:
             reporter.message(f"the labels in {rows.path} were ignored by the estimate (evaluate --target-prior "
                              "compares them with it)")
-    return _report(estimate, rows.classnames, rows.n_rows, output, calibration)
+    warnings = estimate_warnings(estimate, rows.n_rows, val_accuracy, calibrate or val)
+    for warning in warnings:
+        reporter.warning(warning)
+    report = _report(estimate, rows.classnames, rows.n_rows, output, calibration)
+    report.update(val_mean_per_class=val_accuracy, warnings=warnings)
+    return report
+
+
+def estimate_warnings(estimate: TargetEstimate, n_rows: int, val_accuracy: float | None,
+                      val_path: Path | None) -> list[str]:
+    """What says an estimate of ``pi_t`` is not to be trusted, one line each: a BBSE system that its
+    solution does not satisfy beyond sampling noise, most classes estimated as nearly absent, a model
+    near chance on its labelled validation set (then any ``pi_t`` mostly reflects its errors)."""
+    n_classes = len(estimate.prior)
+    warnings = []
+    residual_bound = max(0.05, 1.5 / math.sqrt(n_rows))  # 3 standard errors of a predicted share near 1/2
+    if estimate.method == "bbse" and estimate.kkt_gap > residual_bound:
+        warnings.append(f"the BBSE system is far from solved (residual {estimate.kkt_gap:.3g} > {residual_bound:.3g}"
+                        "): the predicted class shares are not those of any label shift of the validation set; "
+                        "the test set differs otherwise (or the confusion matrix is noisy); prefer --method mlls")
+    rare_share = min(RARE_SHARE, 0.1 / n_classes)
+    rare = int((estimate.prior < rare_share).sum())
+    if rare > n_classes / 2:
+        warnings.append(f"the estimate puts less than {100 * rare_share:.3g}% on {rare} of the {n_classes} classes: "
+                        "adapting to it all but stops predicting them (docs/label-shift.md)")
+    chance = 1.0 / n_classes
+    if val_accuracy is not None and val_accuracy < chance + MIN_SKILL * (1 - chance):
+        warnings.append(f"on {val_path} the model's mean per-class accuracy is {100 * val_accuracy:.2f}%, "
+                        f"near chance ({100 * chance:.2f}%): its predictions say little about the classes, so the "
+                        "estimate mostly reflects its errors")
+    return warnings
+
+
+def _mean_per_class(predictions: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    """Mean over the classes present of the share of their rows predicted right."""
+    counts = np.bincount(labels, minlength=n_classes)
+    right = np.bincount(labels[predictions == labels], minlength=n_classes)
+    present = counts > 0
+    return float((right[present] / counts[present]).mean())
 
 
 def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> tuple[Scores, dict[str, Any] | None]:
@@ -116,6 +161,9 @@ def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> 
             raise GlaInputError(f"BCTS did not converge in {fit.iterations} iterations (T went to "
                                 f"{fit.temperature:.3g}); the validation logits pin it down poorly", calibrate)
         val_temperature, val_id = val.temperature, val.gla_id
+        # The validation rows at their own scale: the argmax of z/T - log q is the calibrated model's prediction.
+        predictions = np.concatenate([(c.values.astype(np.float64) / fit.temperature - fit.log_prior).argmax(1)
+                                      for c in val.iter_chunks()])
     # Test values at the validation file's scale (raw = values x temperature), then z/T - log q.
     scale = rows.temperature / val_temperature / fit.temperature
     log_q = fit.log_prior
@@ -124,7 +172,8 @@ def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> 
         return values.astype(np.float64) * scale - log_q
 
     return calibrated, {"path": str(calibrate), "gla_id": val_id, "temperature": fit.temperature,
-                        "val_rows": len(labels)}
+                        "val_rows": len(labels),
+                        "val_mean_per_class": _mean_per_class(predictions, labels, len(log_q))}
 
 
 def _scored(rows: store.RowFile, scores: Scores, memory_bytes: float = math.inf,
@@ -137,17 +186,20 @@ def _scored(rows: store.RowFile, scores: Scores, memory_bytes: float = math.inf,
     return LogitSource(lambda: (scores(chunk.values) for chunk in rows.iter_chunks()), rows.n_rows, rows.n_classes)
 
 
-def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> TargetEstimate:
-    """BBSE from the hard predictions of the test rows and the labelled validation rows."""
+def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> tuple[TargetEstimate, float]:
+    """BBSE from the hard predictions of the test rows and the labelled validation rows; also the mean
+    per-class accuracy of those validation predictions."""
     check_same_classnames(val.classnames, val.path, rows.classnames, rows.path)
     labels = val.require_labels("for --method bbse")
     require_every_class(labels, val.classnames, val.path, "its column of the confusion matrix is undefined")
     check_same_temperature(val.temperature, val.path, rows.temperature, rows.path,
                            "BBSE needs the same model at the same scale")
     try:
-        return api.estimate_target(_scored(rows, scores), method="bbse", val=(_scored(val, scores), labels))
+        estimate = api.estimate_target(_scored(rows, scores), method="bbse", val=(_scored(val, scores), labels))
     except ValueError as exc:
         raise GlaInputError(str(exc), val.path) from None
+    val_predictions = np.concatenate([scores(c.values).argmax(1) for c in val.iter_chunks()])
+    return estimate, _mean_per_class(val_predictions, labels, rows.n_classes)
 
 
 def _report(estimate: TargetEstimate, classnames: list[str], n_rows: int, output: Path,

@@ -96,6 +96,12 @@ def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path
         document = _document(files, names, results, summaries, groups, tag_values,
                              {"prior": prior_info, "train": train_info, "target_prior": target_info},
                              resampled, resampling)
+        shifted = target_info is not None or any(f.attrs.get("target_prior", "uniform") != "uniform" for f in files)
+        document["label_shift"] = shifted
+        document["warnings"] = _leakage(files) + (_majority_flags(names, summaries, first.n_classes,
+                                                                  resampling.baseline) if shifted else [])
+        for warning in document["warnings"]:
+            reporter.warning(warning)
     if json_path not in (None, STDOUT):
         store.write_text_atomic(json_path, dumps(document))
         reporter.message(f"wrote {json_path}")
@@ -105,6 +111,36 @@ def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path
                           [r.reliability for r in results], _group_bars(document))
         reporter.message(f"wrote {plot}")
     return Evaluation(names, results, groups, document, first.n_rows, first.n_classes)
+
+
+LEAK_ATTRS = {"head_fitted_rows": "fit its head", "prior_fitted_rows": "estimate its q"}
+"""Attributes of a logits file (``gla logits``, ``gla combine``) counting rows a fit has seen."""
+
+
+def _leakage(files: list[store.RowFile]) -> list[str]:
+    """One line per file whose rows include rows its head or its q was fitted on."""
+    warnings = []
+    for f in files:
+        used = [f"{int(f.attrs[key])} of its {f.n_rows} rows were used to {why}" for key, why in LEAK_ATTRS.items()
+                if int(f.attrs.get(key, 0) or 0)]
+        if used:
+            warnings.append(f"{f.path}: {'; '.join(used)}: its accuracy is overstated; evaluate on rows no fit "
+                            "has seen")
+    return warnings
+
+
+def _majority_flags(names: list[str], summaries: list[dict[str, float]], n_classes: int,
+                    baseline: str | None) -> list[str]:
+    """Under label shift top-1 rewards predicting the frequent classes: flag a method whose top-1 rises
+    over the baseline (``--baseline``, else the first file) while its mean per-class accuracy falls below
+    chance (1/C) + 1 pp, i.e. it no longer tells the classes apart."""
+    base = names.index(baseline) if baseline in names else 0
+    floor = 1.0 / n_classes + 0.01
+    return [f"{name}: top-1 rises over {names[base]} ({100 * summary['top1'] - 100 * summaries[base]['top1']:+.2f} "
+            f"pp) while mean per-class accuracy is {100 * summary['mean_per_class']:.2f}%, below chance + 1 pp "
+            f"({100 * floor:.2f}%): it gains by predicting the frequent classes (docs/label-shift.md)"
+            for i, (name, summary) in enumerate(zip(names, summaries))
+            if i != base and summary["top1"] > summaries[base]["top1"] and summary["mean_per_class"] < floor]
 
 
 def _check_resampling(options: BootstrapOptions, names: list[str]) -> None:

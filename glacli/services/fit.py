@@ -23,7 +23,7 @@ from glacli.core.anchor import AnchorFit, fit_anchor
 from glacli.core.calibration import T_MAX, T_MIN
 from glacli.core.heads import head_tensors
 from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
-from glacli.io import store
+from glacli.io import fitted_ids, store
 from glacli.base.validation import (
     check_head_fits,
     check_same_classnames,
@@ -72,7 +72,7 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
         if anchor is not None:
             zero_shot = store.read_head(anchor)
             check_anchor(zero_shot, anchor, train_file, reporter)
-        val_data = None
+        val_data, val_file = None, None
         if val is not None:
             val_file = files.enter_context(store.read_rows(val, "features"))
             check_same_classnames(val_file.classnames, val_file.path, train_file.classnames, train_file.path)
@@ -108,7 +108,9 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
             attrs.update(anchor_attrs(anchor_fit, zero_shot.gla_id, anchor))
         store.write_head(output, Head(weight=result.weight, bias=result.bias, classnames=train_file.classnames,
                                       head_type="linear" if anchor_fit is None else "anchored",
-                                      temperature=result.temperature, attrs=attrs), parents)
+                                      temperature=result.temperature, attrs=attrs), parents,
+                         datasets={fitted_ids.DATASET: fitted_ids.hash_rows(
+                             [train_file] + ([val_file] if val_file is not None else []))})
         report = _report(result, train_file, output, balanced, torch_device)
     report["seconds"] = {"load": fit_start - load_start, "fit": fit_seconds}
     report["anchor"] = None if anchor_fit is None else anchor_attrs(anchor_fit, zero_shot.gla_id, anchor)

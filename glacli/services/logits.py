@@ -11,7 +11,7 @@ from glacli.base import chunking
 from glacli.base.types import Reporter
 from glacli.base.validation import check_head_fits
 from glacli.core.heads import apply_head
-from glacli.io import store
+from glacli.io import fitted_ids, store
 
 HEAD_ATTRS = ("model", "pretrained", "templates", "anchor_id")
 """Attributes of the head that its logits record (which model, which prompts, and for an anchored
@@ -20,13 +20,20 @@ head the zero-shot head it already contains)."""
 
 def logits_file(features: Path, head: Path, output: Path, reporter: Reporter = Reporter()) -> dict[str, Any]:
     """Write the logits of every row of ``features`` under ``head``, keeping ids, labels and class
-    names; the head's temperature is applied and recorded, with its type and id."""
+    names; the head's temperature is applied and recorded, with its type and id, and how many rows the
+    head was fitted on (``head_fitted_rows``, read by combine and evaluate to warn of leakage)."""
     head_file = store.read_head(head)
     with store.read_rows(features, "features") as rows:
         check_head_fits(head_file, head, rows.classnames, rows.n_cols, rows.path)
         weight = np.asarray(head_file.weight, dtype=np.float32)
         bias = np.asarray(head_file.bias, dtype=np.float32)
+        hashes = fitted_ids.read_hashes(head)
+        fitted = None if hashes is None else fitted_ids.count_fitted(rows, hashes)
+        if fitted:
+            reporter.warning(f"{fitted} of the {rows.n_rows} rows of {rows.path} were used to fit {head}: "
+                             "results on them overstate accuracy")
         attrs = {"temperature": head_file.temperature, "head_type": head_file.head_type, "head_id": head_file.gla_id,
+                 "head_fitted_rows": fitted,
                  **{k: head_file.attrs[k] for k in HEAD_ATTRS if k in head_file.attrs}}
         step = chunking.compute_rows(4 * (rows.n_cols + rows.n_classes))
         with store.write_rows(output, "logits", n_rows=rows.n_rows, n_cols=rows.n_classes,

@@ -27,7 +27,7 @@ def combine_command(
              "of a training features file, or a prior file.")] = "uniform",
     method: Annotated[str, typer.Option("--method", help=f"{' or '.join(METHODS)}: (1-A) zs/T_zs + A ft.")] = "gla",
     alpha: Annotated[float | None, typer.Option(
-        "--alpha", help="Ensemble weight A of the fine-tuned model, in [0, 1].")] = None,
+        "--alpha", help="Ensemble weight A of the fine-tuned model, in [0, 1] (default 0.5, recorded).")] = None,
     zs_temperature: Annotated[str, typer.Option(
         "--zs-temperature", metavar="prior|FLOAT",
         help="Ensemble only: T_zs that the zero-shot logits are divided by: the prior file's (at q's scale), "
@@ -37,12 +37,17 @@ def combine_command(
         help="pi_t, the test set's label distribution, added as log pi_t (gla and the debiased model): uniform, "
              "a file from gla estimate-target, or class proportions (.json, .npy, .csv). A pre-training q "
              "is refused here, and a pi_t file by --prior.")] = "uniform",
+    allow_other_model: Annotated[bool, typer.Option(
+        "--allow-other-model", help="Take a prior estimated on logits of another model (model or pretrained "
+                                    "weights differ) with a warning instead of refusing it.")] = False,
 ) -> None:
     """Combine logits: ft + zs/T_zs - log q - log(pi_s)/T_ft (GLA), or the debiased zero-shot model without --finetuned.
 
     The zero-shot logits are brought to the scale q was fitted on (the prior's logits_temperature) before they
     are divided by T_zs; log pi_s is divided by the fine-tuned file's own temperature T_ft, the scale at which
-    a probe's bias absorbed it. Streams rows in chunks; refuses files whose ids, labels or classnames disagree.
+    a probe's bias absorbed it. Streams rows in chunks; refuses files whose ids, labels or classnames disagree,
+    an output of combine given again as an input, and a prior of another model (--allow-other-model to force);
+    warns about rows q or the head was fitted on, and about fine-tuned logits nothing calibrated.
 
     With --target-prior the output is right for a test set with those class proportions (label shift,
     docs/label-shift.md) instead of a balanced one.
@@ -61,5 +66,5 @@ def combine_command(
     with reporting() as reporter:
         done = combine_files(zeroshot, output, prior=prior, finetuned=finetuned, source_prior=source_prior,
                              method=method, alpha=alpha, zs_temperature=scale, target_prior=target_prior,
-                             reporter=reporter)
+                             allow_other_model=allow_other_model, reporter=reporter)
     say(f"wrote {done['output']} ({done['method']}, {done['n_rows']} rows x {done['n_classes']} classes)")

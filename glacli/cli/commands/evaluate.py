@@ -103,14 +103,25 @@ def _table(document: dict[str, Any], title: str) -> Table:
     """One row per metric, one column per file (metrics outnumber files, so this fits a terminal)."""
     columns = {r["name"]: {key: _cell(key, value, r.get("ci", {}).get(key)) for key, value in r["metrics"].items()}
                for r in document["results"]}
-    return _rich_table(title, columns)
+    return _rich_table(title, _shift_order(document, columns))
 
 
 def _difference_table(document: dict[str, Any]) -> Table:
     """Each file minus the baseline, with the paired interval; ``*`` where it excludes 0."""
     columns = {r["name"]: {key: _difference(key, entry) for key, entry in r["vs_baseline"].items()}
                for r in document["results"] if "vs_baseline" in r}
-    return _rich_table(f"difference to {escape(document['bootstrap']['baseline'])} (pp; NLL in nats)", columns)
+    return _rich_table(f"difference to {escape(document['bootstrap']['baseline'])} (pp; NLL in nats)",
+                       _shift_order(document, columns))
+
+
+def _shift_order(document: dict[str, Any], columns: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Under label shift (a target prior given, or adapted to), mean per-class accuracy goes right after
+    top-1: top-1 then rewards predicting the frequent classes, and only the two together tell."""
+    if not document.get("label_shift"):
+        return columns
+    first = ("top1", "mean_per_class")
+    return {name: {**{k: cells[k] for k in first if k in cells}, **{k: v for k, v in cells.items() if k not in first}}
+            for name, cells in columns.items()}
 
 
 def _interval_name(options: dict[str, Any]) -> str:
