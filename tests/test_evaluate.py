@@ -48,7 +48,7 @@ def test_json_schema_and_numbers(gla, files):
     out = files["dir"] / "res.json"
     r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--train", files["train"],
             "--name", "zero-shot", "--name", "debiased", "--tag", "shots=4", "--tag", "seed=1",
-            "--tag", "data=synth", "--json", out, "--device", "cpu")
+            "--tag", "data=synth", "--json-out", out, "--device", "cpu")
     assert r.code == 0, r.err
     assert "zero-shot" in r.out and "top-1" in r.out
     doc = json.loads(out.read_text())
@@ -98,7 +98,7 @@ def test_json_schema_and_numbers(gla, files):
 
 
 def test_json_to_stdout_and_default_names(gla, files):
-    r = gla("evaluate", files["zs"], files["debiased"], "--json", "-")
+    r = gla("evaluate", files["zs"], files["debiased"], "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert [res["name"] for res in doc["results"]] == ["zs", "debiased"]
@@ -111,7 +111,7 @@ def test_empty_group_is_null_in_json(gla, files, tmp_path):
     z = np.random.default_rng(0).normal(size=(20, C))
     y = np.repeat([0, 1], 10)
     path = write_logits_file(tmp_path / "two.h5", z, y)
-    r = gla("evaluate", path, "--prior", files["prior"], "--json", "-")
+    r = gla("evaluate", path, "--prior", files["prior"], "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     values = doc["results"][0]["metrics"]
@@ -123,7 +123,7 @@ def test_empty_group_is_null_in_json(gla, files, tmp_path):
 
 def test_top_k_is_named_by_its_k_below_five_classes(gla, tmp_path):
     z, y, _ = biased_logits(10, 3, seed=2)
-    r = gla("evaluate", write_logits_file(tmp_path / "three.h5", z, y), "--json", "-")
+    r = gla("evaluate", write_logits_file(tmp_path / "three.h5", z, y), "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert doc["top_k"] == 3 and "top5" not in doc["results"][0]["metrics"]
@@ -148,9 +148,9 @@ def test_plot_is_a_png(gla, files, extra):
 
 
 def test_same_result_whatever_the_chunking(gla, files, monkeypatch):
-    r1 = gla("evaluate", files["zs"], "--json", "-")
+    r1 = gla("evaluate", files["zs"], "--json")
     monkeypatch.setattr(chunking, "compute_rows", lambda row_bytes, device_type="cpu": 5)  # five rows per chunk
-    r2 = gla("evaluate", files["zs"], "--json", "-")
+    r2 = gla("evaluate", files["zs"], "--json")
     m1, m2 = (json.loads(r.out)["results"][0]["metrics"] for r in (r1, r2))
     assert m1 == pytest.approx(m2, rel=1e-12)
 
@@ -165,7 +165,7 @@ def test_bootstrap_intervals_are_paired_reproducible_and_wired(gla, files, monke
     copy = shutil.copy(files["zs"], files["dir"] / "zs_copy.h5")
     args = ["evaluate", files["zs"], files["debiased"], copy, "--prior", files["prior"], "--train", files["train"],
             "--name", "zero-shot", "--name", "debiased", "--name", "copy", "--bootstrap", "200",
-            "--bootstrap-seed", "4", "--baseline", "zero-shot", "--json", "-", "--device", "cpu"]
+            "--bootstrap-seed", "4", "--baseline", "zero-shot", "--json", "--device", "cpu"]
     r = gla(*args)
     assert r.code == 0, r.err
     doc = json.loads(r.out)
@@ -212,7 +212,7 @@ def test_target_prior_error_against_the_test_labels(gla, files, tmp_path):
     estimate = np.full(C, 1 / C)
     target = tmp_path / "target.h5"
     store.write_prior(target, store.Prior(estimate, classnames(C), 1.0, "mlls"))
-    r = gla("evaluate", files["zs"], "--target-prior", target, "--json", "-")
+    r = gla("evaluate", files["zs"], "--target-prior", target, "--json")
     assert r.code == 0, r.err
     info = json.loads(r.out)["target_prior"]
     true = np.bincount(files["y"], minlength=C) / len(files["y"])
@@ -228,7 +228,7 @@ def test_target_prior_error_against_the_test_labels(gla, files, tmp_path):
 
 def test_shot_thresholds_are_options(gla, files):
     r = gla("evaluate", files["zs"], "--train", files["train"], "--many-shot-above", "50",
-            "--few-shot-below", "10", "--json", "-")
+            "--few-shot-below", "10", "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     # training images per class: 150 120 101 100 60 20 19 5 1 200 30 10
@@ -249,7 +249,7 @@ def test_plot_with_interval_bars(gla, files):
 
 def test_evaluate_on_cpu_imports_no_torch(files):
     code = (f"import sys; from glacli.cli.main import main; "
-            f"main(['evaluate', {str(files['zs'])!r}, '--bootstrap', '10', '--device', 'cpu', '--json', '-']); "
+            f"main(['evaluate', {str(files['zs'])!r}, '--bootstrap', '10', '--device', 'cpu', '--json']); "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.stdout.strip().endswith("False"), (r.stdout[-200:], r.stderr[-500:])
@@ -301,7 +301,7 @@ def test_train_without_labels(gla, files, tmp_path):
 
 
 def test_bad_json_path_leaves_nothing(gla, files):
-    assert_one_line_error(gla("evaluate", files["zs"], "--json", files["dir"] / "no" / "r.json"),
+    assert_one_line_error(gla("evaluate", files["zs"], "--json-out", files["dir"] / "no" / "r.json"),
                           "does not exist")
     assert_one_line_error(gla("evaluate", files["zs"], "--plot", files["dir"]), "is a directory")
 
@@ -310,7 +310,7 @@ def test_existing_output_untouched_on_error(gla, files, tmp_path):
     out = tmp_path / "res.json"
     out.write_text("old")
     unlabelled = write_logits_file(tmp_path / "u.h5", files["z"])
-    assert_one_line_error(gla("evaluate", files["zs"], unlabelled, "--json", out), "u.h5")
+    assert_one_line_error(gla("evaluate", files["zs"], unlabelled, "--json-out", out), "u.h5")
     assert out.read_text() == "old"
 
 

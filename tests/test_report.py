@@ -91,7 +91,7 @@ def test_end_to_end_from_evaluate(gla, tmp_path):
         z, y, _ = biased_logits(20, 6, seed=seed)
         logits = write_logits_file(tmp_path / f"zs{seed}.h5", z, y)
         r = gla("evaluate", logits, "--name", "zero-shot", "--tag", "shots=8", "--tag", f"seed={seed}",
-                "--json", tmp_path / f"e{seed}.json")
+                "--json-out", tmp_path / f"e{seed}.json")
         assert r.code == 0, r.err
         top1s.append(float((z.astype(np.float32).argmax(1) == y).mean()))
     png = tmp_path / "shots.png"
