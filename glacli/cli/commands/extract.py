@@ -11,9 +11,7 @@ from glacli.base.validation import FEATURE_DTYPES
 from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, ModelOption, PretrainedOption
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import AUTOCAST_CHOICES, DEFAULT_BACKEND
-from glacli.io.extraction import ExtractOptions
 from glacli.io.sources import describe_layouts
-from glacli.services.extract import extract
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -93,6 +91,9 @@ def extract_command(
         gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
             -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
+    from glacli.io.extraction import ExtractOptions  # torch: imported when a model is needed, not for the help
+    from glacli.services.extract import extract
+
     options = ExtractOptions(batch_size=batch_size, workers=workers, dtype=dtype, commit_rows=commit_every,
                              skip_bad=skip_bad, overwrite=overwrite, decode_on_device=gpu_decode,
                              augment_views=augment_views, seed=seed)

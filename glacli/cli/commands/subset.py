@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from glacli.cli.app import JsonOutput, app, out, output_option, print_json, reporting
+from glacli.cli.app import JsonOutput, app, out, output_option, output_path_option, print_json, reporting
 from glacli.services.subset import subset_file
 
 Output = output_option("TRAIN.h5", "The training split")
@@ -21,9 +21,8 @@ def subset_command(
                                       show_default=False)],
     output: Output,
     val_shots: Annotated[int, typer.Option("--val-shots", help="Validation rows per class (needs --val-out).")] = 0,
-    val_out: Annotated[Path | None, typer.Option("--val-out", help="The validation split.")] = None,
-    rest_out: Annotated[Path | None, typer.Option(
-        "--rest-out", help="Every row in neither split (e.g. the test set).")] = None,
+    val_out: output_path_option("--val-out", "VAL.h5", "The validation split.") = None,
+    rest_out: output_path_option("--rest-out", "REST.h5", "Every row in neither split (e.g. the test set).") = None,
     allow_fewer: Annotated[bool, typer.Option(
         "--allow-fewer", help="A class with too few rows gives what it has (validation first) instead of stopping "
                               "with an error.")] = False,

@@ -11,7 +11,6 @@ from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, ModelOption,
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import DEFAULT_BACKEND
 from glacli.io.templates import template_set_names
-from glacli.services.zeroshot import zeroshot_head
 
 Output = output_option("HEAD.h5", "Head file")
 
@@ -48,6 +47,8 @@ def zeroshot_command(
         gla zeroshot --backend sentence-transformers --model models/all-MiniLM-L6-v2 --like news.h5 \\
             --templates news -o news_head.h5
     """
+    from glacli.services.zeroshot import zeroshot_head  # torch: imported when a model is needed, not for the help
+
     scale = None if logit_scale is None else require_positive(logit_scale, "--logit-scale")
     with reporting() as reporter:
         summary = zeroshot_head(output, model=model, pretrained=pretrained, backend=backend, classnames=classnames,
