@@ -164,11 +164,12 @@ def _json_default(value: Any) -> Any:
 
 def print_fields(title: str, fields: list[tuple[str, str]]) -> None:
     """A two-column summary table (name, value): the one look of every command's result summary."""
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for name, value in fields:
         table.add_row(name, value)
+    out.print(Text(title, style="italic"), soft_wrap=True)  # a long path is never broken to the table's width
     out.print(table)
 
 
