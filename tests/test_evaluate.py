@@ -134,17 +134,57 @@ def test_top_k_is_named_by_its_k_below_five_classes(gla, tmp_path):
     assert "| three | 100.00 |" in (tmp_path / "rep.md").read_text()
 
 
-@pytest.mark.parametrize("extra", [["--prior", "PRIOR"], ["--train", "TRAIN"], []])
-def test_plot_is_a_png(gla, files, extra):
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures ``--plot`` saves (each still written to its PNG), so a test can read the data drawn."""
+    from glacli.io import plots
+    figures, save = [], plots._save_png
+
+    def keep(fig, path):
+        figures.append(fig)
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save_png", keep)
+    return figures
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """A centred moving average, truncated at the ends, computed point by point (the reference)."""
+    half_low, half_high = (window - 1) // 2, window // 2
+    return np.array([values[max(0, k - half_low):k + half_high + 1].mean() for k in range(len(values))])
+
+
+@pytest.mark.parametrize("ranking", ["prior", "train", "none"])
+def test_plot_draws_per_class_accuracy_by_rank(gla, files, drawn, ranking):
+    """The curves are each file's per-class accuracy (numpy, from the logits) in rank order of q or of the
+    training counts, smoothed over 5% of the classes; the reliability points are the bins' accuracy."""
     png = files["dir"] / "fig.png"
-    extra = [str(files["prior"]) if a == "PRIOR" else str(files["train"]) if a == "TRAIN" else a for a in extra]
+    extra = {"prior": ["--prior", files["prior"]], "train": ["--train", files["train"]], "none": []}[ranking]
     r = gla("evaluate", files["zs"], files["debiased"], *extra, "--plot", png)
     assert r.code == 0, r.err
-    assert png.read_bytes()[:8] == PNG_MAGIC
-    import matplotlib.image
+    assert png.read_bytes()[:8] == PNG_MAGIC and not list(files["dir"].glob(".fig.png.tmp-*"))
+    (fig,) = drawn
+    order = {"prior": np.argsort(-files["q"], kind="stable"),
+             "train": np.argsort(-np.bincount(files["train_labels"]), kind="stable"), "none": np.arange(C)}[ranking]
+    z, y = files["z"], files["y"]
+    left = fig.axes[0]
+    for line, logits in zip(left.get_lines(), (z, z - np.log(files["q"]))):
+        per_class = np.array([(logits[y == k].argmax(1) == k).mean() for k in range(C)])
+        np.testing.assert_allclose(line.get_ydata(), 100 * per_class[order], atol=1e-9)  # 5% of 12: window 1
+    assert "moving average" not in left.get_ylabel()  # a window of one class is no average
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["zs", "debiased"]
 
-    assert matplotlib.image.imread(png).shape[2] in (3, 4)
-    assert not list(files["dir"].glob(".fig.png.tmp-*"))
+
+def test_plot_smooths_over_five_percent_of_many_classes(tmp_path, drawn):
+    from glacli.base.types import Reliability
+    from glacli.io.plots import evaluation_figure
+    accuracy = np.random.default_rng(0).uniform(size=100)
+    reliability = Reliability(confidence=np.array([0.5]), accuracy=np.array([0.5]), count=np.array([1]),
+                              edges=np.array([0.0, 1.0]))
+    evaluation_figure(tmp_path / "f.png", ["m"], [accuracy], np.arange(100), "class", [reliability])
+    (line,) = drawn[0].axes[0].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), 100 * smoothed(accuracy, 5), atol=1e-9)
+    assert "moving average over 5 classes" in drawn[0].axes[0].get_ylabel()
 
 
 def test_same_result_whatever_the_chunking(gla, files, monkeypatch):
@@ -239,12 +279,44 @@ def test_shot_thresholds_are_options(gla, files):
     assert doc["train"]["many_shot_above"] == 50 and doc["train"]["few_shot_below"] == 10
 
 
-def test_plot_with_interval_bars(gla, files):
+def test_plot_group_bars_show_the_json_values_on_an_axis_that_shows_their_differences(gla, files, drawn):
     png = files["dir"] / "ci.png"
+    out = files["dir"] / "ci.json"
     r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--bootstrap", "30",
-            "--plot", png)
+            "--plot", png, "--json-out", out)
     assert r.code == 0, r.err
-    assert png.read_bytes()[:8] == PNG_MAGIC
+    doc = json.loads(out.read_text())
+    groups = list(doc["groups"])
+    panel = drawn[0].axes[2]
+    heights = np.array([bar.get_height() for bar in panel.patches]).reshape(2, len(groups))
+    expected = 100 * np.array([[res["metrics"][g] for g in groups] for res in doc["results"]])
+    np.testing.assert_allclose(heights, expected, atol=1e-9)
+    segments = [collection.get_segments() for collection in panel.collections]  # the interval bars
+    for result, lines in zip(doc["results"], segments):
+        np.testing.assert_allclose([[seg[0][1], seg[1][1]] for seg in lines],
+                                   100 * np.array([result["ci"][g] for g in groups]), atol=1e-9)
+    low, high = panel.get_ylim()
+    lows = 100 * min(b for res in doc["results"] for g in groups for b in [res["ci"][g][0], res["metrics"][g]])
+    highs = 100 * max(b for res in doc["results"] for g in groups for b in [res["ci"][g][1], res["metrics"][g]])
+    assert low <= lows and highs <= high  # every bar top and interval is inside the axis
+    if lows > 30:  # the axis starts near the smallest value, not at 0, and says so
+        assert low > 0 and "not 0" in panel.get_ylabel()
+    # the legend lies outside the axes, so it covers no bar
+    fig = drawn[0]
+    fig.canvas.draw()
+    legend_box = panel.get_legend().get_window_extent()
+    axes_box = panel.get_window_extent()
+    assert legend_box.y1 <= axes_box.y0
+
+
+def test_group_axis_limits_follow_the_values():
+    from glacli.io.plots import GroupBars, group_axis_limits
+    close = [GroupBars("a", ["head", "tail"], [0.70, 0.72], [[0.69, 0.71], [0.71, 0.73]]),
+             GroupBars("b", ["head", "tail"], [0.74, 0.75], None)]
+    low, high = group_axis_limits(close)
+    assert 60 < low <= 69 and 75 <= high < 80  # 6 points of range, not 0 to 100
+    assert group_axis_limits([GroupBars("a", ["g"], [0.02], [[0.0, 0.05]])])[0] == 0.0
+    assert group_axis_limits([GroupBars("a", ["g"], [None], None)]) == (0.0, 100.0)
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2

@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from glacli.cli.app import DeviceOption, JsonFileOutput, app, fail, out, output_path_option, reporting
 from glacli.core.metrics import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, format_metric, metric_info
@@ -121,7 +122,7 @@ def _difference_table(document: dict[str, Any]) -> Table:
     """Each file minus the baseline, with the paired interval; ``*`` where it excludes 0."""
     columns = {r["name"]: {key: _difference(key, entry) for key, entry in r["vs_baseline"].items()}
                for r in document["results"] if "vs_baseline" in r}
-    return _rich_table(f"difference to {escape(document['bootstrap']['baseline'])} (pp; NLL in nats)", columns)
+    return _rich_table(f"difference to {document['bootstrap']['baseline']} (pp; NLL in nats)", columns)
 
 
 def _interval_name(options: dict[str, Any]) -> str:
@@ -150,8 +151,9 @@ def _finite(value: Any) -> bool:
 
 
 def _rich_table(title: str, columns: dict[str, dict[str, str]]) -> Table:
-    """``columns``: per file, its cell text per metric key."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    """``columns``: per file, its cell text per metric key; prints ``title`` on its own line."""
+    out.print(Text(title, style="italic"), soft_wrap=True)  # above, not as the table's title: never wrapped to it
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("metric", no_wrap=True)
     for name in columns:
         table.add_column(escape(name), justify="right")
