@@ -84,7 +84,7 @@ def small_files(tmp_path_factory) -> dict[str, Path]:
 
 NO_TORCH_RUNS = [
     ["--help"],
-    *[[name, "--help"] for name in COMMAND_MODULES if name != "fit"],
+    *[[name, "--help"] for name in COMMAND_MODULES],
     ["estimate-prior", "{zs}", "-o", "{dir}/q2.h5", "--device", "cpu"],
     ["calibrate", "{zs}", "--val", "{zs}", "-o", "{dir}/cal.h5"],
     ["combine", "--zeroshot", "{zs}", "--prior", "{q}", "-o", "{dir}/debiased.h5"],

@@ -389,3 +389,9 @@ def test_fit_errors_are_one_line(case: str, files: dict[str, Path], gla) -> None
     r = gla("fit", *make_args(files), "-o", files["out"])
     assert_one_line_error(r, *fragments)
     assert files["out"].read_bytes() == b"previous output"
+
+
+def test_the_fit_commands_help_shows_the_solvers_tolerance() -> None:
+    """``gla fit --help`` takes its defaults from a module without torch; they must be the solver's."""
+    from glacli.services.fit_defaults import DEFAULT_TOL
+    assert DEFAULT_TOL == SolverOptions.tol

@@ -3,6 +3,7 @@
     extract.py      extract, check_backend         images or texts -> a features file
     zeroshot.py     zeroshot_head                  class names -> a zero-shot head file
     fit.py          fit_head                       features -> a linear-probe head file
+    fit_defaults.py                                the defaults gla fit --help shows (no torch)
     logits.py       logits_file                    features x head -> a logits file
     calibrate.py    calibrate_file                 temperature scaling of a logits file
     estimate.py     estimate_prior_file            zero-shot logits -> the label prior q (a prior file)
