@@ -28,6 +28,8 @@ USER_ERROR = 2
 HELP_MARGIN = 8
 """Columns around a line of help text: the panel's border and indent."""
 DEFAULT_OUT_OF_MEMORY = "use --device cpu"
+TERMINAL_HELP_WIDTH = rich_utils.MAX_WIDTH
+"""typer's own help width (its ``TERMINAL_WIDTH`` variable, else the terminal's)."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         return _user_error(f"{exc.filename}: no such file or folder", debug)
     except PermissionError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return _user_error(f"{where}permission denied ({one_line(exc)})" if not where else f"{where}permission denied",
-                           debug)
+        return _user_error(f"{exc.filename}: permission denied" if exc.filename
+                           else f"permission denied ({one_line(exc)})", debug)
     except Exception as exc:
         if type(exc).__name__ != "OutOfMemoryError":  # torch's, matched by name: torch may not be imported
             raise
@@ -129,6 +130,7 @@ def _unwrapped_help_when_piped(group: Any) -> None:
     """Help piped or redirected is wide enough for its longest example line (indented in the docstring), so
     an example is never broken mid-command; on a terminal, or with ``COLUMNS`` set, rich wraps it there."""
     if output_width() is None:
+        rich_utils.MAX_WIDTH = TERMINAL_HELP_WIDTH
         return
     helps = [inspect.cleandoc(command.help or "") for command in [group, *getattr(group, "commands", {}).values()]]
     longest = max((len(line) for text in helps for line in text.splitlines() if line.startswith(" ")), default=0)
