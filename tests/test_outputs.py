@@ -110,11 +110,11 @@ def test_every_command_refuses_an_unwritable_output_before_reading_its_inputs(gl
     assert leftovers(tmp_path) == []
 
 
-def test_the_same_file_named_as_two_outputs_is_refused(gla, inputs, tmp_path):
-    out = tmp_path / "same.h5"
-    assert_one_line_error(gla("subset", inputs["train"], "--shots", "2", "--seed", "0", "-o", out,
-                              "--rest-out", out), "same.h5", "two different outputs")
-    assert not out.exists()
+def test_evaluate_refuses_one_file_as_both_json_and_figure(gla, inputs, tmp_path):
+    out = tmp_path / "same.out"
+    assert_one_line_error(gla("evaluate", inputs["zs"], "--json-out", out, "--plot", out), "same.out",
+                          "two different outputs")
+    assert leftovers(tmp_path) == ["in"]
 
 
 # --------------------------------------------------------------------------- a file system that refuses

@@ -110,16 +110,15 @@ def output_path_option(name: str, metavar: str, help: str) -> Any:
                                                callback=_check_output)]
 
 
-def _check_output(ctx: typer.Context, value: Path | None) -> Path | None:
+def _check_output(value: Path | None) -> Path | None:
     """Every output of a command is checked as soon as it is parsed, before any input is read: a folder that
-    does not exist or cannot be written, a directory given as a file, the same file named twice."""
+    does not exist or cannot be written, a directory given as a file. (Outputs that must differ from each
+    other or from an input are compared by the service, which knows their roles.)"""
     if value is None or str(value) == "-":
         return value
-    from glacli.io.store import check_outputs  # h5py only when a command runs, not for the help
+    from glacli.io.store import check_output_path  # h5py only when a command runs, not for the help
 
-    seen: list[Path] = ctx.meta.setdefault("gla_outputs", [])
-    check_outputs(*seen, value)
-    seen.append(value)
+    check_output_path(value)
     return value
 
 
