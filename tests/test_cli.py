@@ -222,3 +222,29 @@ def test_info_of_an_imported_prior_shows_no_solver_record(gla, tmp_path):
     assert re.search(r"│ imported_sum +│ 0\.804 ", r.out)
     assert "converged" not in r.out and "max_moment_gap" not in r.out and "iterations" not in r.out
     assert re.search(r"│ solver +│ none \(imported\)", r.out)
+
+
+@pytest.mark.parametrize("args", [
+    ["calibrate", "{zs}", "--val", "{zs}", "-o", "{out}/c.h5"],
+    ["estimate-prior", "{zs}", "-o", "{out}/q.h5", "--device", "cpu"],
+    ["subset", "{zs}", "--shots", "2", "--seed", "0", "-o", "{out}/s.h5"],
+    ["info", "{q}"],
+    ["report", "{r}", "-o", "{out}/r.md"],
+], ids=lambda a: a[0])
+def test_one_json_convention_in_every_command(gla, small_files, tmp_path, args):
+    """``--json`` prints the result as JSON on stdout (no table); ``--json-out FILE`` writes the same JSON and
+    the table is printed as without it."""
+    def run_with(*extra: str, folder: Path) -> tuple:
+        folder.mkdir()
+        r = gla(*[a.format(out=folder, **small_files) for a in args], *extra)
+        assert r.code == 0, r.err
+        return r
+    printed = run_with("--json", folder=tmp_path / "a")
+    written = run_with("--json-out", str(tmp_path / "b" / "out.json"), folder=tmp_path / "b")
+    plain = run_with(folder=tmp_path / "c")
+    expected, document = json.loads(printed.out), json.loads((tmp_path / "b" / "out.json").read_text())
+    volatile = {"seconds", "output", "created", "gla_id", "path"}  # differ between runs or folders
+    strip = lambda d: {k: v for k, v in d.items() if k not in volatile} if isinstance(d, dict) else d
+    assert strip(document).keys() == strip(expected).keys()
+    assert written.out.strip() and not written.out.lstrip().startswith("{")  # the table, not JSON
+    assert written.out.count("\n") == plain.out.count("\n")

@@ -161,6 +161,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def emit_json(payload: Any, json_output: bool, json_out: Path | None) -> bool:
+    """The JSON convention of every command: ``--json-out FILE`` writes the result as JSON (atomically),
+    ``--json`` prints it on stdout instead of the human-readable summary. True when it was printed."""
+    if json_out is not None:
+        from glacli.io.store import write_text_atomic  # h5py only when a command runs
+
+        write_text_atomic(json_out, json.dumps(payload, indent=2, default=_json_default) + "\n")
+        say(f"wrote {json_out}")
+    if json_output:
+        print_json(payload)
+    return json_output
+
+
 def print_fields(title: str, fields: list[tuple[str, str]]) -> None:
     """A two-column summary table (name, value): the one look of every command's result summary."""
     table = Table(show_header=False)
@@ -172,10 +185,9 @@ def print_fields(title: str, fields: list[tuple[str, str]]) -> None:
     out.print(table)
 
 
-def print_summary(summary: dict[str, Any], json_output: bool, title: str) -> None:
-    """A flat summary as JSON (``--json``), or as the two-column table of :func:`print_fields`."""
-    if json_output:
-        print_json(summary)
+def print_summary(summary: dict[str, Any], json_output: bool, title: str, json_out: Path | None = None) -> None:
+    """A flat summary as JSON (``--json``, ``--json-out``), or as the two-column table of :func:`print_fields`."""
+    if emit_json(summary, json_output, json_out):
         return
     print_fields(title, [(key.replace("_", " "), str(value)) for key, value in summary.items() if value is not None])
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from glacli.base.validation import FEATURE_DTYPES
-from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, ModelOption, PretrainedOption
+from glacli.cli.app import BackendOption, DeviceOption, JsonFileOutput, JsonOutput, ModelOption, PretrainedOption
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import AUTOCAST_CHOICES, DEFAULT_BACKEND
 from glacli.io.sources import describe_layouts
@@ -70,6 +70,7 @@ def extract_command(
         "--download", help="torchvision: sources: let torchvision download the dataset into --root.")] = False,
     backend: BackendOption = DEFAULT_BACKEND,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Encode images (or texts) once into a features file (L2-normalised rows, labels, ids, class names).
 
@@ -103,4 +104,4 @@ def extract_command(
                           allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
                           download=download, reporter=reporter)
     if summary is not None:
-        print_summary(summary, json_output, "gla extract")
+        print_summary(summary, json_output, "gla extract", json_out)

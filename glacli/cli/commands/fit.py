@@ -10,7 +10,18 @@ from rich.table import Table
 
 from glacli.base.errors import GlaInputError
 from glacli.base.validation import require_choice, require_positive
-from glacli.cli.app import DeviceOption, JsonOutput, app, out, output_option, print_fields, print_json, reporting, warn
+from glacli.cli.app import (
+    DeviceOption,
+    JsonFileOutput,
+    JsonOutput,
+    app,
+    emit_json,
+    out,
+    output_option,
+    print_fields,
+    reporting,
+    warn,
+)
 from glacli.services.fit_defaults import (
     DEFAULT_EPOCHS,
     DEFAULT_LEARN,
@@ -85,6 +96,7 @@ def fit_command(
         "--pretrained", help="prompt: its weights (must be the features'; default: their 'pretrained').",
         show_default=False)] = None,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Fit a linear-probe head (multinomial logistic regression, full-batch L-BFGS) on cached features.
 
@@ -129,9 +141,7 @@ def fit_command(
                                      device=device, reporter=reporter)
         for warning in report["warnings"]:
             warn(warning)
-        if json_output:
-            print_json(report)
-        else:
+        if not emit_json(report, json_output, json_out):
             _print_prompt(report)
         return
     penalty = None if wd is None else require_positive(wd, "--wd")
@@ -143,9 +153,7 @@ def fit_command(
                           reporter=reporter)
     for warning in report["warnings"]:
         warn(warning)
-    if json_output:
-        print_json(report)
-    else:
+    if not emit_json(report, json_output, json_out):
         _print_fit(report)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from glacli.cli.app import JsonOutput, app, print_fields, print_json
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, print_fields
 from glacli.services.info import describe_file
 
 SCALE_ATTRS = ("temperature", "logits_temperature", "zs_temperature", "ft_temperature")
@@ -26,6 +26,7 @@ SOLVER_ATTRS = ("converged", "max_moment_gap", "iterations")
 def info_command(
     paths: Annotated[list[Path], typer.Argument(metavar="FILE.h5...", help="Any gla files.", show_default=False)],
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Show gla files' kind, shape, temperatures, method, every provenance attribute and parents; for a
     prior, its most and least likely classes.
@@ -40,8 +41,7 @@ def info_command(
         gla info prior.h5 zs_logits.h5
     """
     reports = [describe_file(path) for path in paths]  # every file checked before anything is printed
-    if json_output:
-        print_json(reports[0] if len(reports) == 1 else reports)
+    if emit_json(reports[0] if len(reports) == 1 else reports, json_output, json_out):
         return
     for report in reports:
         print_fields(report["path"], _fields(report))

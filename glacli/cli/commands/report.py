@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from glacli.cli.app import JsonOutput, app, out, output_option, output_path_option, print_json, reporting
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, out, output_option, output_path_option, reporting
 from glacli.core import report
 from glacli.core.metrics import METRICS
 from glacli.services.report import DEFAULT_COLS, report_files
@@ -35,6 +35,7 @@ def report_command(
                                            "mean ± std, and in how many runs the bootstrap interval of the "
                                            "difference excludes 0 (evaluate --bootstrap --baseline NAME).")] = None,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Aggregate evaluate results into a methods x settings table: mean ± std over the other tags (seeds).
 
@@ -52,12 +53,12 @@ def report_command(
     with reporting() as reporter:
         table, difference = report_files(results, output, plot=plot, metric=metric, rows=rows, cols=cols,
                                          baseline=baseline, reporter=reporter)
-    if json_output:
+    if json_output or json_out is not None:
         payload = report.to_json(table)
         if difference is not None:
             payload["differences"] = report.to_json(difference)
-        print_json(payload)
-        return
+        if emit_json(payload, json_output, json_out):
+            return
     out.print(_rich_table(table))
     if difference is not None:
         out.print(_rich_table(difference))

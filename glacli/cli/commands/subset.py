@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from glacli.cli.app import JsonOutput, app, out, output_option, output_path_option, print_json, reporting
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, out, output_option, output_path_option, reporting
 from glacli.services.subset import subset_file
 
 Output = output_option("TRAIN.h5", "The training split")
@@ -27,6 +27,7 @@ def subset_command(
         "--allow-fewer", help="A class with too few rows gives what it has (validation first) instead of stopping "
                               "with an error.")] = False,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Draw a deterministic, class-balanced few-shot split from a features file.
 
@@ -44,8 +45,7 @@ def subset_command(
     with reporting() as reporter:
         summary = subset_file(source, output, shots=shots, seed=seed, val_shots=val_shots, val_out=val_out,
                               rest_out=rest_out, allow_fewer=allow_fewer, reporter=reporter)
-    if json_output:
-        print_json(summary)
+    if emit_json(summary, json_output, json_out):
         return
     table = Table(title=f"gla subset: {source} (shots {shots}, val shots {val_shots}, seed {seed})")
     for column in ("split", "rows", "per class (min-max)", "file"):
