@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The import-linter contracts of pyproject.toml (the layers of docs/architecture.md), then the tests,
-# the end-to-end ones (marked e2e, each within its budget) included.
+# the end-to-end ones (marked e2e; their durations against their budgets are reported at the end) included.
 test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q

@@ -4,7 +4,7 @@ All in one run, on the same generated logits (default: two files of 50,000 x 1,0
 per class, CLIP-like scale, a Zipf-shaped label bias in the first, removed in the second, and
 the prior q for head / medium / tail groups):
 
-- **baseline**: ``gla evaluate A.h5 B.h5 --prior q.h5 --json`` (start-up, reading and measuring
+- **baseline**: ``gla evaluate A.h5 B.h5 --prior q.h5 --json-out R.json`` (start-up, reading and measuring
   both files, writing the document);
 - **bootstrap**: the same command with ``--bootstrap N --baseline A`` (N = 1,000 by default):
   intervals of every metric of both files and of their paired difference.
@@ -81,10 +81,10 @@ def main() -> None:
         biased, debiased, prior = write_files(folder, options.rows_per_class, options.classes)
         common = ["evaluate", str(biased), str(debiased), "--prior", str(prior), "--name", "biased",
                   "--name", "debiased", "--device", "cpu"]
-        runs = {"baseline: gla evaluate (2 files)": common + ["--json", str(folder / "plain.json")],
+        runs = {"baseline: gla evaluate (2 files)": common + ["--json-out", str(folder / "plain.json")],
                 f"gla evaluate --bootstrap {options.resamples} --baseline biased":
                     common + ["--bootstrap", str(options.resamples), "--baseline", "biased",
-                              "--json", str(folder / "boot.json")]}
+                              "--json-out", str(folder / "boot.json")]}
         results: dict[str, list[tuple[float, int]]] = {name: [] for name in runs}
         for _ in range(options.repeats):
             for name, args in runs.items():

@@ -56,7 +56,7 @@ def debiasing(work: Path, model: str, prefix: str, seeds: int, bootstrap: int) -
         out = work / f"{prefix}_results_{seed}.json"
         gla("evaluate", test, debiased, "--name", "zero-shot", "--name", "debiased", "--baseline", "zero-shot",
             "--bootstrap", bootstrap, "--bootstrap-seed", seed, "--tag", f"model={model}", "--tag", f"seed={seed}",
-            "--json", out)
+            "--json-out", out)
         results.append(out)
     return results
 
@@ -79,7 +79,7 @@ def with_supervised(work: Path, seeds: int, bootstrap: int) -> list[Path]:
         gla("evaluate", zs_test, work / f"Clip_debiased_{seed}.h5", ft_cal, ensemble, combined,
             "--name", "zero-shot", "--name", "debiased", "--name", "WRN (calibrated)", "--name", "ensemble",
             "--name", "GLA", "--baseline", "ensemble", "--bootstrap", bootstrap, "--bootstrap-seed", seed,
-            "--tag", "model=CLIP + WRN", "--tag", f"seed={seed}", "--json", out)
+            "--tag", "model=CLIP + WRN", "--tag", f"seed={seed}", "--json-out", out)
         results.append(out)
     return results
 

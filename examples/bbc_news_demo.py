@@ -103,7 +103,7 @@ def setting(out: Path, features: Path, head: Path, shots: int, seed: int) -> Pat
     run("evaluate", f["zs_test"], f["debiased_test"], f["ft_test"], f["ensemble_test"], f["gla_test"],
         f["anchored_test"], f["gla_anchored_test"], *names,
         "--prior", f["prior"], "--bootstrap", BOOTSTRAP, "--bootstrap-seed", seed, "--baseline", "ensemble",
-        "--tag", f"shots={shots}", "--tag", f"seed={seed}", "--json", result)
+        "--tag", f"shots={shots}", "--tag", f"seed={seed}", "--json-out", result)
     return result
 
 

@@ -14,6 +14,6 @@ gla combine --zeroshot "$out/zs_test.h5" --prior "$out/prior.h5" --finetuned "$o
 gla combine --zeroshot "$out/zs_test.h5" --prior "$out/prior.h5" --finetuned "$out/ft_test.h5" -o "$out/gla_test.h5"
 gla evaluate "$out/zs_test.h5" "$out/debiased_test.h5" "$out/ft_test.h5" "$out/ensemble_test.h5" "$out/gla_test.h5" \
     --name zero-shot --name debiased --name fine-tuned --name ensemble --name GLA \
-    --prior "$out/prior.h5" --json "$out/results.json" --plot "$out/results.png"
+    --prior "$out/prior.h5" --json-out "$out/results.json" --plot "$out/results.png"
 echo
 echo "This demo ran on generated logits. Results: $out/results.json, plot: $out/results.png"

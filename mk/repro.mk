@@ -96,7 +96,7 @@ $(1)/results.json: $(1)/zs_test.h5 $(1)/debiased_test.h5 $(1)/lp_test.h5 $(1)/en
                    $(1)/gla_test.h5 $(1)/prior.h5
 	$$(GLA) evaluate $(1)/zs_test.h5 $(1)/debiased_test.h5 $(1)/lp_test.h5 $(1)/ensemble_test.h5 \
 	    $(1)/gla_test.h5 --name zero-shot --name zero-shot-debiased --name linear-probe --name ensemble \
-	    --name GLA --prior $(1)/prior.h5 $(6) --device $$(DEVICE) --bootstrap 1000 --json $$@
+	    --name GLA --prior $(1)/prior.h5 $(6) --device $$(DEVICE) --bootstrap 1000 --json-out $$@
 $(1)/report.md: $(1)/results.json
 	$$(GLA) report $$< -o $$@
 endef
@@ -226,7 +226,7 @@ $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/gla-$(HEAD)_test.h5: $(8) $(FEWSHOT_DIR)/$
 $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/results-$(HEAD).json: $(8) $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/$(FS_HEAD)_test.h5 \
         $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/gla-$(HEAD)_test.h5 $(FEWSHOT_DIR)/$(1)/$(2)shot/seed$(3)/prior.h5
 	$$(GLA) evaluate $$(wordlist 1,3,$$^) --name zero-shot --name $(HEAD_NAME_$(HEAD)) --name GLA \
-	    --prior $$(word 4,$$^) --tag dataset=$(1) --tag shots=$(2) --tag seed=$(3) --device $$(DEVICE) --bootstrap 1000 --json $$@
+	    --prior $$(word 4,$$^) --tag dataset=$(1) --tag shots=$(2) --tag seed=$(3) --device $$(DEVICE) --bootstrap 1000 --json-out $$@
 endef
 
 # The files a dataset's runs start from. ImageNet (no split JSON) reuses the many-shot setting's:
@@ -288,7 +288,7 @@ $(call LT_DIR,$(1))/results.json: $(call LT_DIR,$(1))/zs_test.h5 $(call LT_DIR,$
         $(call LT_DIR,$(1))/gla_test.h5 $(call LT_DIR,$(1))/prior.h5 $(call LT_DIR,$(1))/train.h5
 	$$(GLA) evaluate $$(wordlist 1,3,$$^) --name zero-shot --name linear-probe --name GLA \
 	    --prior $$(word 4,$$^) --train $$(word 5,$$^) --tag dataset=$(1) --tag model=$$(MODEL_TAG) \
-	    --device $$(DEVICE) --bootstrap 1000 --json $$@
+	    --device $$(DEVICE) --bootstrap 1000 --json-out $$@
 $(call LT_DIR,$(1))/report.md: $(call LT_DIR,$(1))/results.json
 	$$(GLA) report $$< -o $$@
 endef

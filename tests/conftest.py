@@ -115,15 +115,28 @@ def blocked_extraction(folder: Path, model_args: list[str]) -> BlockedExtraction
     return BlockedExtraction(args, out, folder / ".out.h5.parts", folder / names[8])
 
 
+E2E_DURATIONS: list[tuple[str, float, float]] = []
+"""(test id, seconds, budget) of every ``e2e(budget=S)`` test run, for the summary at the end."""
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """An ``e2e(budget=S)`` test that passes but takes longer than S seconds fails: the end-to-end cases
-    keep ``make test`` under five minutes on two cores only while each stays within its budget."""
+    """Time an ``e2e(budget=S)`` test. Its budget is what it should cost ``make test`` (under five minutes on
+    two cores); a slow machine is no failure, so the durations are reported at the end of the run, those over
+    their budget marked, and no test fails for its time (benchmarks measure speed)."""
     started = time.perf_counter()
-    result = yield
-    marker = item.get_closest_marker("e2e")
-    took = time.perf_counter() - started
-    if marker is not None and took > marker.kwargs["budget"]:
-        pytest.fail(f"took {took:.0f} s, over its e2e budget of {marker.kwargs['budget']} s: make it faster, "
-                    "or raise the budget knowing what it costs `make test`")
-    return result
+    try:
+        return (yield)
+    finally:
+        marker = item.get_closest_marker("e2e")
+        if marker is not None:
+            E2E_DURATIONS.append((item.nodeid, time.perf_counter() - started, float(marker.kwargs["budget"])))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not E2E_DURATIONS:
+        return
+    terminalreporter.section("e2e durations (budget: what each should cost make test)")
+    for nodeid, took, budget in sorted(E2E_DURATIONS, key=lambda entry: -entry[1]):
+        over = f"  over its budget by {took - budget:.0f} s" if took > budget else ""
+        terminalreporter.write_line(f"{took:7.1f} s  budget {budget:5.0f} s  {nodeid}{over}")

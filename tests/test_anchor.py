@@ -159,11 +159,20 @@ def test_stop_rule_bounds_the_distance_by_what_the_shots_moved() -> None:
 
 
 def test_default_start_is_the_anchor() -> None:
+    """Three L-BFGS steps from the default start are the steps from an explicit start at the anchor, and
+    not those from zero; each lowers the anchored objective (float64 numpy) below its value at the anchor."""
     x, y = class_features(100, 0.5, seed=7)
     anchor, bias = zero_shot_weights(), np.random.default_rng(8).normal(size=N_CLASSES)
-    fit = fit_probe(tensors(x, y), 1e-3, SolverOptions(dtype=torch.float64, max_iter=0),
-                    anchor=(torch.from_numpy(anchor), torch.from_numpy(bias)))
-    assert np.array_equal(fit.weight.numpy(), anchor) and np.array_equal(fit.bias.numpy(), bias)
+    pair = (torch.from_numpy(anchor), torch.from_numpy(bias))
+    options = SolverOptions(dtype=torch.float64, max_iter=3)
+    default = fit_probe(tensors(x, y), 1e-3, options, anchor=pair).weight.numpy()
+    from_anchor = fit_probe(tensors(x, y), 1e-3, options, anchor=pair, start=pair).weight.numpy()
+    zeros = (torch.zeros_like(pair[0]), pair[1])
+    from_zero = fit_probe(tensors(x, y), 1e-3, options, anchor=pair, start=zeros).weight.numpy()
+    np.testing.assert_allclose(default, from_anchor, rtol=0, atol=1e-12)
+    assert np.linalg.norm(default - from_zero) > 1e-3 * np.linalg.norm(anchor)
+    at_anchor = anchored64(x, y, anchor, bias, 1e-3, anchor)[0]
+    assert anchored64(x, y, default, bias, 1e-3, anchor)[0] < at_anchor
 
 
 def nll_temperature(z: np.ndarray, y: np.ndarray) -> float:
@@ -183,6 +192,7 @@ def test_anchor_temperature_is_the_nll_optimum_on_the_training_rows() -> None:
                        SolverOptions(dtype=torch.float64)) for rows in (7, 300)]
     for anchor in fits:  # streamed in chunks of 7 rows or held whole: the same optimum
         assert anchor.fitted
+        assert anchor.t_zs == pytest.approx(expected, rel=1e-6)
         assert anchor.t_zs == pytest.approx(expected, rel=1e-6)
         assert anchor.temperature == pytest.approx(head_temperature * expected, rel=1e-6)
         assert np.allclose(anchor.weight.numpy(), weight / anchor.temperature, rtol=1e-12)

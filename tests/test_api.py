@@ -374,7 +374,7 @@ def test_evaluate_gives_the_commands_document(gla_cli, data, tmp_path):
     write_logits_file(tmp_path / "deb.h5", debiased, y)
     gla.save(gla.Prior(None, classnames(C), fit.temperature, "nll", log_prior=fit.log_prior), tmp_path / "q.h5")
     r = gla_cli("evaluate", tmp_path / "zs.h5", tmp_path / "deb.h5", "--name", "zs", "--name", "deb",
-                "--prior", tmp_path / "q.h5", "--bootstrap", 300, "--baseline", "zs", "--json", "-")
+                "--prior", tmp_path / "q.h5", "--bootstrap", 300, "--baseline", "zs", "--json")
     assert r.code == 0, r.err
     cli = json.loads(r.out)
     ours = gla.evaluate({"zs": z, "deb": debiased}, y, prior=fit, bootstrap=300, baseline="zs",

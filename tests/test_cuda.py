@@ -107,7 +107,7 @@ def test_evaluate_on_cuda_matches_cpu(gla, tmp_path):
     docs = {}
     for device in ("cpu", "cuda"):
         r = gla("evaluate", logits, "--prior", tmp_path / "prior.h5", "--device", device,
-                "--json", tmp_path / f"{device}.json")
+                "--json-out", tmp_path / f"{device}.json")
         assert r.code == 0, r.err
         docs[device] = json.loads((tmp_path / f"{device}.json").read_text())
     cpu, cuda = (docs[d]["results"] for d in ("cpu", "cuda"))

@@ -48,7 +48,7 @@ def test_json_schema_and_numbers(gla, files):
     out = files["dir"] / "res.json"
     r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--train", files["train"],
             "--name", "zero-shot", "--name", "debiased", "--tag", "shots=4", "--tag", "seed=1",
-            "--tag", "data=synth", "--json", out, "--device", "cpu")
+            "--tag", "data=synth", "--json-out", out, "--device", "cpu")
     assert r.code == 0, r.err
     assert "zero-shot" in r.out and "top-1" in r.out
     doc = json.loads(out.read_text())
@@ -98,7 +98,7 @@ def test_json_schema_and_numbers(gla, files):
 
 
 def test_json_to_stdout_and_default_names(gla, files):
-    r = gla("evaluate", files["zs"], files["debiased"], "--json", "-")
+    r = gla("evaluate", files["zs"], files["debiased"], "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert [res["name"] for res in doc["results"]] == ["zs", "debiased"]
@@ -111,7 +111,7 @@ def test_empty_group_is_null_in_json(gla, files, tmp_path):
     z = np.random.default_rng(0).normal(size=(20, C))
     y = np.repeat([0, 1], 10)
     path = write_logits_file(tmp_path / "two.h5", z, y)
-    r = gla("evaluate", path, "--prior", files["prior"], "--json", "-")
+    r = gla("evaluate", path, "--prior", files["prior"], "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     values = doc["results"][0]["metrics"]
@@ -123,7 +123,7 @@ def test_empty_group_is_null_in_json(gla, files, tmp_path):
 
 def test_top_k_is_named_by_its_k_below_five_classes(gla, tmp_path):
     z, y, _ = biased_logits(10, 3, seed=2)
-    r = gla("evaluate", write_logits_file(tmp_path / "three.h5", z, y), "--json", "-")
+    r = gla("evaluate", write_logits_file(tmp_path / "three.h5", z, y), "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert doc["top_k"] == 3 and "top5" not in doc["results"][0]["metrics"]
@@ -134,23 +134,63 @@ def test_top_k_is_named_by_its_k_below_five_classes(gla, tmp_path):
     assert "| three | 100.00 |" in (tmp_path / "rep.md").read_text()
 
 
-@pytest.mark.parametrize("extra", [["--prior", "PRIOR"], ["--train", "TRAIN"], []])
-def test_plot_is_a_png(gla, files, extra):
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures ``--plot`` saves (each still written to its PNG), so a test can read the data drawn."""
+    from glacli.io import plots
+    figures, save = [], plots._save_png
+
+    def keep(fig, path):
+        figures.append(fig)
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save_png", keep)
+    return figures
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """A centred moving average, truncated at the ends, computed point by point (the reference)."""
+    half_low, half_high = (window - 1) // 2, window // 2
+    return np.array([values[max(0, k - half_low):k + half_high + 1].mean() for k in range(len(values))])
+
+
+@pytest.mark.parametrize("ranking", ["prior", "train", "none"])
+def test_plot_draws_per_class_accuracy_by_rank(gla, files, drawn, ranking):
+    """The curves are each file's per-class accuracy (numpy, from the logits) in rank order of q or of the
+    training counts, smoothed over 5% of the classes; the reliability points are the bins' accuracy."""
     png = files["dir"] / "fig.png"
-    extra = [str(files["prior"]) if a == "PRIOR" else str(files["train"]) if a == "TRAIN" else a for a in extra]
+    extra = {"prior": ["--prior", files["prior"]], "train": ["--train", files["train"]], "none": []}[ranking]
     r = gla("evaluate", files["zs"], files["debiased"], *extra, "--plot", png)
     assert r.code == 0, r.err
-    assert png.read_bytes()[:8] == PNG_MAGIC
-    import matplotlib.image
+    assert png.read_bytes()[:8] == PNG_MAGIC and not list(files["dir"].glob(".fig.png.tmp-*"))
+    (fig,) = drawn
+    order = {"prior": np.argsort(-files["q"], kind="stable"),
+             "train": np.argsort(-np.bincount(files["train_labels"]), kind="stable"), "none": np.arange(C)}[ranking]
+    z, y = files["z"], files["y"]
+    left = fig.axes[0]
+    for line, logits in zip(left.get_lines(), (z, z - np.log(files["q"]))):
+        per_class = np.array([(logits[y == k].argmax(1) == k).mean() for k in range(C)])
+        np.testing.assert_allclose(line.get_ydata(), 100 * per_class[order], atol=1e-9)  # 5% of 12: window 1
+    assert "moving average" not in left.get_ylabel()  # a window of one class is no average
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["zs", "debiased"]
 
-    assert matplotlib.image.imread(png).shape[2] in (3, 4)
-    assert not list(files["dir"].glob(".fig.png.tmp-*"))
+
+def test_plot_smooths_over_five_percent_of_many_classes(tmp_path, drawn):
+    from glacli.base.types import Reliability
+    from glacli.io.plots import evaluation_figure
+    accuracy = np.random.default_rng(0).uniform(size=100)
+    reliability = Reliability(confidence=np.array([0.5]), accuracy=np.array([0.5]), count=np.array([1]),
+                              edges=np.array([0.0, 1.0]))
+    evaluation_figure(tmp_path / "f.png", ["m"], [accuracy], np.arange(100), "class", [reliability])
+    (line,) = drawn[0].axes[0].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), 100 * smoothed(accuracy, 5), atol=1e-9)
+    assert "moving average over 5 classes" in drawn[0].axes[0].get_ylabel()
 
 
 def test_same_result_whatever_the_chunking(gla, files, monkeypatch):
-    r1 = gla("evaluate", files["zs"], "--json", "-")
+    r1 = gla("evaluate", files["zs"], "--json")
     monkeypatch.setattr(chunking, "compute_rows", lambda row_bytes, device_type="cpu": 5)  # five rows per chunk
-    r2 = gla("evaluate", files["zs"], "--json", "-")
+    r2 = gla("evaluate", files["zs"], "--json")
     m1, m2 = (json.loads(r.out)["results"][0]["metrics"] for r in (r1, r2))
     assert m1 == pytest.approx(m2, rel=1e-12)
 
@@ -165,7 +205,7 @@ def test_bootstrap_intervals_are_paired_reproducible_and_wired(gla, files, monke
     copy = shutil.copy(files["zs"], files["dir"] / "zs_copy.h5")
     args = ["evaluate", files["zs"], files["debiased"], copy, "--prior", files["prior"], "--train", files["train"],
             "--name", "zero-shot", "--name", "debiased", "--name", "copy", "--bootstrap", "200",
-            "--bootstrap-seed", "4", "--baseline", "zero-shot", "--json", "-", "--device", "cpu"]
+            "--bootstrap-seed", "4", "--baseline", "zero-shot", "--json", "--device", "cpu"]
     r = gla(*args)
     assert r.code == 0, r.err
     doc = json.loads(r.out)
@@ -212,7 +252,7 @@ def test_target_prior_error_against_the_test_labels(gla, files, tmp_path):
     estimate = np.full(C, 1 / C)
     target = tmp_path / "target.h5"
     store.write_prior(target, store.Prior(estimate, classnames(C), 1.0, "mlls"))
-    r = gla("evaluate", files["zs"], "--target-prior", target, "--json", "-")
+    r = gla("evaluate", files["zs"], "--target-prior", target, "--json")
     assert r.code == 0, r.err
     info = json.loads(r.out)["target_prior"]
     true = np.bincount(files["y"], minlength=C) / len(files["y"])
@@ -228,7 +268,7 @@ def test_target_prior_error_against_the_test_labels(gla, files, tmp_path):
 
 def test_shot_thresholds_are_options(gla, files):
     r = gla("evaluate", files["zs"], "--train", files["train"], "--many-shot-above", "50",
-            "--few-shot-below", "10", "--json", "-")
+            "--few-shot-below", "10", "--json")
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     # training images per class: 150 120 101 100 60 20 19 5 1 200 30 10
@@ -239,20 +279,44 @@ def test_shot_thresholds_are_options(gla, files):
     assert doc["train"]["many_shot_above"] == 50 and doc["train"]["few_shot_below"] == 10
 
 
-def test_plot_with_interval_bars(gla, files):
+def test_plot_group_bars_show_the_json_values_on_an_axis_that_shows_their_differences(gla, files, drawn):
     png = files["dir"] / "ci.png"
+    out = files["dir"] / "ci.json"
     r = gla("evaluate", files["zs"], files["debiased"], "--prior", files["prior"], "--bootstrap", "30",
-            "--plot", png)
+            "--plot", png, "--json-out", out)
     assert r.code == 0, r.err
-    assert png.read_bytes()[:8] == PNG_MAGIC
+    doc = json.loads(out.read_text())
+    groups = list(doc["groups"])
+    panel = drawn[0].axes[2]
+    heights = np.array([bar.get_height() for bar in panel.patches]).reshape(2, len(groups))
+    expected = 100 * np.array([[res["metrics"][g] for g in groups] for res in doc["results"]])
+    np.testing.assert_allclose(heights, expected, atol=1e-9)
+    segments = [collection.get_segments() for collection in panel.collections]  # the interval bars
+    for result, lines in zip(doc["results"], segments):
+        np.testing.assert_allclose([[seg[0][1], seg[1][1]] for seg in lines],
+                                   100 * np.array([result["ci"][g] for g in groups]), atol=1e-9)
+    low, high = panel.get_ylim()
+    lows = 100 * min(b for res in doc["results"] for g in groups for b in [res["ci"][g][0], res["metrics"][g]])
+    highs = 100 * max(b for res in doc["results"] for g in groups for b in [res["ci"][g][1], res["metrics"][g]])
+    assert low <= lows and highs <= high  # every bar top and interval is inside the axis
+    if lows > 30:  # the axis starts near the smallest value, not at 0, and says so
+        assert low > 0 and "not 0" in panel.get_ylabel()
+    # the legend lies outside the axes, so it covers no bar
+    fig = drawn[0]
+    fig.canvas.draw()
+    legend_box = panel.get_legend().get_window_extent()
+    axes_box = panel.get_window_extent()
+    assert legend_box.y1 <= axes_box.y0
 
 
-def test_evaluate_on_cpu_imports_no_torch(files):
-    code = (f"import sys; from glacli.cli.main import main; "
-            f"main(['evaluate', {str(files['zs'])!r}, '--bootstrap', '10', '--device', 'cpu', '--json', '-']); "
-            "print('torch' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert r.stdout.strip().endswith("False"), (r.stdout[-200:], r.stderr[-500:])
+def test_group_axis_limits_follow_the_values():
+    from glacli.io.plots import GroupBars, group_axis_limits
+    close = [GroupBars("a", ["head", "tail"], [0.70, 0.72], [[0.69, 0.71], [0.71, 0.73]]),
+             GroupBars("b", ["head", "tail"], [0.74, 0.75], None)]
+    low, high = group_axis_limits(close)
+    assert 60 < low <= 69 and 75 <= high < 80  # 6 points of range, not 0 to 100
+    assert group_axis_limits([GroupBars("a", ["g"], [0.02], [[0.0, 0.05]])])[0] == 0.0
+    assert group_axis_limits([GroupBars("a", ["g"], [None], None)]) == (0.0, 100.0)
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2
@@ -301,7 +365,7 @@ def test_train_without_labels(gla, files, tmp_path):
 
 
 def test_bad_json_path_leaves_nothing(gla, files):
-    assert_one_line_error(gla("evaluate", files["zs"], "--json", files["dir"] / "no" / "r.json"),
+    assert_one_line_error(gla("evaluate", files["zs"], "--json-out", files["dir"] / "no" / "r.json"),
                           "does not exist")
     assert_one_line_error(gla("evaluate", files["zs"], "--plot", files["dir"]), "is a directory")
 
@@ -310,7 +374,7 @@ def test_existing_output_untouched_on_error(gla, files, tmp_path):
     out = tmp_path / "res.json"
     out.write_text("old")
     unlabelled = write_logits_file(tmp_path / "u.h5", files["z"])
-    assert_one_line_error(gla("evaluate", files["zs"], unlabelled, "--json", out), "u.h5")
+    assert_one_line_error(gla("evaluate", files["zs"], unlabelled, "--json-out", out), "u.h5")
     assert out.read_text() == "old"
 
 

@@ -121,17 +121,6 @@ def test_one_solver_for_numpy_and_torch_and_for_kept_and_streamed_rows():
     np.testing.assert_allclose(kept.log_prior, streamed.log_prior, atol=1e-6)
 
 
-def test_estimate_prior_on_a_cpu_does_not_import_torch(tmp_path):
-    z, y, _ = biased_logits(50, 6, seed=22)
-    from synth import write_logits_file
-    path = write_logits_file(tmp_path / "zs.h5", z, y)
-    code = ("import sys; from glacli.cli.main import main; "
-            f"code = main(['estimate-prior', {str(path)!r}, '-o', {str(tmp_path / 'q.h5')!r}, '--device', 'cpu']); "
-            "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-
-
 def test_nll_profile_path_on_a_large_set_meets_the_float64_optimality_conditions():
     """n * c >= 2**20 takes the held-rows path (profile likelihood in beta over kept float32 exp(beta z),
     then joint float64 Newton). Checked with an independent float64 numpy computation of both gradients

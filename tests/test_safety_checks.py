@@ -322,7 +322,7 @@ def test_evaluate_puts_mean_per_class_beside_top1_and_flags_a_majority_vote(derm
     rows = [line.split()[0] + (" " + line.split()[1] if line.split()[0] == "mean" else "")
             for line in difference[3:6]]
     assert rows == ["top-1", "mean per", "top-5"], difference
-    document = json.loads(gla("evaluate", *files, "--json", "-").out)
+    document = json.loads(gla("evaluate", *files, "--json").out)
     assert document["label_shift"] is True and len(document["warnings"]) == 1
 
     r = gla("evaluate", tmp / "test.h5", tmp / "test_debiased.h5", "--bootstrap", "50", "--baseline", "test")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from glacli import __version__
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
 from glacli.base.validation import require_positive
@@ -49,12 +51,31 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"gla {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(version: Annotated[bool, typer.Option("--version", help="Print gla's version and exit.",
+                                                 callback=_print_version, is_eager=True)] = False) -> None:
     """Keeps ``gla`` a command group even when only the invoked command's module is loaded."""
 
 
-out = Console(highlight=False)
+UNWRAPPED = 10_000
+"""The width of output that goes to a pipe or a file: lines are not wrapped (a table keeps its own width)."""
+
+
+def output_width() -> int | None:
+    """``None`` (rich's own choice: the terminal's width, or ``COLUMNS``) on a terminal or when ``COLUMNS`` is
+    set; otherwise :data:`UNWRAPPED`, so that piped or redirected output is not wrapped at 80 columns."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return None
+    return UNWRAPPED
+
+
+out = Console(highlight=False, width=output_width())
 """Tables and human-readable results (stdout)."""
 err = Console(stderr=True, highlight=False)
 """Progress, warnings and errors (stderr), so stdout stays clean for --json and pipes."""
@@ -78,9 +99,33 @@ BackendOption = Annotated[str, typer.Option(
 
 
 def output_option(metavar: str, what: str) -> Any:
-    """The ``-o/--output`` option of a command that writes ``what`` (a required path)."""
+    """The ``-o/--output`` option of a command that writes ``what`` (a required path), checked when parsed."""
     return Annotated[Path, typer.Option("-o", "--output", metavar=metavar, help=f"{what} to write.",
-                                        show_default=False)]
+                                        show_default=False, callback=_check_output)]
+
+
+def output_path_option(name: str, metavar: str, help: str) -> Any:
+    """Any other output option (``--plot``, ``--val-out``): an optional path, checked when parsed."""
+    return Annotated[Path | None, typer.Option(name, metavar=metavar, help=help, show_default=False,
+                                               callback=_check_output)]
+
+
+def _check_output(value: Path | None) -> Path | None:
+    """Every output of a command is checked as soon as it is parsed, before any input is read: a folder that
+    does not exist or cannot be written, a directory given as a file. (Outputs that must differ from each
+    other or from an input are compared by the service, which knows their roles.)"""
+    if value is None or str(value) == "-":
+        return value
+    from glacli.io.store import check_output_path  # h5py only when a command runs, not for the help
+
+    check_output_path(value)
+    return value
+
+
+JsonFileOutput = Annotated[Path | None, typer.Option(
+    "--json-out", metavar="OUT.json", help="Write the result as JSON to this file.", callback=_check_output,
+    show_default=False)]
+"""The JSON convention of every command: ``--json`` prints JSON on stdout, ``--json-out FILE`` writes it."""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -116,20 +161,33 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def emit_json(payload: Any, json_output: bool, json_out: Path | None) -> bool:
+    """The JSON convention of every command: ``--json-out FILE`` writes the result as JSON (atomically),
+    ``--json`` prints it on stdout instead of the human-readable summary. True when it was printed."""
+    if json_out is not None:
+        from glacli.io.store import write_text_atomic  # h5py only when a command runs
+
+        write_text_atomic(json_out, json.dumps(payload, indent=2, default=_json_default) + "\n")
+        say(f"wrote {json_out}")
+    if json_output:
+        print_json(payload)
+    return json_output
+
+
 def print_fields(title: str, fields: list[tuple[str, str]]) -> None:
     """A two-column summary table (name, value): the one look of every command's result summary."""
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for name, value in fields:
         table.add_row(name, value)
+    out.print(Text(title, style="italic"), soft_wrap=True)  # a long path is never broken to the table's width
     out.print(table)
 
 
-def print_summary(summary: dict[str, Any], json_output: bool, title: str) -> None:
-    """A flat summary as JSON (``--json``), or as the two-column table of :func:`print_fields`."""
-    if json_output:
-        print_json(summary)
+def print_summary(summary: dict[str, Any], json_output: bool, title: str, json_out: Path | None = None) -> None:
+    """A flat summary as JSON (``--json``, ``--json-out``), or as the two-column table of :func:`print_fields`."""
+    if emit_json(summary, json_output, json_out):
         return
     print_fields(title, [(key.replace("_", " "), str(value)) for key, value in summary.items() if value is not None])
 

@@ -6,9 +6,11 @@ A command's module is imported only when that command runs, so ``gla combine`` n
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import typer
 
@@ -16,13 +18,18 @@ try:  # recent typer releases carry their own copy of click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
+from typer import rich_utils
 from typer.core import TyperCommand
 
 from glacli.base.errors import GlaInputError, one_line
-from glacli.cli.app import app, err
+from glacli.cli.app import app, err, output_width
 
 USER_ERROR = 2
+HELP_MARGIN = 8
+"""Columns around a line of help text: the panel's border and indent."""
 DEFAULT_OUT_OF_MEMORY = "use --device cpu"
+TERMINAL_HELP_WIDTH = rich_utils.MAX_WIDTH
+"""typer's own help width (its ``TERMINAL_WIDTH`` variable, else the terminal's)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for other, entry in COMMANDS.items():  # listed in the help from the registry, not imported
         if other != name:
             command.add_command(TyperCommand(other, help=entry.summary, short_help=entry.summary))
+    _show_flags_without_type(command)
+    _unwrapped_help_when_piped(command)
     try:
         result = command.main(args=args, prog_name="gla", standalone_mode=False)
     except GlaInputError as exc:
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         return _user_error(f"{exc.filename}: no such file or folder", debug)
     except PermissionError as exc:
-        return _user_error(f"{exc.filename}: permission denied", debug)
+        return _user_error(f"{exc.filename}: permission denied" if exc.filename
+                           else f"permission denied ({one_line(exc)})", debug)
     except Exception as exc:
         if type(exc).__name__ != "OutOfMemoryError":  # torch's, matched by name: torch may not be imported
             raise
@@ -104,6 +114,27 @@ def register_commands(name: str | None = None) -> None:
     modules = {COMMAND_MODULES[name]} if name is not None else set(COMMAND_MODULES.values())
     for module in sorted(modules):
         importlib.import_module(f"glacli.cli.commands.{module}")
+
+
+def _show_flags_without_type(group: Any) -> None:
+    """A flag takes no value, so the help shows no ``<bool>`` type for it (``--json``, ``--help``)."""
+    for command in [group, *getattr(group, "commands", {}).values()]:
+        context = command.context_class(command, info_name=command.name,
+                                        help_option_names=app.info.context_settings["help_option_names"])
+        for param in [*command.params, command.get_help_option(context)]:
+            if param is not None and getattr(param, "is_flag", False):
+                param.metavar = ""
+
+
+def _unwrapped_help_when_piped(group: Any) -> None:
+    """Help piped or redirected is wide enough for its longest example line (indented in the docstring), so
+    an example is never broken mid-command; on a terminal, or with ``COLUMNS`` set, rich wraps it there."""
+    if output_width() is None:
+        rich_utils.MAX_WIDTH = TERMINAL_HELP_WIDTH
+        return
+    helps = [inspect.cleandoc(command.help or "") for command in [group, *getattr(group, "commands", {}).values()]]
+    longest = max((len(line) for text in helps for line in text.splitlines() if line.startswith(" ")), default=0)
+    rich_utils.MAX_WIDTH = max(80, longest + HELP_MARGIN)
 
 
 def _user_error(message: str, debug: bool) -> int:

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
+import glob
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +31,7 @@ import numpy as np
 
 from glacli import __version__
 from glacli.base import chunking
-from glacli.base.errors import GlaInputError
+from glacli.base.errors import GlaInputError, one_line
 from glacli.base.types import HEAD_TYPES, Head, Prior
 from glacli.base.validation import (
     labels_complete,
@@ -103,13 +108,70 @@ def read_strings(ds: h5py.Dataset, start: int = 0, stop: int | None = None) -> l
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Refuse an output path that cannot be written (call early, before the work)."""
+    """Refuse an output path that cannot be written, naming it (call early, before the work)."""
     path = Path(path)
     if path.is_dir():
         raise GlaInputError("is a directory, not an output file", path)
-    if not path.parent.is_dir():
-        raise GlaInputError(f"output folder {path.parent} does not exist", path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise GlaInputError(f"output folder {folder} does not exist", path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GlaInputError(f"cannot write to folder {folder} ({_unwritable_reason(folder)})", path)
     return path
+
+
+def check_outputs(*paths: str | Path | None) -> list[Path]:
+    """Every output of a command checked at once, before any work: writable, and no two the same."""
+    checked = [check_output_path(p) for p in paths if p is not None and str(p) != "-"]
+    seen: dict[Path, Path] = {}
+    for path in checked:
+        key = path.resolve()
+        if key in seen:
+            raise GlaInputError(f"is given as two different outputs ({seen[key]} and {path})", path)
+        seen[key] = path
+    return checked
+
+
+def _unwritable_reason(folder: Path) -> str:
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only file system" if read_only else "permission denied"
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>.*)$")
+"""``.NAME.tmp-HOST-PID-XXXXXXXX.SUFFIX``: the temporary of :func:`atomic_output`, named by its writer."""
+
+
+def _temporary_name(path: Path) -> str:
+    return f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by writers on this host that are no longer running
+    (killed before their rename); a live writer's temporary is left alone. Returns what was removed."""
+    removed = []
+    host = socket.gethostname()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        match = _TEMPORARY.match(candidate.name)
+        if (match is None or match["name"] != path.name or match["host"] != host
+                or _process_alive(int(match["pid"]))):
+            continue
+        with contextlib.suppress(OSError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -117,16 +179,74 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """A hidden temporary path beside ``path``, renamed over it only if the block succeeds.
 
     Every output of gla goes through this: a crash or an error never leaves a partial file, and
-    an existing file stays untouched until the new one is whole. The temporary name keeps the
-    suffix, for writers (like ``np.save``) that add one when it is missing.
+    an existing file stays untouched until the new one is whole. The temporary's name carries the
+    host and pid of its writer (``.NAME.tmp-HOST-PID-XXXXXXXX.SUFFIX``), so that the next write of
+    the same output removes the temporaries of writers that were killed; it keeps the suffix, for
+    writers (like ``np.save``) that add one when it is missing. A file system that refuses the
+    write (read-only, permission, no space) is one user error naming ``path``, not the temporary.
     """
     path = check_output_path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(_temporary_name(path))
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except OSError as exc:
+        raise GlaInputError(f"cannot write ({_os_reason(exc)})", path) from exc
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS or exc.filename not in (None, str(tmp)):  # not an input's error
+            raise
+        raise GlaInputError(f"cannot write ({_os_reason(exc)})", path) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never let the clean-up hide the error that brought us here
+            tmp.unlink(missing_ok=True)
+
+
+_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+"""Errors of the file system that refused an output (reported as user errors naming it)."""
+
+
+def _os_reason(exc: OSError) -> str:
+    return os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
+
+
+@contextlib.contextmanager
+def writer_lock(*paths: str | Path | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.NAME.lock`` beside each output for the whole run, so that two runs
+    writing the same outputs cannot interleave them (one run's JSON beside the other's figure): a second
+    writer is refused at once. The kernel drops the lock of a killed run; the next run takes its file."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted({Path(p) for p in paths if p is not None and str(p) != "-"}):
+            stack.enter_context(_one_writer(path))
+        yield
+
+
+@contextlib.contextmanager
+def _one_writer(path: Path) -> Iterator[None]:
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise GlaInputError(f"cannot write ({_os_reason(exc)})", path) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "starting"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise GlaInputError(f"another gla run is writing this output ({holder}); wait for it to finish",
+                                path) from None
+        raise GlaInputError(f"cannot lock {lock.name} ({_os_reason(exc)})", path) from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -231,9 +351,19 @@ def open_h5(path: str | Path) -> h5py.File:
         raise GlaInputError(f"cannot be read as HDF5 (truncated or corrupt): {exc}", path) from exc
 
 
+@contextlib.contextmanager
+def read_errors(path: str | Path) -> Iterator[None]:
+    """Turn an error of the HDF5 library while reading ``path`` (a damaged file, a temporary left by a
+    killed writer: "Can't synchronously read data") into one user error naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise GlaInputError(f"cannot be read as HDF5 (truncated or corrupt): {one_line(exc)}", path) from exc
+
+
 def file_kind(path: str | Path) -> str:
     """The ``gla_kind`` of a file, after the same checks every reader makes."""
-    with open_h5(path) as f:
+    with open_h5(path) as f, read_errors(path):
         return _check_header(f, path, KINDS)
 
 
@@ -245,7 +375,7 @@ def summary(path: str | Path) -> tuple[str, dict[str, Any], tuple[int, ...], int
     """A gla file's kind, attributes, shape (of its main dataset) and number of classes, read without
     loading any values; checked only as far as :func:`file_kind` checks."""
     kind = file_kind(path)
-    with open_h5(path) as f:
+    with open_h5(path) as f, read_errors(path):
         main, names = f.get(SHAPE_DATASETS[kind]), f.get("classnames")
         shape = tuple(main.shape) if isinstance(main, h5py.Dataset) else ()
         n_classes = len(names) if isinstance(names, h5py.Dataset) else None
@@ -317,21 +447,23 @@ class RowFile:
         self.path = str(path)
         self._f = open_h5(path)
         try:
-            self.kind = _check_header(self._f, path, kinds)
-            self._values = _dataset(self._f, self.kind, path, 2, "float")
-            self.n_rows, self.n_cols = self._values.shape
-            labels_ds = _dataset(self._f, "labels", path, 1, "int")
-            self._ids = _dataset(self._f, "ids", path, 1)
-            for name, ds in (("labels", labels_ds), ("ids", self._ids)):
-                if len(ds) != self.n_rows:
-                    raise GlaInputError(f"dataset '{name}' has {len(ds)} rows, '{self.kind}' has {self.n_rows}", path)
-            self.attrs = get_attrs(self._f)
-            n_classes = self.n_cols if self.kind == "logits" else len(self._f.get("classnames", ()))
-            self.classnames = _classnames(self._f, path, n_classes)
-            self.labels = labels_ds[()].astype(np.int64)
-            require_label_range(self.labels, len(self.classnames), path)
-            self.temperature = _temperature(self.attrs, "temperature", path)
-            """The temperature already applied to the values (1 if none)."""
+            with read_errors(path):
+                self.kind = _check_header(self._f, path, kinds)
+                self._values = _dataset(self._f, self.kind, path, 2, "float")
+                self.n_rows, self.n_cols = self._values.shape
+                labels_ds = _dataset(self._f, "labels", path, 1, "int")
+                self._ids = _dataset(self._f, "ids", path, 1)
+                for name, ds in (("labels", labels_ds), ("ids", self._ids)):
+                    if len(ds) != self.n_rows:
+                        raise GlaInputError(f"dataset '{name}' has {len(ds)} rows, '{self.kind}' has "
+                                            f"{self.n_rows}", path)
+                self.attrs = get_attrs(self._f)
+                n_classes = self.n_cols if self.kind == "logits" else len(self._f.get("classnames", ()))
+                self.classnames = _classnames(self._f, path, n_classes)
+                self.labels = labels_ds[()].astype(np.int64)
+                require_label_range(self.labels, len(self.classnames), path)
+                self.temperature = _temperature(self.attrs, "temperature", path)
+                """The temperature already applied to the values (1 if none)."""
         except BaseException:
             self._f.close()
             raise
@@ -367,11 +499,13 @@ class RowFile:
         return require_labels(self.labels, self.path, purpose)
 
     def ids(self, start: int = 0, stop: int | None = None) -> list[str]:
-        return read_strings(self._ids, start, stop)
+        with read_errors(self.path):
+            return read_strings(self._ids, start, stop)
 
     def read(self, start: int = 0, stop: int | None = None, dtype: Any = np.float32) -> np.ndarray:
         """Rows ``start:stop`` as ``dtype``, checked for NaN/inf."""
-        values = self._values[start:stop].astype(dtype, copy=False)
+        with read_errors(self.path):
+            values = self._values[start:stop].astype(dtype, copy=False)
         require_finite(values, self.kind, self.path, start)
         return values
 
@@ -429,7 +563,7 @@ def write_prior(path: str | Path, prior: Prior, parents: Iterable[str] = (),
 
 def read_prior(path: str | Path) -> Prior:
     """A prior file; ``log_prior`` is read where present (older files have ``prior`` only)."""
-    with open_h5(path) as f:
+    with open_h5(path) as f, read_errors(path):
         _check_header(f, path, ("prior",))
         values = _dataset(f, "prior", path, 1, "float")[()].astype(np.float64)
         log_values = (_dataset(f, "log_prior", path, 1, "float")[()].astype(np.float64)
@@ -473,7 +607,7 @@ def _write_datasets(f: h5py.File, datasets: dict[str, np.ndarray] | None) -> Non
 
 
 def read_head(path: str | Path) -> Head:
-    with open_h5(path) as f:
+    with open_h5(path) as f, read_errors(path):
         _check_header(f, path, ("head",))
         weight = _dataset(f, "weight", path, 2, "float")[()].astype(np.float32)
         bias = _dataset(f, "bias", path, 1, "float")[()].astype(np.float32)

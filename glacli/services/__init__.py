@@ -4,6 +4,7 @@
     zeroshot.py     zeroshot_head                  class names -> a zero-shot head file
     fit.py          fit_head                       features -> a linear-probe head file
     fit_prompt.py   fit_prompt_head                image features -> a learned-prompt head file
+    fit_defaults.py                                the defaults gla fit --help shows (no torch)
     logits.py       logits_file                    features x head -> a logits file
     calibrate.py    calibrate_file                 temperature scaling of a logits file
     estimate.py     estimate_prior_file            zero-shot logits -> the label prior q (a prior file)

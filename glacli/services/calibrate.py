@@ -1,7 +1,8 @@
 """``calibrate``: temperature scaling of a logits file, with T fitted on labelled validation logits.
 
 The output stores ``LOGITS / T`` and records the total temperature (T times any temperature the
-input already had), so every later scale conversion stays exact.
+input already had), so every later scale conversion stays exact. One scalar needs no torch: the
+fit runs on numpy arrays.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from glacli import api
 from glacli.base.errors import GlaInputError
@@ -27,8 +27,8 @@ def calibrate_file(logits: Path, val: Path, output: Path, method: str = "nll",
     write ``logits / T`` to ``output``; returns T and the validation NLL before and after."""
     require_choice(method, METHODS, "--method")
     with store.read_rows(val, "logits") as val_file:
-        labels = torch.from_numpy(val_file.require_labels("to fit a temperature"))
-        val_logits = torch.from_numpy(val_file.read())
+        labels = val_file.require_labels("to fit a temperature")
+        val_logits = val_file.read()
         val_classnames, val_temperature, val_id = val_file.classnames, val_file.temperature, val_file.gla_id
     with store.read_rows(logits, "logits") as rows:
         check_same_classnames(val_classnames, val, rows.classnames, rows.path)
@@ -51,5 +51,5 @@ def calibrate_file(logits: Path, val: Path, output: Path, method: str = "nll",
         return {"output": str(output), "method": method, "temperature": temperature,
                 "total_temperature": total, "input_temperature": rows.temperature,
                 "val_rows": len(labels),
-                "val_accuracy": float((val_logits.argmax(1) == labels).double().mean()),
+                "val_accuracy": float((val_logits.argmax(1) == labels).mean()),
                 "val_nll_before": nll(val_logits, labels), "val_nll_after": nll(val_logits, labels, temperature)}

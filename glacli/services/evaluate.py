@@ -39,7 +39,6 @@ SCHEMA = "gla-evaluate"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-STDOUT = "-"
 
 
 @dataclass(frozen=True)
@@ -65,21 +64,27 @@ class ShotThresholds:
 def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path | None = None,
                    target_prior: Path | None = None, names: list[str] | None = None, tags: list[str] | None = None,
                    device: str = "auto", resampling: BootstrapOptions = BootstrapOptions(),
-                   shots: ShotThresholds = ShotThresholds(), json_path: str | None = None,
+                   shots: ShotThresholds = ShotThresholds(), json_path: Path | None = None,
                    plot: Path | None = None, reporter: Reporter = Reporter()) -> Evaluation:
     """Measure every logits file (labels needed; same rows and classes in all), with head / medium /
     tail groups by ``prior``, many / medium / few-shot groups by ``train``, the error of the
     estimated label distribution ``target_prior`` and bootstrap intervals. Writes the results
-    document to ``json_path`` (unless it is ``-``: the caller prints it) and the figure to ``plot``."""
+    document to ``json_path`` and the figure to ``plot``, both under one writer lock (a second run writing
+    either is refused), so they always come from the same run."""
     names = _names(logits, names or [])
     tag_values = parse_tags(tags or [])
     _check_resampling(resampling, names)
     _check_shots(shots)
     compute = compute_device(device)
-    if json_path not in (None, STDOUT):
-        store.check_output_path(json_path)
-    if plot is not None:
-        store.check_output_path(plot)
+    store.check_outputs(json_path, plot)
+    with store.writer_lock(json_path, plot):
+        return _evaluate(logits, names, tag_values, prior, train, target_prior, compute, resampling, shots,
+                         json_path, plot, reporter)
+
+
+def _evaluate(logits: list[Path], names: list[str], tag_values: dict[str, Any], prior: Path | None,
+              train: Path | None, target_prior: Path | None, compute: Any, resampling: BootstrapOptions,
+              shots: ShotThresholds, json_path: Path | None, plot: Path | None, reporter: Reporter) -> Evaluation:
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(store.read_rows(path, "logits")) for path in logits]
         for f in files:
@@ -102,7 +107,7 @@ def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path
                                                                   resampling.baseline) if shifted else [])
         for warning in document["warnings"]:
             reporter.warning(warning)
-    if json_path not in (None, STDOUT):
+    if json_path is not None:
         store.write_text_atomic(json_path, dumps(document))
         reporter.message(f"wrote {json_path}")
     if plot is not None:

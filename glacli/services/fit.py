@@ -24,6 +24,7 @@ from glacli.core.calibration import T_MAX, T_MIN
 from glacli.core.heads import head_tensors
 from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
 from glacli.io import fitted_ids, store
+from glacli.services.fit_defaults import DEFAULT_MEMORY_GIB
 from glacli.base.validation import (
     check_head_fits,
     check_same_classnames,
@@ -33,7 +34,6 @@ from glacli.base.validation import (
     require_positive,
 )
 
-DEFAULT_MEMORY_GIB = 8.0
 RECORDED_TRAIN_ATTRS = ("model", "pretrained")
 """Attributes of the training features that the head records."""
 ANCHOR_MUST_MATCH = ("encoder", "model")

@@ -45,6 +45,7 @@ from glacli.core.prompt_learning import (
 )
 from glacli.base.types import PROMPT_PLACEHOLDER, Head, Reporter
 from glacli.io.templates import load_templates
+from glacli.services.fit_defaults import DEFAULT_EPOCHS, DEFAULT_LEARN, DEFAULT_TEMPLATE
 from glacli.base.validation import (
     check_same_classnames,
     check_same_dimension,
@@ -54,9 +55,6 @@ from glacli.base.validation import (
     require_positive,
 )
 
-DEFAULT_TEMPLATE = "simple"
-DEFAULT_LEARN = "context+class"
-DEFAULT_EPOCHS = 50
 CHECKPOINT_FORMAT = 1
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from glacli.cli.app import JsonOutput, app, output_option, print_fields, print_json, reporting
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, output_option, print_fields, reporting
 from glacli.services.calibrate import METHODS, calibrate_file
 
 Output = output_option("OUT.h5", "Calibrated logits file")
@@ -24,6 +24,7 @@ def calibrate_command(
         "--method", metavar="|".join(METHODS),
         help="nll: minimise validation NLL; confidence: mean max-probability = accuracy.")] = "nll",
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Temperature scaling: fit T on --val, write LOGITS / T (streamed) and record the total temperature.
 
@@ -37,8 +38,7 @@ def calibrate_command(
     """
     with reporting() as reporter:
         report = calibrate_file(logits, val, output, method, reporter)
-    if json_output:
-        print_json(report)
+    if emit_json(report, json_output, json_out):
         return
     print_fields(f"Temperature scaling ({method}) -> {output}", [
         ("fitted T (on --val)", f"{report['temperature']:.4g}"),

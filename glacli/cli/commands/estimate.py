@@ -8,12 +8,13 @@ import typer
 
 from glacli.cli.app import (
     DeviceOption,
+    JsonFileOutput,
     JsonOutput,
     app,
+    emit_json,
     output_option,
     parse_choice_or_float,
     print_fields,
-    print_json,
     reporting,
 )
 from glacli.core.prior import DEFAULT_TOL
@@ -51,6 +52,7 @@ def estimate_prior_command(
              "and exp(z/T) beside them when both fit (fastest); else every pass streams the files.")] = DEFAULT_MEMORY_GIB,
     show: Annotated[int, typer.Option("--show", help="How many most and least likely classes to report.")] = 5,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Estimate the label prior q of a zero-shot model from its logits on a held-out set.
 
@@ -73,9 +75,7 @@ def estimate_prior_command(
         report = estimate_prior_file(zs_logits, output, temperature=method, target=target, tol=tol,
                                      max_iter=max_iter, device=device, memory_gib=memory_gib, show=show,
                                      reporter=reporter)
-    if json_output:
-        print_json(report)
-    else:
+    if not emit_json(report, json_output, json_out):
         _print_report(report)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from glacli.cli.app import JsonOutput, app, out, output_option, print_fields, print_json, reporting
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, out, output_option, print_fields, reporting
 from glacli.core.label_shift import DEFAULT_CONCENTRATION, DEFAULT_TOL, LOG_FLOOR
 from glacli.services.estimate_target import DEFAULT_MEMORY_GIB, METHODS, estimate_target_file
 
@@ -41,6 +41,7 @@ def estimate_target_command(
         help="Hold the float64 probabilities in memory when they fit this; else every pass reads the file.")
     ] = DEFAULT_MEMORY_GIB,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Estimate the class proportions pi_t of an unlabelled set from its logits (label shift).
 
@@ -60,9 +61,7 @@ def estimate_target_command(
         report = estimate_target_file(logits, output, method=method, val=val, calibrate=calibrate,
                                       concentration=concentration, tol=tol, max_iter=max_iter,
                                       memory_gib=memory_gib, reporter=reporter)
-    if json_output:
-        print_json(report)
-    else:
+    if not emit_json(report, json_output, json_out):
         _print_target(report)
 
 

@@ -10,16 +10,20 @@ import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from glacli.cli.app import DeviceOption, app, out, reporting
+from glacli.cli.app import DeviceOption, JsonFileOutput, app, fail, out, output_path_option, reporting
 from glacli.core.metrics import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, format_metric, metric_info
 from glacli.services.evaluate import (
-    STDOUT,
     BootstrapOptions,
     ShotThresholds,
     dumps,
     evaluate_files,
 )
+
+
+PlotOutput = output_path_option("--plot", "OUT.png", "Per-class accuracy by class rank, a reliability diagram, "
+                                                    "and the group accuracies with their intervals.")
 
 
 @app.command("evaluate")
@@ -50,11 +54,10 @@ def evaluate_command(
     baseline: Annotated[str | None, typer.Option(
         "--baseline", metavar="NAME", help="With --bootstrap: the paired difference of every other file to "
                                            "this one, with its interval.")] = None,
-    json_output: Annotated[str | None, typer.Option(
-        "--json", metavar="OUT.json", help="Write the results as JSON ('-' = stdout, instead of the table).")] = None,
-    plot: Annotated[Path | None, typer.Option(
-        "--plot", metavar="OUT.png", help="Per-class accuracy by class rank, a reliability diagram, and the "
-                                          "group accuracies with their intervals.")] = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the results JSON on stdout instead of the table.")] = False,
+    json_out: JsonFileOutput = None,
+    plot: PlotOutput = None,
     names: Annotated[list[str] | None, typer.Option(
         "--name", help="Name of each file in order (the method name in reports); default: file stems.")] = None,
     tags: Annotated[list[str] | None, typer.Option(
@@ -71,15 +74,16 @@ def evaluate_command(
 
         gla evaluate zs.h5 zs_debiased.h5 gla.h5 --prior prior.h5 --train train.h5 \\
             --name zero-shot --name debiased --name GLA --tag shots=16 --tag seed=1 \\
-            --bootstrap 1000 --baseline zero-shot --json results.json --plot results.png
+            --bootstrap 1000 --baseline zero-shot --json-out results.json --plot results.png
     """
+    _refuse_old_json_form(logits, json_output)
     with reporting() as reporter:
         evaluation = evaluate_files(
             logits, prior=prior, train=train, target_prior=target_prior, names=names, tags=tags, device=device,
             resampling=BootstrapOptions(resamples, seed, confidence, stratified, baseline),
-            shots=ShotThresholds(many_shot_above, few_shot_below), json_path=json_output, plot=plot,
+            shots=ShotThresholds(many_shot_above, few_shot_below), json_path=json_out, plot=plot,
             reporter=reporter)
-    if json_output == STDOUT:
+    if json_output:
         sys.stdout.write(dumps(evaluation.document))
         return
     document = evaluation.document
@@ -99,6 +103,14 @@ def evaluate_command(
                   f"test rows: L1 {target['l1']:.4f}, max abs error {target['max_abs_error']:.4f}")
 
 
+def _refuse_old_json_form(logits: list[Path], json_output: bool) -> None:
+    """``--json FILE`` (a path in gla before 0.2) now reads as the flag and FILE as one more logits file."""
+    old = next((path for path in logits if path.suffix == ".json" or str(path) == "-"), None)
+    if json_output and old is not None:
+        fail(f"--json prints the results on stdout and takes no file: write them with --json-out {old}"
+             if str(old) != "-" else "--json prints the results on stdout and takes no '-': drop the '-'")
+
+
 def _table(document: dict[str, Any], title: str) -> Table:
     """One row per metric, one column per file (metrics outnumber files, so this fits a terminal)."""
     columns = {r["name"]: {key: _cell(key, value, r.get("ci", {}).get(key)) for key, value in r["metrics"].items()}
@@ -110,7 +122,7 @@ def _difference_table(document: dict[str, Any]) -> Table:
     """Each file minus the baseline, with the paired interval; ``*`` where it excludes 0."""
     columns = {r["name"]: {key: _difference(key, entry) for key, entry in r["vs_baseline"].items()}
                for r in document["results"] if "vs_baseline" in r}
-    return _rich_table(f"difference to {escape(document['bootstrap']['baseline'])} (pp; NLL in nats)",
+    return _rich_table(f"difference to {document['bootstrap']['baseline']} (pp; NLL in nats)",
                        _shift_order(document, columns))
 
 
@@ -150,8 +162,9 @@ def _finite(value: Any) -> bool:
 
 
 def _rich_table(title: str, columns: dict[str, dict[str, str]]) -> Table:
-    """``columns``: per file, its cell text per metric key."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    """``columns``: per file, its cell text per metric key; prints ``title`` on its own line."""
+    out.print(Text(title, style="italic"), soft_wrap=True)  # above, not as the table's title: never wrapped to it
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("metric", no_wrap=True)
     for name in columns:
         table.add_column(escape(name), justify="right")

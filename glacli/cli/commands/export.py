@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from glacli.cli.app import JsonOutput, app, output_option, print_fields, print_json
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, output_option, print_fields
 from glacli.io.formats import WRITERS
 from glacli.services.interchange import export_file
 
@@ -19,6 +19,7 @@ def export_command(
     source: Annotated[Path, typer.Argument(help=f"A gla HDF5 file ({', '.join(WRITERS)}).", show_default=False)],
     output: Output,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Write a gla file out for other tools.
 
@@ -33,8 +34,7 @@ def export_command(
       gla export zs_logits.h5 -o zs_logits.npz
     """
     report = export_file(source, output)
-    if json_output:
-        print_json(dataclasses.asdict(report))
+    if emit_json(dataclasses.asdict(report), json_output, json_out):
         return
     print_fields("gla export", [
         ("from", report.source), ("to", report.output), ("kind", report.kind),

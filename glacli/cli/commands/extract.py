@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 
 from glacli.base.validation import FEATURE_DTYPES
-from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, ModelOption, PretrainedOption
+from glacli.cli.app import BackendOption, DeviceOption, JsonFileOutput, JsonOutput, ModelOption, PretrainedOption
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import AUTOCAST_CHOICES, DEFAULT_BACKEND
-from glacli.io.extraction import ExtractOptions
 from glacli.io.sources import describe_layouts
-from glacli.services.extract import extract
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -72,6 +70,7 @@ def extract_command(
         "--download", help="torchvision: sources: let torchvision download the dataset into --root.")] = False,
     backend: BackendOption = DEFAULT_BACKEND,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Encode images (or texts) once into a features file (L2-normalised rows, labels, ids, class names).
 
@@ -93,6 +92,9 @@ def extract_command(
         gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
             -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
+    from glacli.io.extraction import ExtractOptions  # torch: imported when a model is needed, not for the help
+    from glacli.services.extract import extract
+
     options = ExtractOptions(batch_size=batch_size, workers=workers, dtype=dtype, commit_rows=commit_every,
                              skip_bad=skip_bad, overwrite=overwrite, decode_on_device=gpu_decode,
                              augment_views=augment_views, seed=seed)
@@ -102,4 +104,4 @@ def extract_command(
                           allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
                           download=download, reporter=reporter)
     if summary is not None:
-        print_summary(summary, json_output, "gla extract")
+        print_summary(summary, json_output, "gla extract", json_out)

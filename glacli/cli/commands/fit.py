@@ -10,10 +10,25 @@ from rich.table import Table
 
 from glacli.base.errors import GlaInputError
 from glacli.base.validation import require_choice, require_positive
-from glacli.cli.app import DeviceOption, JsonOutput, app, out, output_option, print_fields, print_json, reporting, warn
-from glacli.core.probe import SolverOptions
-from glacli.services.fit import DEFAULT_MEMORY_GIB, fit_head
-from glacli.services.fit_prompt import DEFAULT_EPOCHS, DEFAULT_LEARN, DEFAULT_TEMPLATE, fit_prompt_head
+from glacli.cli.app import (
+    DeviceOption,
+    JsonFileOutput,
+    JsonOutput,
+    app,
+    emit_json,
+    out,
+    output_option,
+    print_fields,
+    reporting,
+    warn,
+)
+from glacli.services.fit_defaults import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARN,
+    DEFAULT_MEMORY_GIB,
+    DEFAULT_TEMPLATE,
+    DEFAULT_TOL,
+)
 
 Output = output_option("HEAD.h5", "Head file")
 FIT_METHODS = ("linear", "prompt")
@@ -48,7 +63,7 @@ def fit_command(
     max_iter: Annotated[int, typer.Option("--max-iter", help="L-BFGS iterations at most, per fit.")] = 1000,
     tol: Annotated[float, typer.Option(
         "--tol", help="Relative tolerance of the final fit: stop when ||grad|| <= tol * wd * ||W|| "
-                      "(about tol from the optimum).")] = SolverOptions.tol,
+                      "(about tol from the optimum).")] = DEFAULT_TOL,
     memory_gib: Annotated[float, typer.Option(
         "--memory", metavar="GIB",
         help="Features larger than this (in the compute dtype) are streamed from disk on every pass "
@@ -81,6 +96,7 @@ def fit_command(
         "--pretrained", help="prompt: its weights (must be the features'; default: their 'pretrained').",
         show_default=False)] = None,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Fit a linear-probe head (multinomial logistic regression, full-batch L-BFGS) on cached features.
 
@@ -117,27 +133,27 @@ def fit_command(
         other = "linear" if method == "prompt" else "prompt"
         raise GlaInputError(f"{', '.join(given)}: for --method {other} only")
     if method == "prompt":
+        from glacli.services.fit_prompt import fit_prompt_head  # torch: when fitting, not for the help
+
         with reporting(transient=json_output) as reporter:
             report = fit_prompt_head(train, output, val=val, template=template, learn=learn, epochs=epochs, lr=lr,
                                      batch_size=batch_size, seed=seed, model=model, pretrained=pretrained,
                                      device=device, reporter=reporter)
         for warning in report["warnings"]:
             warn(warning)
-        if json_output:
-            print_json(report)
-        else:
+        if not emit_json(report, json_output, json_out):
             _print_prompt(report)
         return
     penalty = None if wd is None else require_positive(wd, "--wd")
+    from glacli.services.fit import fit_head  # torch: when fitting, not for the help
+
     with reporting(transient=json_output) as reporter:
         report = fit_head(train, output, val=val, wd=penalty, init=init, anchor=anchor, balanced=balanced,
                           device=device, float64=float64, max_iter=max_iter, tol=tol, memory_gib=memory_gib,
                           reporter=reporter)
     for warning in report["warnings"]:
         warn(warning)
-    if json_output:
-        print_json(report)
-    else:
+    if not emit_json(report, json_output, json_out):
         _print_fit(report)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from glacli.base.validation import require_positive
-from glacli.cli.app import JsonOutput, app, out, output_option, print_fields, print_json
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, out, output_option, print_fields
 from glacli.io.formats import IMPORT_SUFFIXES
 from glacli.io.formats.base import ID_KEYS, LABEL_KEYS, VALUE_KEYS, ReadOptions
 from glacli.io.formats.delimited import ID_COLUMNS, LABEL_COLUMNS
@@ -62,6 +62,7 @@ def import_command(
                               "the file's, else 1). An imported prior records no logits_temperature: it is read as "
                               "1, i.e. q belongs to raw (uncalibrated) logits.")] = None,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Import logits, features or a prior written by another tool as a gla file.
 
@@ -84,8 +85,7 @@ def import_command(
         classnames_file=classnames, labels_file=labels, probabilities=probabilities,
         temperature=None if temperature is None else require_positive(temperature, "--temperature"),
         ids_from=ids_from, ids_range=ids_range)
-    if json_output:
-        print_json(dataclasses.asdict(report))
+    if emit_json(dataclasses.asdict(report), json_output, json_out):
         return
     fields = [("from", report.source), ("to", report.output), ("kind", report.kind)]
     if report.kind != "prior":

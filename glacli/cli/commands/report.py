@@ -1,4 +1,4 @@
-"""``gla report``: many ``gla evaluate --json`` results -> one Markdown table and a plot."""
+"""``gla report``: many ``gla evaluate --json-out`` results -> one Markdown table and a plot."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from glacli.cli.app import JsonOutput, app, out, output_option, print_json, reporting
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, out, output_option, output_path_option, reporting
 from glacli.core import report
 from glacli.core.metrics import METRICS
 from glacli.services.report import DEFAULT_COLS, report_files
@@ -18,12 +18,11 @@ Output = output_option("REPORT.md", "Markdown report")
 
 @app.command("report")
 def report_command(
-    results: Annotated[list[Path], typer.Argument(help="JSON files written by 'gla evaluate --json'.",
+    results: Annotated[list[Path], typer.Argument(help="JSON files written by 'gla evaluate --json-out'.",
                                                   show_default=False)],
     output: Output,
-    plot: Annotated[Path | None, typer.Option(
-        "--plot", metavar="OUT.png", help="The metric against the column setting, one line per row, "
-                                          "error bars of one sample std.")] = None,
+    plot: output_path_option("--plot", "OUT.png", "The metric against the column setting, one line per row, "
+                                                  "error bars of one sample std.") = None,
     metric: Annotated[str, typer.Option("--metric", help=f"One of: {', '.join(METRICS)} (top{{k}} for another k)."
                                         )] = "top1",
     rows: Annotated[str, typer.Option("--rows", help="Key whose values are the rows: 'method' or a tag.")
@@ -36,6 +35,7 @@ def report_command(
                                            "mean ± std, and in how many runs the bootstrap interval of the "
                                            "difference excludes 0 (evaluate --bootstrap --baseline NAME).")] = None,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Aggregate evaluate results into a methods x settings table: mean ± std over the other tags (seeds).
 
@@ -46,19 +46,19 @@ def report_command(
         for s in 1 2 4; do for seed in 1 2 3; do
           gla evaluate zs.h5 lp_${s}_${seed}.h5 gla_${s}_${seed}.h5 \\
               --name zero-shot --name probe --name GLA --bootstrap 1000 --baseline zero-shot \\
-              --tag shots=$s --tag seed=$seed --json res_${s}_${seed}.json
+              --tag shots=$s --tag seed=$seed --json-out res_${s}_${seed}.json
         done; done
         gla report res_*.json -o report.md --plot report.png --cols shots --baseline zero-shot
     """
     with reporting() as reporter:
         table, difference = report_files(results, output, plot=plot, metric=metric, rows=rows, cols=cols,
                                          baseline=baseline, reporter=reporter)
-    if json_output:
+    if json_output or json_out is not None:
         payload = report.to_json(table)
         if difference is not None:
             payload["differences"] = report.to_json(difference)
-        print_json(payload)
-        return
+        if emit_json(payload, json_output, json_out):
+            return
     out.print(_rich_table(table))
     if difference is not None:
         out.print(_rich_table(difference))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from glacli.cli.app import JsonOutput, app, out, output_option, print_json, reporting
+from glacli.cli.app import JsonFileOutput, JsonOutput, app, emit_json, out, output_option, output_path_option, reporting
 from glacli.services.subset import subset_file
 
 Output = output_option("TRAIN.h5", "The training split")
@@ -21,13 +21,13 @@ def subset_command(
                                       show_default=False)],
     output: Output,
     val_shots: Annotated[int, typer.Option("--val-shots", help="Validation rows per class (needs --val-out).")] = 0,
-    val_out: Annotated[Path | None, typer.Option("--val-out", help="The validation split.")] = None,
-    rest_out: Annotated[Path | None, typer.Option(
-        "--rest-out", help="Every row in neither split (e.g. the test set).")] = None,
+    val_out: output_path_option("--val-out", "VAL.h5", "The validation split.") = None,
+    rest_out: output_path_option("--rest-out", "REST.h5", "Every row in neither split (e.g. the test set).") = None,
     allow_fewer: Annotated[bool, typer.Option(
         "--allow-fewer", help="A class with too few rows gives what it has (validation first) instead of stopping "
                               "with an error.")] = False,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Draw a deterministic, class-balanced few-shot split from a features file.
 
@@ -45,8 +45,7 @@ def subset_command(
     with reporting() as reporter:
         summary = subset_file(source, output, shots=shots, seed=seed, val_shots=val_shots, val_out=val_out,
                               rest_out=rest_out, allow_fewer=allow_fewer, reporter=reporter)
-    if json_output:
-        print_json(summary)
+    if emit_json(summary, json_output, json_out):
         return
     table = Table(title=f"gla subset: {source} (shots {shots}, val shots {val_shots}, seed {seed})")
     for column in ("split", "rows", "per class (min-max)", "file"):

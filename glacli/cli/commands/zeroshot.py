@@ -7,11 +7,10 @@ from typing import Annotated
 import typer
 
 from glacli.base.validation import require_positive
-from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, ModelOption, PretrainedOption
+from glacli.cli.app import BackendOption, DeviceOption, JsonFileOutput, JsonOutput, ModelOption, PretrainedOption
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import DEFAULT_BACKEND
 from glacli.io.templates import template_set_names
-from glacli.services.zeroshot import zeroshot_head
 
 Output = output_option("HEAD.h5", "Head file")
 
@@ -35,6 +34,7 @@ def zeroshot_command(
     device: DeviceOption = "auto",
     backend: BackendOption = DEFAULT_BACKEND,
     json_output: JsonOutput = False,
+    json_out: JsonFileOutput = None,
 ) -> None:
     """Build a zero-shot head: prompt-ensembled class text embeddings times CLIP's logit scale.
 
@@ -48,8 +48,10 @@ def zeroshot_command(
         gla zeroshot --backend sentence-transformers --model models/all-MiniLM-L6-v2 --like news.h5 \\
             --templates news -o news_head.h5
     """
+    from glacli.services.zeroshot import zeroshot_head  # torch: imported when a model is needed, not for the help
+
     scale = None if logit_scale is None else require_positive(logit_scale, "--logit-scale")
     with reporting() as reporter:
         summary = zeroshot_head(output, model=model, pretrained=pretrained, backend=backend, classnames=classnames,
                                 like=like, templates=templates, logit_scale=scale, device=device, reporter=reporter)
-    print_summary(summary, json_output, "gla zeroshot")
+    print_summary(summary, json_output, "gla zeroshot", json_out)
