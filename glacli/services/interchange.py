@@ -310,9 +310,10 @@ def _column_order(src: RowSource, names: list[str], classnames_file: str | Path 
                                 "name, never renamed", src.path)
     extra = next((name for name in src.classnames if name not in set(names)), None)
     if extra is not None:
+        hint = f"; if it holds the labels, give --label-column {extra}" if src.labels is None else ""
         raise GlaInputError(f"class column {extra!r} ({src.classnames_from}) is not among the class names of "
-                            f"{classnames_file} (--classnames); a named header is matched by name, never renamed",
-                            src.path)
+                            f"{classnames_file} (--classnames); a named header is matched by name, never renamed"
+                            f"{hint}", src.path)
     order = np.array([column[name] for name in names])
     return None if (order == np.arange(len(order))).all() else order
 
