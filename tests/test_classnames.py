@@ -132,3 +132,35 @@ def test_each_command_gives_the_same_line_for_a_bad_file(gla, images, tmp_path, 
         assert_one_line_error(r, f"{path}: {message}")
     assert len({r.err for r in runs}) == 1
     assert not any((tmp_path / out).exists() for out in ("head.h5", "feats.h5", "z.h5", "q.h5"))
+
+
+# --------------------------------------------------------------------------- repeated names (issue 23.1)
+
+
+def test_repeated_names_are_made_distinct_by_their_index(tmp_path):
+    from glacli.base.validation import prompt_classnames, renamed_classnames_note
+    names = read_classnames(write(tmp_path / "in.txt", "missile\ncat\nmissile\nmissile\n"))
+    assert names == ["missile", "cat", "missile (2)", "missile (3)"]
+    assert prompt_classnames(names) == ["missile", "cat", "missile", "missile"]
+    assert prompt_classnames(["a (0)", "b", "b (1)"]) == ["a (0)", "b", "b (1)"]  # no earlier 'b' at 0: kept
+    assert renamed_classnames_note(names).startswith("2 repeated class names made distinct")
+    assert renamed_classnames_note(["a", "b"]) is None
+
+
+def test_zeroshot_and_extract_accept_repeated_names(gla, tiny_clip, images, tmp_path):
+    """The head stores distinct names; the prompts keep the names as listed, so both 'cat' rows are equal."""
+    names = write(tmp_path / "names.txt", "cat\ncat\n")
+    r = gla("zeroshot", *model_args(tiny_clip), "--classnames", names, "--templates", "simple",
+            "-o", tmp_path / "head.h5")
+    assert r.code == 0, r.err
+    assert "1 repeated class name made distinct by adding the class index: 'cat (1)'" in r.err
+    head = store.read_head(tmp_path / "head.h5")
+    assert head.classnames == ["cat", "cat (1)"]
+    np.testing.assert_array_equal(head.weight[0], head.weight[1])
+
+    r = gla("extract", images, "--classnames", names, *model_args(tiny_clip), "--workers", 0,
+            "-o", tmp_path / "feats.h5")
+    assert r.code == 0, r.err
+    assert "'cat (1)'" in r.err
+    with store.read_rows(tmp_path / "feats.h5", "features") as f:
+        assert f.classnames == ["cat", "cat (1)"]
