@@ -1,4 +1,4 @@
-"""``gla import``: logits, features or a prior written by another tool, as a gla file."""
+"""``gla import``: logits, features, a prior or a classification head written by another tool, as a gla file."""
 from __future__ import annotations
 
 import dataclasses
