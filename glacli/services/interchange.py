@@ -177,7 +177,8 @@ class _RowIds:
 
 
 def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions, classnames_file: str | Path | None,
-                 labels_file: str | Path | None, rule: _ValueRule, row_ids: _RowIds, reporter: Reporter) -> ImportReport:
+                 labels_file: str | Path | None, rule: _ValueRule, row_ids: _RowIds,
+                 reporter: Reporter) -> ImportReport:
     clock = _DelayedProgress(reporter)
     names_given = read_classnames(classnames_file) if classnames_file else None
     src = formats.read_rows(path, kind, dataclasses.replace(options, classnames=names_given))
@@ -224,7 +225,8 @@ def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions
             stop = start + len(values)
             sink.write(start, values.astype(stored), labels[start:stop], row_ids.block(start, stop, ids))
             clock.advance(len(values))
-        if kind == "logits" and not (rule.probabilities or rule.logits_anyway) and rule.all_rows_look_like_probabilities:
+        taken_as_logits = kind == "logits" and not (rule.probabilities or rule.logits_anyway)
+        if taken_as_logits and rule.all_rows_look_like_probabilities:
             raise GlaInputError(f"every row is non-negative and sums to 1 (within {PROBABILITY_SUM_TOLERANCE:g}): "
                                 "these are probabilities, not logits; give --probabilities to store their log, "
                                 "or --logits-anyway to take them as logits", path)
@@ -359,6 +361,8 @@ def _import_prior(path: Path, output: str | Path, key: str | None, classnames_fi
     if classnames_file is not None:
         names, report.classnames_from = read_classnames(classnames_file), str(classnames_file)
     names = check_classnames(names, path) if names else default_classnames(len(values))
+    if note := renamed_classnames_note(names):
+        report.notes.append(note)
     if len(names) != len(values):
         raise GlaInputError(f"has {len(values)} prior entries but {len(names)} class names "
                             f"({report.classnames_from})", path)

@@ -54,7 +54,8 @@ def zeroshot_head(output: Path, *, model: str, pretrained: str | None, backend: 
     if note:
         reporter.message(f"note: {note}")
     reporter.start("zeroshot", len(names))
-    weight = zeroshot_weights(encoder.encode_text, prompt_classnames(names), template_list, scale, lambda n: reporter.advance(n))
+    weight = zeroshot_weights(encoder.encode_text, prompt_classnames(names), template_list, scale,
+                              lambda n: reporter.advance(n))
     attrs = {**described, "templates": template_name, "n_templates": len(template_list), "logit_scale": scale}
     store.write_head(output, Head(weight=weight.numpy().astype(np.float32), bias=np.zeros(len(names), np.float32),
                                   classnames=list(names), head_type="zeroshot", temperature=1.0, attrs=attrs), parents)

@@ -71,7 +71,8 @@ def import_command(
         "--normalize-rows", help="Heads: scale each weight row to unit length (a text classifier stored "
                                  "unnormalised).")] = False,
     logit_scale: Annotated[str | None, typer.Option(
-        "--logit-scale", metavar="S", help="Heads: multiply weight and bias by S (CLIP's zero-shot heads: 100).")] = None,
+        "--logit-scale", metavar="S",
+        help="Heads: multiply weight and bias by S (CLIP's zero-shot heads: 100).")] = None,
     input_normalize: Annotated[bool, typer.Option(
         "--input-normalize", help="Heads: the head L2-normalises its input, as WiSE-FT's ClassificationHead("
                                   "normalize=True). gla's features are already L2-normalised, so such a head gives "

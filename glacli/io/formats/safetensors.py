@@ -64,7 +64,8 @@ def load_entries(path: Path) -> SafetensorsEntries:
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         for name, info in header.items():
-            if name != "__metadata__" and not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+            fields_ok = isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)
+            if name != "__metadata__" and not fields_ok:
                 raise ValueError(f"entry {name!r} has no dtype, shape and data_offsets")
     except (ValueError, UnicodeDecodeError) as exc:
         raise GlaInputError(f"cannot be read as .safetensors ({exc})", path) from exc
