@@ -71,6 +71,10 @@ def extract_command(
     download: Annotated[bool, typer.Option(
         "--download", help="torchvision: sources: let torchvision download the dataset into --root.")] = False,
     backend: BackendOption = DEFAULT_BACKEND,
+    base_pretrained: Annotated[str | None, typer.Option(
+        "--base-pretrained", metavar="TAG_OR_PATH",
+        help="With a checkpoint that holds only the image tower (visual.*): the weights of the rest (text "
+             "tower, logit scale), e.g. the zero-shot model's tag openai.")] = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Encode images (or texts) once into a features file (L2-normalised rows, labels, ids, class names).
@@ -90,6 +94,9 @@ def extract_command(
 
         gla extract bbcnews/data -o news.h5 --backend sentence-transformers --model models/all-MiniLM-L6-v2
 
+        gla extract data/imagenet/val -o val_ft.h5 --model ViT-B-16 --pretrained checkpoint_10.pt \\
+            --base-pretrained openai
+
         gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
             -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
@@ -100,6 +107,6 @@ def extract_command(
         summary = extract(source, output, model=model, pretrained=pretrained, backend=backend, options=options,
                           split=split, root=root, classnames=classnames, shots=shots, seed=seed,
                           allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
-                          download=download, reporter=reporter)
+                          download=download, base_pretrained=base_pretrained, reporter=reporter)
     if summary is not None:
         print_summary(summary, json_output, "gla extract")

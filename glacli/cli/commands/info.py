@@ -14,7 +14,8 @@ SCALE_ATTRS = ("temperature", "logits_temperature", "zs_temperature", "ft_temper
 DESCRIBING_ATTRS = ("head_type", "method", "combine_method", "calibration_method", "target", "converged",
                     "max_moment_gap", "iterations", "model", "pretrained", "templates", "head_id",
                     "zeroshot_head_id", "zeroshot_model", "zeroshot_templates", "source_prior", "alpha",
-                    "n_rows", "source", "shots", "seed")
+                    "n_rows", "source", "shots", "seed", "checkpoint_sha256", "checkpoint_prefix",
+                    "checkpoint_layout", "base_pretrained", "interpolated_alpha", "projected_onto")
 """Attributes shown when present, in this order; ``--json`` prints every attribute."""
 
 
