@@ -33,8 +33,9 @@ def extract_command(
         "--root", help="Folder that relative manifest/split paths start from (default: the manifest's folder); "
                        "for torchvision: sources, the data folder.")] = None,
     classnames: Annotated[Path | None, typer.Option(
-        "--classnames", help="Class names, one per line or a JSON list: names integer labels, or fixes the class "
-                             "order.")] = None,
+        "--classnames", "--imagenet-classes",
+        help="Class names, one per line or a JSON list: names integer labels, or fixes the class order (ImageNet "
+             "shift sources: ImageNet's 1000 names, by default CLIP's).")] = None,
     shots: Annotated[int | None, typer.Option(
         "--shots", help="Keep K images per class: the rows 'gla subset --shots K --seed S' would take.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots selection and of the augmented views.")
