@@ -30,11 +30,12 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from glacli.base.errors import GlaInputError, one_line
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 """File endings read as checkpoints (``--pretrained`` of extract and zeroshot, ``gla interpolate``)."""
@@ -187,6 +188,7 @@ def _stand_in(full_name: str) -> type:
 def _unpickle(path: Path) -> tuple[Any, bool]:
     """``torch.load`` with ``weights_only=True``, every global the file names given an inert stand-in;
     and whether there were any (a pickled model rather than a state dict)."""
+    import torch
     if not zipfile.is_zipfile(path):
         raise GlaInputError("not a torch.save zip archive, a .safetensors file or a state dict torch can read "
                             "without running code (legacy pickles are refused)", path)
@@ -221,6 +223,7 @@ def _collect(value: Any, prefix: str, out: dict[str, torch.Tensor], seen: set[in
     A module (a stand-in or a plain object with ``_parameters``/``_modules``) contributes its
     parameters, its persistent buffers and its sub-modules, as ``nn.Module.state_dict`` does.
     """
+    import torch
     if id(value) in seen:
         return
     if isinstance(value, torch.Tensor):

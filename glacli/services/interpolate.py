@@ -22,7 +22,7 @@ from glacli.base.types import Head, Reporter
 from glacli.base.validation import check_same_classnames, check_same_dimension
 from glacli.core.interpolation import check_alphas, interpolate
 from glacli.io import store
-from glacli.io.checkpoints import CHECKPOINT_SUFFIXES
+from glacli.io.checkpoints import CHECKPOINT_SUFFIXES, Checkpoint, read_checkpoint, write_safetensors
 
 HEAD_SUFFIXES = (".h5", ".hdf5")
 
@@ -34,15 +34,16 @@ def output_paths(output: Path, alphas: list[float]) -> list[Path]:
     return [output.with_name(f"{output.stem}_alpha{alpha:g}{output.suffix}") for alpha in alphas]
 
 
-def interpolate_files(zero_shot: Path, fine_tuned: Path, alphas: list[float], output: Path,
-                      reporter: Reporter = Reporter()) -> dict[str, Any]:
+def interpolate_files(zero_shot: Path, fine_tuned: Path, alphas: list[float], output: Path, *,
+                      model: str | None = None, reporter: Reporter = Reporter()) -> dict[str, Any]:
     """Write the WiSE-FT models of ``alphas`` between ``zero_shot`` and ``fine_tuned``; returns the summary of
-    ``gla interpolate --json``."""
+    ``gla interpolate --json``. With ``model`` (an open_clip architecture), an endpoint that is not a file
+    is an open_clip tag of it (``openai``): its weights as open_clip loads them."""
     try:
         alphas = check_alphas(alphas)
     except ValueError as exc:
         raise GlaInputError(f"--alpha: {exc}") from None
-    kinds = [_kind(zero_shot), _kind(fine_tuned)]
+    kinds = [_kind(zero_shot, model), _kind(fine_tuned, model)]
     if kinds[0] != kinds[1]:
         raise GlaInputError(f"is a {kinds[0]}, but {fine_tuned} is a {kinds[1]}: interpolate two checkpoints or two "
                             f"head files", zero_shot)
@@ -53,15 +54,17 @@ def interpolate_files(zero_shot: Path, fine_tuned: Path, alphas: list[float], ou
     for path in paths:
         store.check_output_path(path)
     if kinds[0] == "checkpoint":
-        _interpolate_checkpoints(zero_shot, fine_tuned, alphas, paths, reporter)
+        _interpolate_checkpoints(zero_shot, fine_tuned, alphas, paths, model, reporter)
     else:
         _interpolate_heads(zero_shot, fine_tuned, alphas, paths)
     return {"kind": kinds[0], "outputs": [str(p) for p in paths], "alphas": alphas}
 
 
-def _kind(path: Path) -> str:
+def _kind(path: Path, model: str | None) -> str:
     if not path.is_file():
-        raise GlaInputError("no such file", path)
+        if model is not None and path.suffix.lower() not in (*CHECKPOINT_SUFFIXES, *HEAD_SUFFIXES):
+            return "checkpoint"
+        raise GlaInputError("no such file" + ("" if model else " (an open_clip tag needs --model)"), path)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         return "checkpoint"
     if path.suffix.lower() in HEAD_SUFFIXES:
@@ -72,12 +75,20 @@ def _kind(path: Path) -> str:
     raise GlaInputError(f"neither a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) nor a head file (.h5)", path)
 
 
+def _read(path: Path, model: str | None) -> Checkpoint:
+    """A checkpoint file, or (not a file, with ``model``) the open_clip weights of the tag ``path``."""
+    if path.is_file():
+        return read_checkpoint(path)
+    from glacli.io.encoders.openclip import open_clip_weights
+    return Checkpoint(str(path), open_clip_weights(str(model), str(path)), sha256="", prefix="",
+                      layout=f"open_clip tag of {model}")
+
+
 def _interpolate_checkpoints(zero_shot: Path, fine_tuned: Path, alphas: list[float], paths: list[Path],
-                             reporter: Reporter) -> None:
+                             model: str | None, reporter: Reporter) -> None:
     import torch
 
-    from glacli.io.checkpoints import read_checkpoint, write_safetensors
-    zs, ft = read_checkpoint(zero_shot), read_checkpoint(fine_tuned)
+    zs, ft = _read(zero_shot, model), _read(fine_tuned, model)
     only_zs, only_ft = sorted(zs.state_dict.keys() - ft.state_dict.keys()), sorted(ft.state_dict.keys() - zs.state_dict.keys())
     if only_zs or only_ft:
         first, where, other = (only_zs[0], zero_shot, fine_tuned) if only_zs and (not only_ft or only_zs[0] < only_ft[0]) \
@@ -102,8 +113,8 @@ def _interpolate_checkpoints(zero_shot: Path, fine_tuned: Path, alphas: list[flo
                 mixed[key] = interpolate(a.to(dtype), b.to(dtype), alpha)
             else:
                 mixed[key] = a
-        write_safetensors(mixed, path, {"gla_interpolated_alpha": f"{alpha:g}", "zero_shot_sha256": zs.sha256,
-                                        "fine_tuned_sha256": ft.sha256})
+        write_safetensors(mixed, path, {"gla_interpolated_alpha": f"{alpha:g}", "zero_shot": zs.sha256 or zs.path,
+                                        "fine_tuned": ft.sha256 or ft.path})
         reporter.advance(1)
 
 

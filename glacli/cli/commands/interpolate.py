@@ -24,6 +24,9 @@ def interpolate_command(
         help="Weight of the fine-tuned model, in [0, 1]; a list writes one file per value, named "
              "OUT's stem + _alpha<A> (wise.safetensors -> wise_alpha0.5.safetensors).", show_default=False)],
     output: Output,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="open_clip architecture (or model-config .json) when ZS or FT is an open_clip tag such as "
+                        "openai rather than a file.")] = None,
     json_output: JsonOutput = False,
 ) -> None:
     """WiSE-FT: (1 - A) * zero-shot + A * fine-tuned, parameter by parameter.
@@ -36,6 +39,8 @@ def interpolate_command(
 
         gla interpolate zeroshot.pt checkpoint_10.pt --alpha 0.5 -o wiseft.safetensors
 
+        gla interpolate openai flyp_ft.pt --model ViT-B-16 --alpha 0,0.5,1 -o wise.safetensors
+
         gla interpolate zs_head.h5 ft_head.h5 --alpha 0,0.25,0.5,0.75,1 -o wise_head.h5
     """
     try:
@@ -43,5 +48,5 @@ def interpolate_command(
     except ValueError:
         raise GlaInputError(f"--alpha: expected numbers separated by commas, got {alpha!r}") from None
     with reporting() as reporter:
-        summary = interpolate_files(zero_shot, fine_tuned, alphas, output, reporter=reporter)
+        summary = interpolate_files(zero_shot, fine_tuned, alphas, output, model=model, reporter=reporter)
     print_summary(summary, json_output, "gla interpolate")

@@ -193,6 +193,12 @@ class OpenClipEncoder(Encoder):
         return None
 
 
+def open_clip_weights(model: str, pretrained: str) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` with the weights ``pretrained`` (a tag, hf-hub name or file), on the CPU."""
+    encoder = OpenClipEncoder(model, pretrained, torch.device("cpu"), autocast="off")
+    return {k: v.detach() for k, v in encoder.model.state_dict().items()}
+
+
 IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "text.transformer.embeddings.position_ids")
 """Entries of OpenAI's and older Hugging Face state dicts that are not weights (open_clip drops them too)."""
 
