@@ -143,6 +143,7 @@ FT_CHECKPOINT ?=
 ZS_CHECKPOINT ?= $(PRETRAINED)
 FT_HEAD    ?= probe
 WISE_ALPHA ?= 0.5
+FT_BOOTSTRAP ?= 1000
 SHIFTS     ?= v2 sketch r a objectnet
 SHIFT_ROOT ?= data
 SHIFT_DIR_v2        ?= $(SHIFT_ROOT)/imagenetv2-matched-frequency-format-val
@@ -231,7 +232,7 @@ $(FT_DIR)/$(1)/%_projected.h5: $(FT_DIR)/$(1)/%.h5
 	$$(GLA) project $$< $$(SET_PROJECT_$(1)) -o $$@
 $(FT_DIR)/$(1)/results.json: $(foreach m,$(FT_METHODS),$(call set_file,$(1),$(m))) $(IMAGENET_DIR)/prior.h5
 	$$(GLA) evaluate $$(wordlist 1,6,$$^) $$(FT_NAMES) $(if $(filter imagenet,$(1)),--prior $(IMAGENET_DIR)/prior.h5) \
-	    --tag set=$$(SET_NAME_$(1)) --tag model=$$(MODEL_TAG) --device $$(DEVICE) --bootstrap 1000 --json $$@
+	    --tag set=$$(SET_NAME_$(1)) --tag model=$$(MODEL_TAG) --device $$(DEVICE) --bootstrap $$(FT_BOOTSTRAP) --json $$@
 endef
 $(foreach set,imagenet $(SHIFTS),$(eval $(call ft_set,$(set))))
 
