@@ -221,3 +221,28 @@ def test_unreadable_files_are_refused_in_one_line(gla, tiny_clip, images, tmp_pa
         r = gla("extract", images, "-o", tmp_path / "x.h5", "--model", tiny_clip.config, "--pretrained", path,
                 "--device", "cpu", "--workers", "0")
         assert_one_line_error(r, str(path), fragment)
+
+
+def test_head_of_a_whole_pickled_model_imports_through_the_safe_reader(gla, finetuned, tmp_path):
+    model, paths = finetuned
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {k}\n" for k in range(5)))
+    r = gla("import", paths["whole_model.pt"], "--kind", "head", "--key", "classification_head", "--classnames",
+            names, "-o", tmp_path / "head.h5")
+    assert r.code == 0, r.err
+    from glacli.io.store import read_head
+    head = read_head(tmp_path / "head.h5")
+    original = torch.load(paths["whole_model.pt"], weights_only=False).classification_head
+    np.testing.assert_array_equal(head.weight, original.weight.detach().numpy())
+    np.testing.assert_array_equal(head.bias, original.bias.detach().numpy())
+    assert head.head_type == "finetuned" and head.classnames == [f"class {k}" for k in range(5)]
+
+
+def test_head_import_from_a_code_running_pickle_is_refused_without_running_it(gla, finetuned, tmp_path):
+    model, _ = finetuned
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"classification_head.weight": torch.zeros(2, 24), "hook": RunsSubprocess(marker)}, evil)
+    r = gla("import", evil, "--kind", "head", "--key", "classification_head", "-o", tmp_path / "head.h5")
+    assert_one_line_error(r, str(evil), "refused")
+    assert not marker.exists()

@@ -38,8 +38,7 @@ def test_text_and_json_lists_give_the_same_names(tmp_path, name, text):
     ("names.txt", "cat\n\ndog\n", "class name at line 2 is blank"),
     ("names.txt", "cat\n   \ndog", "class name at line 2 is blank"),
     ("names.json", '["cat", " "]', "class name at entry 1 is blank"),
-    ("names.txt", "cat\ndog\ncat \n", "class name 'cat' appears twice (lines 1 and 3)"),
-    ("names.json", '["cat", "dog", "dog"]', "class name 'dog' appears twice (entries 1 and 2)"),
+    ("names.txt", "cat\ndog\ncat\ncat (2)\n", "class name 'cat (2)' appears twice (classes 2 and 3)"),
     ("names.txt", "\n  \n", "holds no class names"),
     ("names.json", "[]", "holds no class names"),
     ("names.json", '["cat", "dog"', "class names are not valid JSON (Expecting ','"),
@@ -65,8 +64,7 @@ def test_unreadable_files(tmp_path):
 
 def test_names_from_other_files_follow_the_same_rules(tmp_path):
     assert check_classnames([" a", "b "], "x.npz") == ["a", "b"]
-    with pytest.raises(GlaInputError, match=r"x.npz: class name 'a' appears twice \(classes 0 and 2\)"):
-        check_classnames(["a", "b", "a"], "x.npz")
+    assert check_classnames(["a", "b", "a "], "x.npz") == ["a", "b", "a (2)"]
     with pytest.raises(GlaInputError, match=r"x.npz: class name at class 1 is blank"):
         check_classnames(["a", ""], "x.npz")
 
@@ -117,7 +115,7 @@ def test_a_json_list_works_for_zeroshot_extract_and_import(gla, tiny_clip, image
 
 @pytest.mark.parametrize("name, text, message", [
     ("names.txt", "cat\n\ndog\n", "class name at line 2 is blank"),
-    ("names.txt", "cat\ndog\ncat\n", "class name 'cat' appears twice (lines 1 and 3)"),
+    ("names.txt", "cat\ncat\ncat (1)\n", "class name 'cat (1)' appears twice (classes 1 and 2)"),
     ("names.json", '["cat", "dog"', "class names are not valid JSON"),
 ])
 def test_each_command_gives_the_same_line_for_a_bad_file(gla, images, tmp_path, name, text, message):
@@ -134,3 +132,35 @@ def test_each_command_gives_the_same_line_for_a_bad_file(gla, images, tmp_path, 
         assert_one_line_error(r, f"{path}: {message}")
     assert len({r.err for r in runs}) == 1
     assert not any((tmp_path / out).exists() for out in ("head.h5", "feats.h5", "z.h5", "q.h5"))
+
+
+# --------------------------------------------------------------------------- repeated names (issue 23.1)
+
+
+def test_repeated_names_are_made_distinct_by_their_index(tmp_path):
+    from glacli.base.validation import prompt_classnames, renamed_classnames_note
+    names = read_classnames(write(tmp_path / "in.txt", "missile\ncat\nmissile\nmissile\n"))
+    assert names == ["missile", "cat", "missile (2)", "missile (3)"]
+    assert prompt_classnames(names) == ["missile", "cat", "missile", "missile"]
+    assert prompt_classnames(["a (0)", "b", "b (1)"]) == ["a (0)", "b", "b (1)"]  # no earlier 'b' at 0: kept
+    assert renamed_classnames_note(names).startswith("2 repeated class names made distinct")
+    assert renamed_classnames_note(["a", "b"]) is None
+
+
+def test_zeroshot_and_extract_accept_repeated_names(gla, tiny_clip, images, tmp_path):
+    """The head stores distinct names; the prompts keep the names as listed, so both 'cat' rows are equal."""
+    names = write(tmp_path / "names.txt", "cat\ncat\n")
+    r = gla("zeroshot", *model_args(tiny_clip), "--classnames", names, "--templates", "simple",
+            "-o", tmp_path / "head.h5")
+    assert r.code == 0, r.err
+    assert "1 repeated class name made distinct by adding the class index: 'cat (1)'" in r.err
+    head = store.read_head(tmp_path / "head.h5")
+    assert head.classnames == ["cat", "cat (1)"]
+    np.testing.assert_array_equal(head.weight[0], head.weight[1])
+
+    r = gla("extract", images, "--classnames", names, *model_args(tiny_clip), "--workers", 0,
+            "-o", tmp_path / "feats.h5")
+    assert r.code == 0, r.err
+    assert "'cat (1)'" in r.err
+    with store.read_rows(tmp_path / "feats.h5", "features") as f:
+        assert f.classnames == ["cat", "cat (1)"]

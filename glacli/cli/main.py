@@ -51,7 +51,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "evaluate": CommandEntry("evaluate", "Compare logits files: accuracies, NLL, ECE and group accuracies."),
     "report": CommandEntry("report", "Aggregate evaluate results into a methods x settings table."),
     "subset": CommandEntry("subset", "Draw a class-balanced few-shot split from a features file."),
-    "import": CommandEntry("import_", "Import logits, features or a prior written by another tool."),
+    "import": CommandEntry("import_", "Import logits, features, a prior or a head written by another tool."),
     "export": CommandEntry("export", "Write a gla file out for other tools."),
     "info": CommandEntry("info", "Show a gla file's kind, shape, temperatures, method and parents."),
     "interpolate": CommandEntry("interpolate", "WiSE-FT: interpolate two checkpoints or two heads by alpha."),

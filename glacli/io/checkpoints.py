@@ -185,6 +185,18 @@ def _stand_in(full_name: str) -> type:
     return _StandInType(name or full_name, (StandIn,), {"_stand_in_for": full_name, "__module__": f"stand_in.{module}"})
 
 
+def pickled_globals(path: str | Path) -> list[str]:
+    """The classes and functions a torch zip archive names beyond what torch's weights-only unpickler
+    allows (a pickled model's classes); empty for a plain state dict or a file that is not such an archive."""
+    import torch
+    if not zipfile.is_zipfile(path):
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except (ValueError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return []
+
+
 def _unpickle(path: Path) -> tuple[Any, bool]:
     """``torch.load`` with ``weights_only=True``, every global the file names given an inert stand-in;
     and whether there were any (a pickled model rather than a state dict)."""
