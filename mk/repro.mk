@@ -178,9 +178,11 @@ FT_ARGS   = --model $(MODEL) --pretrained $(FT_CHECKPOINT) --base-pretrained $(P
 WISE_ARGS = --model $(MODEL) --pretrained $(FT_DIR)/wise.safetensors --base-pretrained $(PRETRAINED) --device $(DEVICE)
 # The fine-tuned head: probe (a linear probe on the fine-tuned features of ImageNet train, fitted as the
 # linear-probe run's, its training set removed as pi_s) or zeroshot (the checkpoint's own text tower
-# with the ImageNet prompts, for FLYP / open_clip fine-tuning).
+# with the ImageNet prompts, for FLYP / open_clip fine-tuning) or import (the checkpoint's own trained head,
+# FT_HEAD_KEY, read as WiSE-FT's ClassificationHead(normalize=True): gla import --input-normalize).
 FT_SOURCE_PRIOR_probe    := $(FT_DIR)/ft_fit.h5
 FT_SOURCE_PRIOR_zeroshot := uniform
+FT_SOURCE_PRIOR_import   := uniform
 # The file of a method on a set that evaluate reads: projected onto the set's classes where it has some.
 set_file = $(FT_DIR)/$(1)/$(2)$(if $(SET_PROJECT_$(1)),_projected).h5
 
@@ -195,6 +197,11 @@ $(FT_DIR)/ft_head-zeroshot.h5: $(IMAGENET_DIR)/test.h5
 	@mkdir -p $(@D)
 	$(GLA) zeroshot --model $(MODEL) --pretrained $(FT_CHECKPOINT) --device $(DEVICE) --like $< \
 	    --templates $(IMAGENET_TEMPLATES) -o $@
+FT_HEAD_KEY ?= classification_head
+$(FT_DIR)/ft_head-import.h5: | $(IMAGENET_CLASSNAMES) $(GLA_INSTALLED)
+	@mkdir -p $(@D)
+	$(GLA) import $(FT_CHECKPOINT) --kind head --key $(FT_HEAD_KEY) --input-normalize \
+	    --classnames $(IMAGENET_CLASSNAMES) -o $@
 $(FT_DIR)/wise.safetensors: | $(GLA_INSTALLED)
 	@mkdir -p $(@D)
 	$(GLA) interpolate $(ZS_CHECKPOINT) $(FT_CHECKPOINT) --model $(MODEL) --alpha $(WISE_ALPHA) -o $@
@@ -432,8 +439,8 @@ ifneq ($(filter repro-imagenet,$(MAKECMDGOALS)),)
     $(error SHIFTS takes v2 sketch r a objectnet, not $(filter-out v2 sketch r a objectnet,$(SHIFTS)))
   endif
   ifneq ($(FT_CHECKPOINT),)
-    ifeq ($(filter probe zeroshot,$(FT_HEAD)),)
-      $(error FT_HEAD must be probe or zeroshot, not $(FT_HEAD))
+    ifeq ($(filter probe zeroshot import,$(FT_HEAD)),)
+      $(error FT_HEAD must be probe, zeroshot or import, not $(FT_HEAD))
     endif
   endif
 endif

@@ -85,3 +85,25 @@ def test_repro_imagenet_with_a_finetuned_checkpoint(workspace):
     results = json.loads((out / "imagenet" / "results.json").read_text())
     assert results["tags"]["set"] == "ImageNet" and [r["name"] for r in results["results"]] == METHODS
     assert [len(results["groups"][g]["classes"]) for g in ("q_head", "q_medium", "q_tail")] == [333, 333, 334]
+
+
+@pytest.mark.e2e(budget=90)
+def test_ft_head_import_reads_the_checkpoints_own_head(tiny_clip, tmp_path):
+    """FT_HEAD=import: the head of a WiSE-FT-style pickled model, through the safe reader, by its make rule."""
+    from test_checkpoints import ImageClassifier
+
+    from glacli.io.store import read_head
+    model = ImageClassifier(perturbed(tiny_clip, seed=8), n_classes=1000)
+    checkpoint = tmp_path / "checkpoint_10.pt"
+    torch.save(model, checkpoint)
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {k}\n" for k in range(1000)))
+    runs = tmp_path / "runs"
+    workspace = {"RUNS": str(runs), "GLA": f"{sys.executable} -m glacli", "MODEL": str(tiny_clip.config),
+                 "PRETRAINED": str(tiny_clip.checkpoint), "FT_CHECKPOINT": str(checkpoint), "FT_HEAD": "import",
+                 "IMAGENET_CLASSNAMES": str(names)}
+    target = runs / "imagenet" / "gla-tiny-clip_gla-tiny-clip" / "finetuned_checkpoint_10" / "ft_head-import.h5"
+    make(workspace, str(target))
+    head = read_head(target)
+    np.testing.assert_array_equal(head.weight, model.classification_head.weight.detach().numpy())
+    assert head.head_type == "finetuned" and bool(head.attrs["input_normalize"])
