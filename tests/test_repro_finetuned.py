@@ -3,7 +3,9 @@ perturbed copy of it saved as a DDP state dict as the fine-tuned one, a generate
 wnid folders (the shifts are labelled in ImageNet's 1000 classes) and one tiny folder per shift.
 
 Kept small for two cores: two training images and one validation image per class (HOLDOUT_SHOTS=1),
-one prompt (IMAGENET_TEMPLATES=simple), no bootstrap (FT_BOOTSTRAP=0), and q at a fixed temperature (the random tiny model is near
+one prompt (IMAGENET_TEMPLATES=simple), no bootstrap (FT_BOOTSTRAP=0), the fine-tuned head from the
+checkpoint's own text tower (FT_HEAD=zeroshot: the default probe's 1000-class penalty search alone takes
+minutes here; its rules are the linear-probe run's commands), and q at a fixed temperature (the random tiny model is near
 chance; see tests/test_repro.py).
 """
 from __future__ import annotations
@@ -53,10 +55,10 @@ def workspace(tmp_path_factory, tiny_clip) -> dict[str, str]:
             "GLA": f"{sys.executable} -m glacli", "GLA_PYTHON": sys.executable, "MODEL": str(tiny_clip.config),
             "PRETRAINED": str(tiny_clip.checkpoint), "FT_CHECKPOINT": str(ft), "DEVICE": "cpu",
             "EXTRACT_FLAGS": "--workers 0 --batch-size 512", "HOLDOUT_SHOTS": "1", "Q_TEMPERATURE": "1",
-            "IMAGENET_TEMPLATES": "simple", "FT_BOOTSTRAP": "0"}
+            "IMAGENET_TEMPLATES": "simple", "FT_BOOTSTRAP": "0", "FT_HEAD": "zeroshot"}
 
 
-@pytest.mark.e2e(budget=300)
+@pytest.mark.e2e(budget=420)
 def test_repro_imagenet_with_a_finetuned_checkpoint(workspace):
     make(workspace, "repro-imagenet")
     out = Path(workspace["RUNS"]) / "imagenet" / "gla-tiny-clip_gla-tiny-clip" / "finetuned_checkpoint_ft"
