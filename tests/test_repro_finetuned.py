@@ -58,7 +58,7 @@ def workspace(tmp_path_factory, tiny_clip) -> dict[str, str]:
             "IMAGENET_TEMPLATES": "simple", "FT_BOOTSTRAP": "0", "FT_HEAD": "zeroshot"}
 
 
-@pytest.mark.e2e(budget=420)
+@pytest.mark.e2e(budget=300)
 def test_repro_imagenet_with_a_finetuned_checkpoint(workspace):
     make(workspace, "repro-imagenet")
     out = Path(workspace["RUNS"]) / "imagenet" / "gla-tiny-clip_gla-tiny-clip" / "finetuned_checkpoint_ft"
