@@ -49,7 +49,7 @@ def run(work: Path, seeds: int) -> list[tuple[float, float]]:
         gla("calibrate", ft_test, "--val", ft_est, "-o", ft_cal)
         gla("combine", "--zeroshot", zs_test, "--prior", q, "--finetuned", ft_test, "-o", raw)
         gla("combine", "--zeroshot", zs_test, "--prior", q, "--finetuned", ft_cal, "-o", cal)
-        gla("evaluate", raw, cal, "--json", work / "results.json")
+        gla("evaluate", raw, cal, "--json-out", work / "results.json")
         results = json.loads((work / "results.json").read_text())["results"]
         top1.append((100 * results[0]["metrics"]["top1"], 100 * results[1]["metrics"]["top1"]))
     return top1

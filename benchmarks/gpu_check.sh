@@ -9,7 +9,10 @@
 #      cached views, a few epochs: seconds per epoch and the projected 50 epochs (benchmarks/prompt_speed.py)
 #   4. gla fit at ImageNet scale, 1,281,167 x 768 features and 1,000 classes, on the GPU against the
 #      same fit on the CPU, then the whole --val penalty search on the GPU (benchmarks/probe_scale.py)
-#   5. with two or more GPUs: torchrun over all of them (NCCL) against one process
+#   5. fine-tuned extraction of one shift set (ImageNet-R layout, generated images) with the weights as a
+#      WiSE-FT-style pickled model against the same weights as a plain state dict
+#      (benchmarks/finetuned_extract.py)
+#   6. with two or more GPUs: torchrun over all of them (NCCL) against one process
 # Every step runs even when an earlier one failed; the exit status says whether all passed. The log,
 # the JSON of each step and summary.md go to $RESULTS (default: $OUT where that is set, else a new
 # temporary folder); scratch files go to a temporary folder that is removed at the end.
@@ -91,6 +94,9 @@ step "throughput, $MODEL, GPU JPEG decoding" 120 \
 step "prompt learning, $MODEL, $PROMPT_CLASSES classes x $PROMPT_SHOTS shots, $PROMPT_EPOCHS epochs" 90 \
     "$PY" benchmarks/prompt_speed.py --model "$MODEL" --classes "$PROMPT_CLASSES" --shots "$PROMPT_SHOTS" \
     --epochs "$PROMPT_EPOCHS" --device "$DEVICE" --workdir "$SCRATCH" --json "$RESULTS/prompt_speed.json"
+step "fine-tuned extraction, $MODEL, imagenet-r layout: pickled model against plain state dict" 90 \
+    "$PY" benchmarks/finetuned_extract.py --model "$MODEL" --images "$IMAGES" --batch-size "$BATCH" \
+    --workers "$WORKERS" --device "$DEVICE" --json "$RESULTS/finetuned_extract.json"
 left=$(remaining)
 step "gla fit at $FIT_ROWS rows: $DEVICE against cpu, then the --val search" "$left" \
     "$PY" benchmarks/probe_scale.py --rows "$FIT_ROWS" --val-rows "$VAL_ROWS" --device "$DEVICE" \
@@ -141,6 +147,9 @@ if last:
 if (results / "prompt_speed.json").exists():
     from prompt_speed import markdown as prompt_markdown
     print("\n" + prompt_markdown(json.loads((results / "prompt_speed.json").read_text())))
+if (results / "finetuned_extract.json").exists():
+    from finetuned_extract import markdown as finetuned_markdown
+    print("\n" + finetuned_markdown(json.loads((results / "finetuned_extract.json").read_text())))
 if (results / "probe_scale.json").exists():
     print("\n" + markdown(json.loads((results / "probe_scale.json").read_text())))
 if (scratch / "sharded.h5").exists() and (scratch / "single.h5").exists():

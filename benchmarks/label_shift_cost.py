@@ -42,7 +42,7 @@ def gla(*args: object) -> None:
 def accuracies(work: Path, *files: Path) -> list[tuple[float, float]]:
     """(top-1, mean per-class) in % of each logits file, from ``gla evaluate --json``."""
     out = work / "results.json"
-    gla("evaluate", *files, "--json", out)
+    gla("evaluate", *files, "--json-out", out)
     return [(100 * r["metrics"]["top1"], 100 * r["metrics"]["mean_per_class"])
             for r in json.loads(out.read_text())["results"]]
 

@@ -24,7 +24,8 @@ def test_every_step_runs_and_the_summary_has_each_table(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 step(s) failed" in done.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"gpu_check.log", "summary.md", "cpu_decode.json",
-                                                    "gpu_decode.json", "prompt_speed.json", "probe_scale.json"}
+                                                    "gpu_decode.json", "prompt_speed.json", "probe_scale.json",
+                                                    "finetuned_extract.json"}
     for name in ("cpu_decode", "gpu_decode"):
         throughput = json.loads((tmp_path / f"{name}.json").read_text())
         assert throughput["images"] == 32 and throughput["images_per_second"]["extract"] > 0
@@ -35,6 +36,9 @@ def test_every_step_runs_and_the_summary_has_each_table(tmp_path):
     assert probe["rows"] == 3000 and set(probe["runs"]) == {"cpu", "device", "search"}
     assert all("report" in run for run in probe["runs"].values()), probe["runs"]
     assert probe["runs"]["cpu"]["report"]["iterations"] == probe["iterations"]
+    finetuned = json.loads((tmp_path / "finetuned_extract.json").read_text())
+    assert finetuned["max_feature_difference"] == 0 and finetuned["checkpoint_prefix"] == "image_encoder.model."
+    assert set(finetuned["runs"]) == {"plain state dict", "pickled model"}
     summary = (tmp_path / "summary.md").read_text().splitlines()
     throughput = [line for line in summary
                   if line.startswith(("| cpu | ", "| gpu | ")) and ("| loading |" in line or "| model |" in line)]
@@ -43,4 +47,5 @@ def test_every_step_runs_and_the_summary_has_each_table(tmp_path):
             if line.startswith(("| cpu | cpu | 5 |", "| device | cpu | 5 |", "| search | cpu |"))]
     assert len(fits) == 3 and any(line.startswith("search: ") for line in summary)
     assert sum(line.startswith("prompt learning (tiny, 10 classes x 2 shots, cpu): ") for line in summary) == 1
-    assert (tmp_path / "gpu_check.log").read_text().count("== ") >= 7
+    assert sum(line.startswith("fine-tuned extraction (tiny, imagenet-r layout") for line in summary) == 1
+    assert (tmp_path / "gpu_check.log").read_text().count("== ") >= 8

@@ -1,6 +1,7 @@
 # Reproductions of the GLA paper's three settings, and a quick start. See docs/reproduce.md.
 #
 #   make repro-imagenet   IMAGENET=data/imagenet
+#                         [FT_CHECKPOINT=ft.pt ZS_CHECKPOINT=openai SHIFTS="v2 sketch r a objectnet" SHIFT_ROOT=data]
 #   make repro-fewshot    DATASET=dtd COOP_DATA=data/coop       (SHOTS="1 2 4 8 16" SEEDS="1 2 3" HEAD=linear|prompt|anchored)
 #   make repro-fewshot-all COOP_DATA=data/coop IMAGENET=data/imagenet
 #   make repro-lt         DATASET=imagenet_lt|places_lt
@@ -26,6 +27,7 @@ HOLDOUT_SHOTS ?= 10
 
 IMAGENET   ?= data/imagenet
 IMAGENET_CLASSNAMES ?= $(RUNS)/imagenet/classnames.txt
+IMAGENET_TEMPLATES ?= imagenet
 COOP_DATA  ?= data/coop
 SHOTS      ?= 1 2 4 8 16
 SEEDS      ?= 1 2 3
@@ -121,7 +123,7 @@ $(RUNS)/%/holdout.h5 $(RUNS)/%/fit.h5: $(RUNS)/%/train.h5
 IMAGENET_DIR := $(RUNS)/imagenet/$(MODEL_TAG)
 $(eval $(call manyshot,$(IMAGENET_DIR),$(MODEL_ARGS),\
     $(IMAGENET)/train --classnames $(IMAGENET_CLASSNAMES),\
-    $(IMAGENET)/val --classnames $(IMAGENET_CLASSNAMES),imagenet,--tag setting=imagenet --tag model=$(MODEL_TAG)))
+    $(IMAGENET)/val --classnames $(IMAGENET_CLASSNAMES),$(IMAGENET_TEMPLATES),--tag setting=imagenet --tag model=$(MODEL_TAG)))
 $(IMAGENET_DIR)/train.h5 $(IMAGENET_DIR)/test.h5: | $(IMAGENET_CLASSNAMES)
 
 # CLIP's 1000 class names, one per line in sorted-wnid order (open_clip ships them).
@@ -130,8 +132,130 @@ $(RUNS)/imagenet/classnames.txt: | $(GLA_INSTALLED)
 	$(GLA_PYTHON) -c "from glacli.io.sources.torchvision_datasets import clip_imagenet_classnames as n; print('\n'.join(n()))" > $@.tmp
 	mv $@.tmp $@
 
+# ------------------------------------------------------------------------------ repro-imagenet, fine-tuned
+# With FT_CHECKPOINT (an end-to-end fine-tuned CLIP, any layout gla extract reads): the paper's own
+# setting. On ImageNet val and each shift of SHIFTS: the zero-shot model (ZS_CHECKPOINT's image tower,
+# the zero-shot head), its debiased form, the fine-tuned model (FT_CHECKPOINT's image tower and the
+# head FT_HEAD), WiSE-FT (both interpolated at WISE_ALPHA: image tower and head), the output-space
+# ensemble and GLA; q, the zero-shot head and the held-out split are the linear-probe run's (above).
+# Shift logits are combined on ImageNet's 1000 classes, then projected onto the set's classes.
+FT_CHECKPOINT ?=
+ZS_CHECKPOINT ?= $(PRETRAINED)
+FT_HEAD    ?= probe
+WISE_ALPHA ?= 0.5
+FT_BOOTSTRAP ?= 1000
+SHIFTS     ?= v2 sketch r a objectnet
+SHIFT_ROOT ?= data
+SHIFT_DIR_v2        ?= $(SHIFT_ROOT)/imagenetv2-matched-frequency-format-val
+SHIFT_DIR_sketch    ?= $(SHIFT_ROOT)/sketch
+SHIFT_DIR_r         ?= $(SHIFT_ROOT)/imagenet-r
+SHIFT_DIR_a         ?= $(SHIFT_ROOT)/imagenet-a
+SHIFT_DIR_objectnet ?= $(SHIFT_ROOT)/objectnet-1.0
+# Per evaluation set: its source, its name in the report, and its projection (none: 1000 classes).
+SET_SOURCE_imagenet  = $(IMAGENET)/val --classnames $(IMAGENET_CLASSNAMES)
+SET_SOURCE_v2        = imagenet-v2:$(SHIFT_DIR_v2) --classnames $(IMAGENET_CLASSNAMES)
+SET_SOURCE_sketch    = imagenet-sketch:$(SHIFT_DIR_sketch) --classnames $(IMAGENET_CLASSNAMES)
+SET_SOURCE_r         = imagenet-r:$(SHIFT_DIR_r) --classnames $(IMAGENET_CLASSNAMES)
+SET_SOURCE_a         = imagenet-a:$(SHIFT_DIR_a) --classnames $(IMAGENET_CLASSNAMES)
+SET_SOURCE_objectnet = objectnet:$(SHIFT_DIR_objectnet) --classnames $(IMAGENET_CLASSNAMES)
+SET_NAME_imagenet := ImageNet
+SET_NAME_v2       := ImageNet-V2
+SET_NAME_sketch   := ImageNet-Sketch
+SET_NAME_r        := ImageNet-R
+SET_NAME_a        := ImageNet-A
+SET_NAME_objectnet := ObjectNet
+SET_PROJECT_r         = --onto imagenet-r
+SET_PROJECT_a         = --onto imagenet-a
+SET_PROJECT_objectnet = --onto objectnet --mappings $(SHIFT_DIR_objectnet)/mappings
+FT_METHODS := zs debiased ft wise ensemble gla
+FT_NAMES   := --name zero-shot --name zero-shot-debiased --name fine-tuned --name WiSE-FT --name ensemble --name GLA
+
+FT_DIR := $(IMAGENET_DIR)/finetuned_$(notdir $(basename $(FT_CHECKPOINT)))
+# A checkpoint file may hold only the image tower: the zero-shot weights complete it.
+is_file = $(wildcard $(1))
+ZS_ARGS   = --model $(MODEL) --pretrained $(ZS_CHECKPOINT) $(if $(call is_file,$(ZS_CHECKPOINT)),--base-pretrained $(PRETRAINED)) --device $(DEVICE)
+FT_ARGS   = --model $(MODEL) --pretrained $(FT_CHECKPOINT) --base-pretrained $(PRETRAINED) --device $(DEVICE)
+WISE_ARGS = --model $(MODEL) --pretrained $(FT_DIR)/wise.safetensors --base-pretrained $(PRETRAINED) --device $(DEVICE)
+# The fine-tuned head: probe (a linear probe on the fine-tuned features of ImageNet train, fitted as the
+# linear-probe run's, its training set removed as pi_s) or zeroshot (the checkpoint's own text tower
+# with the ImageNet prompts, for FLYP / open_clip fine-tuning) or import (the checkpoint's own trained head,
+# FT_HEAD_KEY, read as WiSE-FT's ClassificationHead(normalize=True): gla import --input-normalize).
+FT_SOURCE_PRIOR_probe    := $(FT_DIR)/ft_fit.h5
+FT_SOURCE_PRIOR_zeroshot := uniform
+FT_SOURCE_PRIOR_import   := uniform
+# The file of a method on a set that evaluate reads: projected onto the set's classes where it has some.
+set_file = $(FT_DIR)/$(1)/$(2)$(if $(SET_PROJECT_$(1)),_projected).h5
+
+$(FT_DIR)/ft_train.h5: | $(IMAGENET_CLASSNAMES) $(GLA_INSTALLED)
+	@mkdir -p $(@D)
+	$(GLA) extract $(IMAGENET)/train --classnames $(IMAGENET_CLASSNAMES) -o $@ $(FT_ARGS) $(EXTRACT_FLAGS)
+$(FT_DIR)/ft_holdout.h5 $(FT_DIR)/ft_fit.h5: $(FT_DIR)/ft_train.h5
+	$(GLA) subset $< --shots $(HOLDOUT_SHOTS) --seed 0 -o $(FT_DIR)/ft_holdout.h5 --rest-out $(FT_DIR)/ft_fit.h5
+$(FT_DIR)/ft_head-probe.h5: $(FT_DIR)/ft_fit.h5 $(FT_DIR)/ft_holdout.h5
+	$(GLA) fit $< --val $(FT_DIR)/ft_holdout.h5 --device $(DEVICE) -o $@
+$(FT_DIR)/ft_head-zeroshot.h5: $(IMAGENET_DIR)/test.h5
+	@mkdir -p $(@D)
+	$(GLA) zeroshot --model $(MODEL) --pretrained $(FT_CHECKPOINT) --device $(DEVICE) --like $< \
+	    --templates $(IMAGENET_TEMPLATES) -o $@
+FT_HEAD_KEY ?= classification_head
+$(FT_DIR)/ft_head-import.h5: | $(IMAGENET_CLASSNAMES) $(GLA_INSTALLED)
+	@mkdir -p $(@D)
+	$(GLA) import $(FT_CHECKPOINT) --kind head --key $(FT_HEAD_KEY) --input-normalize \
+	    --classnames $(IMAGENET_CLASSNAMES) -o $@
+$(FT_DIR)/wise.safetensors: | $(GLA_INSTALLED)
+	@mkdir -p $(@D)
+	$(GLA) interpolate $(ZS_CHECKPOINT) $(FT_CHECKPOINT) --model $(MODEL) --alpha $(WISE_ALPHA) -o $@
+$(FT_DIR)/wise_head.h5: $(IMAGENET_DIR)/zs_head.h5 $(FT_DIR)/ft_head-$(FT_HEAD).h5
+	$(GLA) interpolate $^ --alpha $(WISE_ALPHA) -o $@
+
+# $(call ft_set,SET): the three extractions of one evaluation set, its six methods, their projection
+# and its results.json (ImageNet's with head / medium / tail thirds by q).
+define ft_set
+$(FT_DIR)/$(1)/zs_features.h5: | $$(IMAGENET_CLASSNAMES) $$(GLA_INSTALLED)
+	@mkdir -p $$(@D)
+	$$(GLA) extract $$(SET_SOURCE_$(1)) -o $$@ $$(ZS_ARGS) $$(EXTRACT_FLAGS)
+$(FT_DIR)/$(1)/ft_features.h5: | $$(IMAGENET_CLASSNAMES) $$(GLA_INSTALLED)
+	@mkdir -p $$(@D)
+	$$(GLA) extract $$(SET_SOURCE_$(1)) -o $$@ $$(FT_ARGS) $$(EXTRACT_FLAGS)
+$(FT_DIR)/$(1)/wise_features.h5: $(FT_DIR)/wise.safetensors | $$(IMAGENET_CLASSNAMES)
+	@mkdir -p $$(@D)
+	$$(GLA) extract $$(SET_SOURCE_$(1)) -o $$@ $$(WISE_ARGS) $$(EXTRACT_FLAGS)
+$(FT_DIR)/$(1)/zs.h5: $(FT_DIR)/$(1)/zs_features.h5 $(IMAGENET_DIR)/zs_head.h5
+	$$(GLA) logits $$^ -o $$@
+$(FT_DIR)/$(1)/ft.h5: $(FT_DIR)/$(1)/ft_features.h5 $(FT_DIR)/ft_head-$$(FT_HEAD).h5
+	$$(GLA) logits $$^ -o $$@
+$(FT_DIR)/$(1)/wise.h5: $(FT_DIR)/$(1)/wise_features.h5 $(FT_DIR)/wise_head.h5
+	$$(GLA) logits $$^ -o $$@
+$(FT_DIR)/$(1)/debiased.h5: $(FT_DIR)/$(1)/zs.h5 $(IMAGENET_DIR)/prior.h5
+	$$(GLA) combine --zeroshot $$< --prior $$(word 2,$$^) -o $$@
+$(FT_DIR)/$(1)/ensemble.h5: $(FT_DIR)/$(1)/zs.h5 $(IMAGENET_DIR)/prior.h5 $(FT_DIR)/$(1)/ft.h5
+	$$(GLA) combine --zeroshot $$< --prior $$(word 2,$$^) --finetuned $$(word 3,$$^) \
+	    --method ensemble --alpha $$(ENSEMBLE_ALPHA) -o $$@
+$(FT_DIR)/$(1)/gla.h5: $(FT_DIR)/$(1)/zs.h5 $(IMAGENET_DIR)/prior.h5 $(FT_DIR)/$(1)/ft.h5 \
+                       $$(filter-out uniform,$$(FT_SOURCE_PRIOR_$$(FT_HEAD)))
+	$$(GLA) combine --zeroshot $$< --prior $$(word 2,$$^) --finetuned $$(word 3,$$^) \
+	    --source-prior $$(FT_SOURCE_PRIOR_$$(FT_HEAD)) -o $$@
+$(FT_DIR)/$(1)/%_projected.h5: $(FT_DIR)/$(1)/%.h5
+	$$(GLA) project $$< $$(SET_PROJECT_$(1)) -o $$@
+$(FT_DIR)/$(1)/results.json: $(foreach m,$(FT_METHODS),$(call set_file,$(1),$(m))) $(IMAGENET_DIR)/prior.h5
+	$$(GLA) evaluate $$(wordlist 1,6,$$^) $$(FT_NAMES) $(if $(filter imagenet,$(1)),--prior $(IMAGENET_DIR)/prior.h5) \
+	    --tag set=$$(SET_NAME_$(1)) --tag model=$$(MODEL_TAG) --device $$(DEVICE) --bootstrap $$(FT_BOOTSTRAP) --json-out $$@
+endef
+$(foreach set,imagenet $(SHIFTS),$(eval $(call ft_set,$(set))))
+
+# report.md: methods x sets (top-1), the shifts' mean (± std over the shifts), and ImageNet's
+# head / medium / tail thirds by q.
+FT_SHIFT_RESULTS = $(foreach set,$(SHIFTS),$(FT_DIR)/$(set)/results.json)
+$(FT_DIR)/report.md: $(FT_DIR)/imagenet/results.json $(FT_SHIFT_RESULTS)
+	$(GLA) report $^ --cols set -o $(FT_DIR)/report-sets.md
+	$(if $(SHIFTS),$(GLA) report $(FT_SHIFT_RESULTS) -o $(FT_DIR)/report-shifts-mean.md)
+	$(foreach third,head medium tail,$(GLA) report $< --metric q_$(third) -o $(FT_DIR)/report-q_$(third).md &&) true
+	cat $(FT_DIR)/report-sets.md $(if $(SHIFTS),$(FT_DIR)/report-shifts-mean.md) \
+	    $(foreach third,head medium tail,$(FT_DIR)/report-q_$(third).md) > $@.tmp
+	mv $@.tmp $@
+
 .PHONY: repro-imagenet
-repro-imagenet: $(IMAGENET_DIR)/report.md
+repro-imagenet: $(if $(FT_CHECKPOINT),$(FT_DIR)/report.md,$(IMAGENET_DIR)/report.md)
 
 # ------------------------------------------------------------------------------ quickstart-clip
 # The same protocol on CIFAR-100, downloaded by torchvision into TV_DATA (needs network once).
@@ -308,6 +432,16 @@ endif
 ifneq ($(filter repro-fewshot repro-fewshot-all,$(MAKECMDGOALS)),)
   ifeq ($(FS_HEAD),)
     $(error HEAD must be linear, prompt or anchored, not $(HEAD))
+  endif
+endif
+ifneq ($(filter repro-imagenet,$(MAKECMDGOALS)),)
+  ifneq ($(filter-out v2 sketch r a objectnet,$(SHIFTS)),)
+    $(error SHIFTS takes v2 sketch r a objectnet, not $(filter-out v2 sketch r a objectnet,$(SHIFTS)))
+  endif
+  ifneq ($(FT_CHECKPOINT),)
+    ifeq ($(filter probe zeroshot import,$(FT_HEAD)),)
+      $(error FT_HEAD must be probe, zeroshot or import, not $(FT_HEAD))
+    endif
   endif
 endif
 ifneq ($(filter repro-lt,$(MAKECMDGOALS)),)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-HEAD_TYPES = ("zeroshot", "linear", "anchored", "prompt", "finetuned")
+HEAD_TYPES = ("zeroshot", "linear", "anchored", "prompt", "finetuned", "wise-ft")
 PROMPT_PLACEHOLDER = "{}"
 """Where the class name goes in a prompt template (read by :mod:`glacli.io.templates`, filled by
 :mod:`glacli.core.zeroshot`)."""

@@ -61,6 +61,8 @@ COMMANDS: dict[str, CommandEntry] = {
     "import": CommandEntry("import_", "Import logits, features, a prior or a head written by another tool."),
     "export": CommandEntry("export", "Write a gla file out for other tools."),
     "info": CommandEntry("info", "Show a gla file's kind, shape, temperatures, method and parents."),
+    "interpolate": CommandEntry("interpolate", "WiSE-FT: interpolate two checkpoints or two heads by alpha."),
+    "project": CommandEntry("project", "Restrict or max-merge ImageNet logits onto a shift set's classes."),
 }
 """Every command of gla, in pipeline order (the order of ``gla --help``)."""
 COMMAND_MODULES = {name: entry.module for name, entry in COMMANDS.items()}

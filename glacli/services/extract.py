@@ -39,12 +39,15 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
             options: extraction.ExtractOptions, split: str | None = None, root: Path | None = None,
             classnames: Path | None = None, shots: int | None = None, seed: int = 0, allow_fewer: bool = False,
             rows_of: Path | None = None, device: str = "auto", autocast: str = "fp16", download: bool = False,
-            reporter: Reporter = Reporter()) -> dict[str, Any] | None:
+            base_pretrained: str | None = None, reporter: Reporter = Reporter()) -> dict[str, Any] | None:
     """Encode the rows of ``source`` (``shots`` per class, or the rows that the features file
     ``rows_of`` lists, when given) into ``output``, as ``options.augment_views`` views each when
     set; returns the summary of ``gla extract --json`` (None on the ranks of a torchrun job other
-    than rank 0)."""
+    than rank 0). ``base_pretrained``: the weights that complete a checkpoint holding only the
+    image tower (:mod:`glacli.io.checkpoints`)."""
     input_kind = check_backend(backend, pretrained).input_kind
+    if base_pretrained and backend != "open_clip":
+        raise GlaInputError(f"--base-pretrained applies to the open_clip backend, not {backend}")
     require_choice(autocast, AUTOCAST_CHOICES, "--autocast")
     if allow_fewer and shots is None:
         raise GlaInputError("--allow-fewer applies with --shots only")
@@ -68,7 +71,8 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
                 reporter.warning(warning)
             if classnames is not None and (note := renamed_classnames_note(rows.classnames)):
                 reporter.message(f"note: {note}")
-        encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast)
+        encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast,
+                               **({"base_pretrained": base_pretrained} if base_pretrained else {}))
         result = extraction.extract(rows, encoder, output, options, dist, reporter)
     finally:
         dist.close()

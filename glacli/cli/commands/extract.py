@@ -31,8 +31,9 @@ def extract_command(
         "--root", help="Folder that relative manifest/split paths start from (default: the manifest's folder); "
                        "for torchvision: sources, the data folder.")] = None,
     classnames: Annotated[Path | None, typer.Option(
-        "--classnames", help="Class names, one per line or a JSON list: names integer labels, or fixes the class "
-                             "order.")] = None,
+        "--classnames", "--imagenet-classes",
+        help="Class names, one per line or a JSON list: names integer labels, or fixes the class order (ImageNet "
+             "shift sources: ImageNet's 1000 names, by default CLIP's).")] = None,
     shots: Annotated[int | None, typer.Option(
         "--shots", help="Keep K images per class: the rows 'gla subset --shots K --seed S' would take.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots selection and of the augmented views.")
@@ -69,6 +70,10 @@ def extract_command(
     download: Annotated[bool, typer.Option(
         "--download", help="torchvision: sources: let torchvision download the dataset into --root.")] = False,
     backend: BackendOption = DEFAULT_BACKEND,
+    base_pretrained: Annotated[str | None, typer.Option(
+        "--base-pretrained", metavar="TAG_OR_PATH",
+        help="With a checkpoint that holds only the image tower (visual.*): the weights of the rest (text "
+             "tower, logit scale), e.g. the zero-shot model's tag openai.")] = None,
     json_output: JsonOutput = False,
     json_out: JsonFileOutput = None,
 ) -> None:
@@ -89,6 +94,9 @@ def extract_command(
 
         gla extract bbcnews/data -o news.h5 --backend sentence-transformers --model models/all-MiniLM-L6-v2
 
+        gla extract data/imagenet/val -o val_ft.h5 --model ViT-B-16 --pretrained checkpoint_10.pt \\
+            --base-pretrained openai
+
         gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
             -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
@@ -102,6 +110,6 @@ def extract_command(
         summary = extract(source, output, model=model, pretrained=pretrained, backend=backend, options=options,
                           split=split, root=root, classnames=classnames, shots=shots, seed=seed,
                           allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
-                          download=download, reporter=reporter)
+                          download=download, base_pretrained=base_pretrained, reporter=reporter)
     if summary is not None:
         print_summary(summary, json_output, "gla extract", json_out)

@@ -14,7 +14,8 @@ SCALE_ATTRS = ("temperature", "logits_temperature", "zs_temperature", "ft_temper
 DESCRIBING_ATTRS = ("head_type", "method", "combine_method", "calibration_method", "target", "converged",
                     "max_moment_gap", "iterations", "model", "pretrained", "templates", "head_id",
                     "zeroshot_head_id", "zeroshot_model", "zeroshot_templates", "source_prior", "target_prior",
-                    "alpha", "n_rows", "source", "shots", "seed")
+                    "alpha", "n_rows", "source", "shots", "seed", "checkpoint_sha256", "checkpoint_prefix",
+                    "checkpoint_layout", "base_pretrained", "interpolated_alpha", "projected_onto")
 """Attributes shown first when present, in this order; every other attribute follows by name."""
 PROVENANCE_ATTRS = ("gla_kind", "gla_format", "gla_version", "gla_complete", "created", "gla_id", "parents")
 """Shown apart: in the kind line and at the end."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from glacli.base.errors import GlaInputError, one_line
+from glacli.io.checkpoints import CHECKPOINT_SUFFIXES, IMAGE_TOWER, Checkpoint, is_checkpoint_file, read_checkpoint
 from glacli.io.encoders.augment import ViewLoader
 from glacli.io.encoders.base import DecodeError, Encoder, amp_dtype_for, decode_rgb
 
@@ -56,7 +57,8 @@ class OpenClipEncoder(Encoder):
     backend = "open_clip"
     input_kind = "image"
 
-    def __init__(self, model: str, pretrained: str | None, device: torch.device, autocast: str = "fp16"):
+    def __init__(self, model: str, pretrained: str | None, device: torch.device, autocast: str = "fp16",
+                 base_pretrained: str | None = None):
         import open_clip
 
         amp_dtype = amp_dtype_for(autocast, device)
@@ -67,14 +69,27 @@ class OpenClipEncoder(Encoder):
         elif not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
             raise GlaInputError(f"--model: unknown open_clip architecture {model!r} "
                                 f"(see open_clip.list_models(), or pass a model-config .json)")
+        checkpoint = read_checkpoint(weights) if is_checkpoint_file(weights) else None
+        if base_pretrained and checkpoint is None:
+            raise GlaInputError("--base-pretrained applies when --pretrained is a checkpoint file "
+                                f"({', '.join(CHECKPOINT_SUFFIXES)})")
         if weights and Path(weights).is_file():
             weights = str(Path(weights).resolve())
         with _quiet_open_clip_logging():
             try:
-                net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+                net, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=weights if checkpoint is None else base_pretrained,
+                    device=device if checkpoint is None else "cpu")
             except (RuntimeError, ValueError, KeyError, OSError) as exc:
-                raise GlaInputError(f"--pretrained {pretrained!r}: cannot load model {arch!r}: "
-                                    f"{one_line(exc)}") from exc
+                given = pretrained if checkpoint is None else base_pretrained
+                raise GlaInputError(f"--{'base-' if checkpoint else ''}pretrained {given!r}: cannot load model "
+                                    f"{arch!r}: {one_line(exc)}") from exc
+        self.checkpoint_attrs: dict[str, str] = {}
+        if checkpoint is not None:
+            from_base = load_checkpoint_weights(net, checkpoint, arch, base_pretrained)
+            self.checkpoint_attrs = {**checkpoint.describe(),
+                                     **({"base_pretrained": base_pretrained} if from_base else {})}
+            net.to(device)
         net.eval().requires_grad_(False)
         self.model, self.preprocess = net, preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
@@ -87,7 +102,7 @@ class OpenClipEncoder(Encoder):
         return float(self.model.logit_scale.detach().float().exp())
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "dim": self.dim}
+        return {**super().describe(), "dim": self.dim, **self.checkpoint_attrs}
 
     def loader(self, decode_on_device: bool = False) -> Callable[[bytes], torch.Tensor]:
         return RawJpegLoader() if decode_on_device else PilImageLoader(self.preprocess)
@@ -176,6 +191,57 @@ class OpenClipEncoder(Encoder):
             except RuntimeError:
                 continue
         return None
+
+
+def open_clip_weights(model: str, pretrained: str) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` with the weights ``pretrained`` (a tag, hf-hub name or file), on the CPU."""
+    encoder = OpenClipEncoder(model, pretrained, torch.device("cpu"), autocast="off")
+    return {k: v.detach() for k, v in encoder.model.state_dict().items()}
+
+
+IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "text.transformer.embeddings.position_ids")
+"""Entries of OpenAI's and older Hugging Face state dicts that are not weights (open_clip drops them too)."""
+
+
+def load_checkpoint_weights(net: torch.nn.Module, checkpoint: Checkpoint, arch: str, base: str | None) -> bool:
+    """Load ``checkpoint`` into ``net`` with open_clip's own conversions (``open_clip.load_checkpoint``'s
+    steps on an already-read state dict); returns whether keys it lacks were kept from ``base``.
+
+    A key the model does not have, a missing image-tower key, or a missing text-tower key without
+    ``--base-pretrained`` is refused in one line naming the first such key.
+    """
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    path = checkpoint.path
+    state = {k: v for k, v in checkpoint.state_dict.items() if k not in IGNORED_KEYS}
+    state = convert_state_dict(net, state)
+    if "positional_embedding" in state and not hasattr(net, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        ours = getattr(net, key, None)
+        if key in state and ours is not None and ours.ndim != state[key].ndim:
+            state[key] = state[key].reshape(ours.shape)
+    resize_pos_embed(state, net)
+    resize_text_pos_embed(state, net)
+    expected = net.state_dict()
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise GlaInputError(f"key {unexpected[0]!r} is not a weight of {arch} ({len(unexpected)} such keys; is "
+                            f"--model right?)", path)
+    wrong = next((k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)), None)
+    if wrong is not None:
+        raise GlaInputError(f"{wrong} has shape {tuple(state[wrong].shape)}, {arch} needs "
+                            f"{tuple(expected[wrong].shape)} (is --model right?)", path)
+    missing = [k for k in expected if k not in state]
+    tower = next((k for k in missing if k.startswith(IMAGE_TOWER)), None)
+    if tower is not None:
+        raise GlaInputError(f"lacks the image-tower weight {tower!r} of {arch}", path)
+    if missing and not base:
+        raise GlaInputError(f"holds no {missing[0]!r} ({len(missing)} weights outside the image tower are "
+                            f"missing): give --base-pretrained (the zero-shot weights, e.g. openai) for them", path)
+    net.load_state_dict(state, strict=False)
+    return bool(missing)
 
 
 def _to_unit_float(image: torch.Tensor) -> torch.Tensor:

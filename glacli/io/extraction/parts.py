@@ -21,7 +21,7 @@ from glacli.base.validation import feature_dtype
 from glacli.io import store
 
 STATE_FILE = "state.json"
-FINGERPRINT_KEYS = ("encoder", "model", "pretrained", "source", "source_kind", "split", "root", "shots",
+FINGERPRINT_KEYS = ("encoder", "model", "pretrained", "checkpoint_sha256", "source", "source_kind", "split", "root", "shots",
                     "seed", "classnames_file", "rows_digest", "dtype")
 """Attributes that must agree for a run to resume, or for an existing output to count as done."""
 

@@ -48,9 +48,14 @@ def _numpy(tensor: Any) -> Any:
 
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A checkpoint's tensors by their dotted names: nested dicts (``{"state_dict": {...}}``, as training
-    scripts save) are flattened, ``{"state_dict": {"module.fc.weight": W}}`` -> ``state_dict.module.fc.weight``."""
+    scripts save) are flattened, ``{"state_dict": {"module.fc.weight": W}}`` -> ``state_dict.module.fc.weight``;
+    a whole pickled model is read by :mod:`glacli.io.checkpoints` (inert stand-ins, no code run), its
+    parameters named by their module path (``classification_head.weight``)."""
     import torch
 
+    from glacli.io.checkpoints import pickled_globals, read_tensors
+    if pickled_globals(path):  # a whole pickled model (WiSE-FT's ImageClassifier): the safe reader's module tree
+        return {key: _numpy(value) for key, value in read_tensors(path)[0].items()}
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

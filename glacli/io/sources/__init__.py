@@ -4,6 +4,7 @@ Every layout is a module with a :class:`~glacli.io.sources.base.Layout` entry in
 tried in order (the way open_clip looks up a model name in its registry):
 
     torchvision_datasets.py  torchvision:NAME (downloaded into --root with --download)
+    imagenet_shifts.py       imagenet-v2:, imagenet-sketch:, imagenet-r:, imagenet-a:, objectnet: PATH
     tar.py                   webdataset-style .tar shards (a path or a glob)
     folder.py                one sub-folder per class
     manifest.py              .csv/.tsv/.txt lists of paths (or texts) and labels
@@ -25,11 +26,11 @@ from glacli.base.types import InlineText, Locator, Rows, TarMember
 from glacli.base.validation import require_count
 from glacli.core.subset import NotEnoughRows, few_shot_split, shot_keys
 from glacli.io.formats.classnames import read_classnames
-from glacli.io.sources import coop_split, folder, manifest, tar, torchvision_datasets
+from glacli.io.sources import coop_split, folder, imagenet_shifts, manifest, tar, torchvision_datasets
 from glacli.io.sources.base import INPUT_KINDS, Layout, Request
 
-LAYOUTS: tuple[Layout, ...] = (torchvision_datasets.LAYOUT, tar.LAYOUT, folder.LAYOUT, manifest.LAYOUT,
-                               coop_split.LAYOUT)
+LAYOUTS: tuple[Layout, ...] = (torchvision_datasets.LAYOUT, imagenet_shifts.LAYOUT, tar.LAYOUT, folder.LAYOUT,
+                               manifest.LAYOUT, coop_split.LAYOUT)
 """The source layouts, in the order they are tried."""
 
 
