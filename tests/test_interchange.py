@@ -70,7 +70,9 @@ def test_logits_npy_round_trip_with_labels_and_classnames_apart(gla, tmp_path, l
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".csv"])
-def test_features_round_trip_keeps_float16_and_unit_rows(gla, tmp_path, small_chunks, suffix):
+def test_features_round_trip_stores_float16_as_unit_float32_rows(gla, tmp_path, small_chunks, suffix):
+    """Issue 23.1: float16 features come back as float32 rows of unit length to float32 rounding (a float16
+    row normalised and stored as float16 again would be off by its rounding, ~1e-3)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 6))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -85,12 +87,13 @@ def test_features_round_trip_keeps_float16_and_unit_rows(gla, tmp_path, small_ch
     with store.read_rows(tmp_path / "f.h5", "features") as a, store.read_rows(tmp_path / "back.h5", "features") as b:
         stored = b.read(dtype=np.float64)
         np.testing.assert_allclose(stored, a.read(dtype=np.float64), atol=1e-3)
-        np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=2e-3)
+        np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-6)
         assert b.ids() == a.ids() and b.classnames == a.classnames
         np.testing.assert_array_equal(b.labels, a.labels)
-    if suffix == ".npz":
-        with h5py.File(tmp_path / "back.h5", "r") as h5:
-            assert h5["features"].dtype == np.float16
+    with h5py.File(tmp_path / "f.h5", "r") as h5:
+        assert h5["features"].dtype == np.float16
+    with h5py.File(tmp_path / "back.h5", "r") as h5:
+        assert h5["features"].dtype == np.float32
 
 
 def test_features_are_l2_normalised_on_import(gla, tmp_path):
@@ -196,12 +199,12 @@ def test_pt_tensor_and_dict_priors(gla, tmp_path):
         assert "normalised the prior" in r.out
 
 
-def test_pt_logits_with_labels_and_probability_hint(gla, tmp_path):
+def test_pt_logits_with_labels_and_probabilities_taken_as_logits_on_request(gla, tmp_path):
     p = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
     torch.save({"logits": p, "targets": torch.tensor([0, 1, 1])}, tmp_path / "m.pt")
-    r = gla("import", tmp_path / "m.pt", "--kind", "logits", "-o", tmp_path / "o.h5")
+    r = gla("import", tmp_path / "m.pt", "--kind", "logits", "--logits-anyway", "-o", tmp_path / "o.h5")
     assert r.code == 0, r.err
-    assert "--probabilities" in r.out  # the values look like probabilities: say so
+    assert "taken as logits as --logits-anyway asks" in r.out
     z, y, ids, names, _ = read_logits(tmp_path / "o.h5")
     np.testing.assert_array_equal(z, p.numpy())
     np.testing.assert_array_equal(y, [0, 1, 1])
@@ -267,7 +270,8 @@ def test_ids_range_numbers_rows_as_a_csv_id_column_reads(gla, two_tools, small_c
     r = gla("import", t / "wrn.npz", "--kind", "logits", "--probabilities", "--ids-range", "0", "-o", t / "ft.h5")
     assert r.code == 0, r.err
     assert read_logits(t / "ft.h5")[2] == read_logits(t / "zs.h5")[2]
-    assert gla("import", t / "wrn.npz", "--kind", "logits", "--ids-range", "1000", "-o", t / "late.h5").code == 0
+    assert gla("import", t / "wrn.npz", "--kind", "logits", "--probabilities", "--ids-range", "1000",
+               "-o", t / "late.h5").code == 0
     assert read_logits(t / "late.h5")[2] == [str(i) for i in range(1000, 1024)]
 
 
@@ -408,8 +412,9 @@ BAD_IMPORTS = [
                                       npy(t, "y.npy", np.array([0, 1]))], "holds 2 labels for 3 rows"),
     ("classnames count", lambda t: [npy(t, "g.npy", GOOD), "--kind", "logits", "--classnames",
                                     text(t, "c.txt", "a\nb\nc\n")], "2 class columns but 3 class names"),
-    ("duplicate classnames", lambda t: [npy(t, "g.npy", GOOD), "--kind", "logits", "--classnames",
-                                        text(t, "c.txt", "a\na\n")], "appears twice"),
+    ("classnames equal to a renamed repeat", lambda t: [npy(t, "g3.npy", np.ones((2, 3))), "--kind", "logits",
+                                                       "--classnames", text(t, "c.txt", "a\na\na (1)\n")],
+     "class name 'a (1)' appears twice (classes 1 and 2)"),
     ("zero prior", lambda t: [npy(t, "z.npy", np.array([0.5, 0.0, 0.5])), "--kind", "prior"], "prior entry 1 is 0"),
     ("negative prior", lambda t: [text(t, "q.csv", "class,prior\na,0.6\nb,-0.1\n"), "--kind", "prior"],
      "prior entry 1 is -0.1"),
@@ -432,7 +437,7 @@ BAD_IMPORTS = [
     ("features without classes", lambda t: [npy(t, "g.npy", GOOD), "--kind", "features"], "need --classnames"),
     ("bad json", lambda t: [text(t, "b.json", "{not json"), "--kind", "prior"], "not valid JSON"),
     ("json logits", lambda t: [text(t, "l.json", "[1, 2]"), "--kind", "logits"], "priors only"),
-    ("bad kind", lambda t: [npy(t, "g.npy", GOOD), "--kind", "head"], "--kind: expected one of"),
+    ("bad kind", lambda t: [npy(t, "g.npy", GOOD), "--kind", "model"], "--kind: expected one of"),
     ("probabilities for prior", lambda t: [npy(t, "pp.npy", np.ones(2)), "--kind", "prior", "--probabilities"],
      "does not apply to a prior"),
     ("bad temperature", lambda t: [npy(t, "pt.npy", np.ones(2)), "--kind", "prior", "--temperature", "-1"],

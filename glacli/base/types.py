@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-HEAD_TYPES = ("zeroshot", "linear", "anchored", "prompt")
+HEAD_TYPES = ("zeroshot", "linear", "anchored", "prompt", "finetuned")
 PROMPT_PLACEHOLDER = "{}"
 """Where the class name goes in a prompt template (read by :mod:`glacli.io.templates`, filled by
 :mod:`glacli.core.zeroshot`)."""
@@ -316,6 +316,8 @@ class ImportReport:
     labelled_rows: int = 0
     ids_from: str = ""
     notes: list[str] = field(default_factory=list)
+    head_type: str = ""
+    """Heads: the ``head_type`` written."""
 
 
 @dataclass

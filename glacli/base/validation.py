@@ -153,7 +153,8 @@ def require_every_class(labels: np.ndarray, classnames: Sequence[str], path: Pat
 
 
 def check_classnames(names: Sequence[str], path: PathLike, unit: str = "class") -> list[str]:
-    """``names`` with surrounding whitespace stripped; none, a blank one or a repeated one is refused.
+    """``names`` with surrounding whitespace stripped and repeats made distinct
+    (:func:`disambiguate_classnames`); none or a blank one is refused.
 
     ``unit`` names the positions in messages: ``line`` (counted from 1) for a text file, ``entry``
     or ``class`` (counted from 0, as list indices are) otherwise.
@@ -163,8 +164,47 @@ def check_classnames(names: Sequence[str], path: PathLike, unit: str = "class") 
         raise GlaInputError("holds no class names", path)
     if "" in names:
         raise GlaInputError(f"class name at {_at(unit, names.index(''))} is blank", path)
-    require_unique(names, path, unit)
-    return names
+    distinct = disambiguate_classnames(names)
+    require_unique(distinct, path, "class")  # a listed name that equals a renamed one, e.g. 'missile (744)'
+    return distinct
+
+
+def disambiguate_classnames(names: Sequence[str]) -> list[str]:
+    """Repeated names made distinct, the same way everywhere: every occurrence after the first gets its
+    class index (from 0), ``missile`` at 657 and 744 -> ``missile``, ``missile (744)``.
+
+    Public ImageNet name lists (OpenAI's among them) name two pairs of distinct classes alike; the
+    index keeps the result stable under any edit that does not move the class.
+    """
+    seen: set[str] = set()
+    out = []
+    for k, name in enumerate(names):
+        out.append(f"{name} ({k})" if name in seen else name)
+        seen.add(name)
+    return out
+
+
+def prompt_classnames(names: Sequence[str]) -> list[str]:
+    """The names as listed before :func:`disambiguate_classnames`, for prompts ("a photo of a missile"):
+    a name ``X (k)`` at index ``k`` whose ``X`` names an earlier class is read back as ``X``."""
+    earlier: set[str] = set()
+    out = []
+    for k, name in enumerate(names):
+        suffix = f" ({k})"
+        base = name[:-len(suffix)] if name.endswith(suffix) else None
+        out.append(base if base is not None and base in earlier else name)
+        earlier.add(out[-1])
+    return out
+
+
+def renamed_classnames_note(names: Sequence[str]) -> str | None:
+    """One note saying which repeated names :func:`disambiguate_classnames` renamed, or None."""
+    renamed = [name for name, listed in zip(names, prompt_classnames(names)) if name != listed]
+    if not renamed:
+        return None
+    shown = ", ".join(repr(n) for n in renamed[:4]) + (", ..." if len(renamed) > 4 else "")
+    return (f"{len(renamed)} repeated class name{'s' if len(renamed) > 1 else ''} made distinct by "
+            f"adding the class index: {shown} (prompts keep the names as listed)")
 
 
 def require_unique(names: Sequence[str], path: PathLike, unit: str = "class") -> None:

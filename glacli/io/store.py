@@ -225,7 +225,7 @@ def open_h5(path: str | Path) -> h5py.File:
         raise GlaInputError("is a directory, not an HDF5 file", path)
     try:
         if not h5py.is_hdf5(path):
-            raise GlaInputError("not an HDF5 file", path)
+            raise GlaInputError("not an HDF5 file (convert it with `gla import`)", path)
         return h5py.File(path, "r")
     except OSError as exc:
         raise GlaInputError(f"cannot be read as HDF5 (truncated or corrupt): {exc}", path) from exc

@@ -11,7 +11,7 @@ from typing import Any
 
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
-from glacli.base.validation import require_choice
+from glacli.base.validation import renamed_classnames_note, require_choice
 from glacli.io import extraction
 from glacli.io import sources
 from glacli.io import store
@@ -66,6 +66,8 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
         if dist.is_main:
             for warning in rows.warnings:
                 reporter.warning(warning)
+            if classnames is not None and (note := renamed_classnames_note(rows.classnames)):
+                reporter.message(f"note: {note}")
         encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast)
         result = extraction.extract(rows, encoder, output, options, dist, reporter)
     finally:

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from glacli.base import chunking
 from glacli.base.errors import GlaInputError
-from glacli.base.types import ExportReport, ImportReport, Prior
+from glacli.base.types import HEAD_TYPES, ExportReport, Head, ImportReport, Prior, Reporter
 from glacli.io import formats
 from glacli.io import store
 from glacli.io.formats import npy
-from glacli.io.formats.base import ReadOptions, RowSource
+from glacli.io.formats.base import ReadOptions, RowSource, positional_classnames
 from glacli.io.formats.classnames import read_classnames
 from glacli.base.validation import (
     PRIOR_SUM_TOLERANCE,
     check_classnames,
+    renamed_classnames_note,
     require_choice,
     require_count,
     require_finite,
@@ -36,11 +40,17 @@ from glacli.base.validation import (
     require_positive_entries,
 )
 
-IMPORT_KINDS = ("logits", "features", "prior")
+IMPORT_KINDS = ("logits", "features", "prior", "head")
 TINY = float(np.finfo(np.float32).tiny)
 """Probabilities of exactly 0 are stored as log(TINY) so that the logits stay finite."""
 PRIOR_STATUS_ATTRS = ("temperature", "method", "converged", "max_moment_gap", "iterations")
 """Attributes of an imported prior that the prior record sets itself."""
+PROBABILITY_SUM_TOLERANCE = 1e-3
+"""Rows that are non-negative and sum to 1 within this look like probabilities, not logits."""
+UNIT_NORM_TOLERANCE = 1e-3
+"""Feature rows whose length is within this of 1 count as already L2-normalised (float16 rounding)."""
+PROGRESS_DELAY = 1.0
+"""Seconds an import runs before its progress bar appears (short imports show none)."""
 
 
 def default_classnames(n: int) -> list[str]:
@@ -51,40 +61,84 @@ def default_ids(start: int, stop: int) -> list[str]:
     return [f"row_{i:06d}" for i in range(start, stop)]
 
 
+@dataclass(frozen=True)
+class HeadOptions:
+    """How an imported head is scaled and what it is (``gla import --kind head``)."""
+
+    normalize_rows: bool = False
+    """Scale each weight row to unit length first (text classifiers stored unnormalised)."""
+    logit_scale: float | None = None
+    """Multiply weight and bias by this (CLIP's 100 for a zero-shot text classifier)."""
+    input_normalize: bool = False
+    """The head L2-normalises its input (WiSE-FT's ``ClassificationHead(normalize=True)``)."""
+    head_type: str | None = None
+    """Default: ``finetuned`` for a checkpoint's ``<key>.weight``, ``zeroshot`` for an array."""
+
+    def given(self) -> list[str]:
+        return [option for option, value in (("--normalize-rows", self.normalize_rows or None),
+                                             ("--logit-scale", self.logit_scale),
+                                             ("--input-normalize", self.input_normalize or None),
+                                             ("--head-type", self.head_type)) if value is not None]
+
+
 def import_file(path: str | Path, kind: str, output: str | Path, *, options: ReadOptions = ReadOptions(),
                 classnames_file: str | Path | None = None, labels_file: str | Path | None = None,
-                probabilities: bool = False, temperature: float | None = None,
-                ids_from: str | Path | None = None, ids_range: int | None = None) -> ImportReport:
-    """Import logits, features or a prior written by another tool as a gla file at ``output``.
+                probabilities: bool = False, logits_anyway: bool = False, temperature: float | None = None,
+                ids_from: str | Path | None = None, ids_range: int | None = None,
+                head: HeadOptions = HeadOptions(), reporter: Reporter = Reporter()) -> ImportReport:
+    """Import logits, features, a prior or a head written by another tool as a gla file at ``output``.
 
-    Logits are stored as float32 (``probabilities``: their log, zeros as log(TINY)); features are
-    L2-normalised and stored as float32 (float16 input stays float16); a prior is normalised to
-    sum to 1. The ids are the file's, or those of the gla file ``ids_from`` (the same rows in the
-    same order, from another tool: labels must agree where both have one), or ``ids_range``,
-    ``ids_range + 1``, ... as text. Options that do not apply are refused before anything is read.
+    Logits are stored as float32 (``probabilities``: their log, zeros as log(TINY)); values that look
+    like probabilities are refused unless ``probabilities`` or ``logits_anyway``. Features are
+    L2-normalised and stored as float32. A prior is normalised to sum to 1. A head is a checkpoint's
+    ``<key>.weight`` / ``<key>.bias`` or an array (see :mod:`glacli.io.formats.head`). The ids are the
+    file's, or those of the gla file ``ids_from`` (the same rows in the same order, from another tool:
+    labels must agree where both have one), or ``ids_range``, ``ids_range + 1``, ... as text. Options
+    that do not apply are refused before anything is read.
     """
     require_choice(kind, IMPORT_KINDS, "--kind")
     id_options = {"--id-column": options.id_column, "--ids-key": options.ids_key, "--ids-from": ids_from,
                   "--ids-range": ids_range}
     row_options = {"--labels": labels_file, "--labels-key": options.labels_key,
-                   "--label-column": options.label_column, **id_options, "--probabilities": probabilities or None}
-    if kind == "prior":
-        for option, value in row_options.items():
+                   "--label-column": options.label_column, **id_options, "--probabilities": probabilities or None,
+                   "--logits-anyway": logits_anyway or None}
+    if kind != "head" and head.given():
+        raise GlaInputError(f"{head.given()[0]} applies to --kind head only")
+    if kind in ("prior", "head"):
+        for option, value in {**row_options, **({"--temperature": temperature} if kind == "head" else {}),
+                              **({"--classnames-key": options.classnames_key} if kind == "prior" else {})}.items():
             if value is not None:
-                raise GlaInputError(f"{option} does not apply to a prior")
+                raise GlaInputError(f"{option} does not apply to a {kind}")
+        store.check_output_path(output)
+        if kind == "head":
+            return _import_head(Path(path), output, options, classnames_file, head)
         return _import_prior(Path(path), output, options.key, classnames_file, temperature)
     if temperature is not None:
         raise GlaInputError("--temperature applies to priors only")
-    if probabilities and kind != "logits":
-        raise GlaInputError(f"--probabilities applies to logits, not {kind}")
+    for option, value in (("--probabilities", probabilities), ("--logits-anyway", logits_anyway)):
+        if value and kind != "logits":
+            raise GlaInputError(f"{option} applies to logits, not {kind}")
+    if probabilities and logits_anyway:
+        raise GlaInputError("--probabilities and --logits-anyway contradict each other; give one")
     given = [option for option, value in id_options.items() if value is not None]
     if len(given) > 1:
         raise GlaInputError(f"{' and '.join(given)} both say where the ids come from; give one")
     if ids_range is not None:
         require_count(ids_range, "--ids-range", minimum=0)
+    store.check_output_path(output)
     with contextlib.nullcontext() if ids_from is None else store.RowFile(ids_from) as like:
-        return _import_rows(Path(path), kind, output, options, classnames_file, labels_file, probabilities,
-                            _RowIds(like, ids_range))
+        return _import_rows(Path(path), kind, output, options, classnames_file, labels_file,
+                            _ValueRule(probabilities, logits_anyway), _RowIds(like, ids_range), reporter)
+
+
+@dataclass
+class _ValueRule:
+    """How logits values are taken: as logits, as probabilities (stored as their log), or as logits
+    although every row looks like probabilities (``logits_anyway``)."""
+
+    probabilities: bool = False
+    logits_anyway: bool = False
+    all_rows_look_like_probabilities: bool = True
 
 
 @dataclass
@@ -123,7 +177,8 @@ class _RowIds:
 
 
 def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions, classnames_file: str | Path | None,
-                 labels_file: str | Path | None, probabilities: bool, row_ids: _RowIds) -> ImportReport:
+                 labels_file: str | Path | None, rule: _ValueRule, row_ids: _RowIds, reporter: Reporter) -> ImportReport:
+    clock = _DelayedProgress(reporter)
     names_given = read_classnames(classnames_file) if classnames_file else None
     src = formats.read_rows(path, kind, dataclasses.replace(options, classnames=names_given))
     report = ImportReport(str(path), str(output), kind, n_rows=src.n_rows, n_cols=src.n_cols,
@@ -134,50 +189,98 @@ def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions
         report.labels_from = str(labels_file)
     if labels is None:
         labels = np.full(src.n_rows, -1, dtype=np.int64)
+    names, order = _row_classnames(src, kind, labels, names_given, classnames_file, row_ids.like, report)
+    if order is not None:
+        labels = np.where(labels >= 0, np.argsort(order)[np.clip(labels, 0, len(order) - 1)], labels)
     row_ids.check(src, labels, labels_file or path, report)
-    names = _row_classnames(src, kind, labels, names_given, classnames_file, row_ids.like, report)
     require_label_range(labels, len(names), labels_file or path)
     report.n_classes, report.labelled_rows = len(names), int((labels >= 0).sum())
+    if note := renamed_classnames_note(names):
+        report.notes.append(note)
 
-    stored = np.float16 if kind == "features" and src.dtype == np.float16 else np.float32
+    stored = np.float32
     attrs: dict[str, Any] = {"source": path.name, "imported_from": path.suffix.lstrip(".")}
     if kind == "logits":
         attrs["temperature"] = 1.0
-        if probabilities:
+        if rule.probabilities:
             attrs["from_probabilities"] = True
-    zeros, flagged_probabilities = 0, False
+    zeros, norm_gap = 0, 0.0
     parents = [row_ids.like.gla_id] if row_ids.like is not None else []
+    clock.begin(f"import {path.name}", src.n_rows)
     with store.write_rows(output, kind, n_rows=src.n_rows, n_cols=src.n_cols, classnames=names,
                           attrs=attrs, parents=parents, dtype=stored) as sink:
         for start, values, ids in src.chunks(chunking.io_rows(src.n_cols, 8)):
             require_finite(values, kind, path, start)
-            if kind == "logits" and probabilities:
+            if order is not None:
+                values = values[:, order]
+            if kind == "logits" and rule.probabilities:
                 values, n_zero = _log_probabilities(values, path, start)
                 zeros += n_zero
-            elif kind == "logits" and not flagged_probabilities and _looks_like_probabilities(values):
-                flagged_probabilities = True
+            elif kind == "logits" and rule.all_rows_look_like_probabilities:
+                rule.all_rows_look_like_probabilities = _looks_like_probabilities(values)
             if kind == "features":
-                values = _l2_normalise(values, path, start)
+                values, gap = _l2_normalise(values, path, start)
+                norm_gap = max(norm_gap, gap)
             stop = start + len(values)
             sink.write(start, values.astype(stored), labels[start:stop], row_ids.block(start, stop, ids))
+            clock.advance(len(values))
+        if kind == "logits" and not (rule.probabilities or rule.logits_anyway) and rule.all_rows_look_like_probabilities:
+            raise GlaInputError(f"every row is non-negative and sums to 1 (within {PROBABILITY_SUM_TOLERANCE:g}): "
+                                "these are probabilities, not logits; give --probabilities to store their log, "
+                                "or --logits-anyway to take them as logits", path)
     if kind == "features":
-        report.notes.append("rows were L2-normalised (the features format requires unit-length rows)")
-    if probabilities:
+        report.notes.append(f"rows were already unit length (largest | |x| - 1 | {norm_gap:.2g}); stored "
+                            "L2-normalised as float32" if norm_gap <= UNIT_NORM_TOLERANCE else
+                            f"rows were L2-normalised (the features format requires unit-length rows; the "
+                            f"largest | |x| - 1 | was {norm_gap:.3g}); stored as float32")
+    if rule.probabilities:
         report.notes.append("stored the log of the probabilities as logits")
     if zeros:
         report.notes.append(f"{zeros} probabilities of exactly 0 were stored as log({TINY:.3g})")
-    if flagged_probabilities:
-        report.notes.append("the values look like probabilities (in [0, 1], rows sum to 1); "
-                            "re-import with --probabilities to store their log")
+    if rule.logits_anyway and rule.all_rows_look_like_probabilities:
+        report.notes.append("every row looks like probabilities; taken as logits as --logits-anyway asks")
     return report
 
 
+class _DelayedProgress:
+    """A progress count for the rows of an import, shown only once the import has run
+    :data:`PROGRESS_DELAY` seconds, so that short imports print no bar."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter, self.began = reporter, time.monotonic()
+        self.description, self.total, self.done, self.shown = "", 0, 0, False
+
+    def begin(self, description: str, total: int) -> None:
+        self.description, self.total = description, total
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.shown:
+            self.reporter.advance(n)
+        elif time.monotonic() - self.began >= PROGRESS_DELAY:
+            self.reporter.start(self.description, self.total, "rows")
+            self.reporter.advance(self.done)
+            self.shown = True
+
+
 def _row_classnames(src: RowSource, kind: str, labels: np.ndarray, names_given: list[str] | None,
-                    classnames_file: str | Path | None, like: store.RowFile | None, report: ImportReport) -> list[str]:
-    """The given names, else the file's, else those of the ``--ids-from`` file (the same rows, so the same
-    classes), else generated ones (one per logits column, or per label)."""
+                    classnames_file: str | Path | None, like: store.RowFile | None, report: ImportReport
+                    ) -> tuple[list[str], np.ndarray | None]:
+    """The class names, and the order to take the file's columns in (None: as they are).
+
+    The given names, else the file's, else those of the ``--ids-from`` file (the same rows, so the same
+    classes), else generated ones (one per logits column, or per label). Logits columns that the file
+    names (a CSV header, an archive's class names) are matched to ``--classnames`` by name and reordered
+    to its order, never renamed; names that only number the columns (``class_0``, ``0``) take the given
+    names by position."""
+    order = None
     if names_given is not None:
         names, report.classnames_from = names_given, str(classnames_file)
+        if kind == "logits" and src.classnames is not None and not positional_classnames(src.classnames):
+            order = _column_order(src, names_given, classnames_file)
+            if order is not None:
+                report.notes.append(f"reordered the {len(order)} class columns by name to the order of "
+                                    f"{classnames_file} (labels follow their classes)")
     elif src.classnames is not None:
         names, report.classnames_from = src.classnames, src.classnames_from
     elif like is not None:
@@ -192,7 +295,26 @@ def _row_classnames(src: RowSource, kind: str, labels: np.ndarray, names_given: 
     if kind == "logits" and len(names) != src.n_cols:
         raise GlaInputError(f"has {src.n_cols} class columns but {len(names)} class names "
                             f"({report.classnames_from})", src.path)
-    return names
+    return names, order
+
+
+def _column_order(src: RowSource, names: list[str], classnames_file: str | Path | None) -> np.ndarray | None:
+    """For each class of ``names``, the file's column of that name (None when already in order); the
+    first name that the other side lacks is refused."""
+    assert src.classnames is not None
+    column = {name: k for k, name in enumerate(src.classnames)}
+    for k, name in enumerate(names):
+        if name not in column:
+            raise GlaInputError(f"{classnames_file} (--classnames) names class {k} {name!r}, but no class column "
+                                f"of the file ({src.classnames_from}) is named so; a named header is matched by "
+                                "name, never renamed", src.path)
+    extra = next((name for name in src.classnames if name not in set(names)), None)
+    if extra is not None:
+        raise GlaInputError(f"class column {extra!r} ({src.classnames_from}) is not among the class names of "
+                            f"{classnames_file} (--classnames); a named header is matched by name, never renamed",
+                            src.path)
+    order = np.array([column[name] for name in names])
+    return None if (order == np.arange(len(order))).all() else order
 
 
 def _log_probabilities(probs: np.ndarray, path: Path, row_offset: int) -> tuple[np.ndarray, int]:
@@ -206,18 +328,19 @@ def _log_probabilities(probs: np.ndarray, path: Path, row_offset: int) -> tuple[
     return np.log(np.maximum(probs, TINY)), zeros
 
 
-def _l2_normalise(values: np.ndarray, path: Path, row_offset: int) -> np.ndarray:
-    """Rows scaled to unit length (the features format requires it); an all-zero row is an error."""
+def _l2_normalise(values: np.ndarray, path: Path, row_offset: int) -> tuple[np.ndarray, float]:
+    """Rows scaled to unit length (the features format requires it), and the largest ``| |x| - 1 |``
+    before; an all-zero row is an error."""
     norms = np.linalg.norm(values, axis=1, keepdims=True)
     if (norms == 0).any():
         raise GlaInputError(f"feature row {row_offset + int(np.argmax(norms[:, 0] == 0))} is all zeros "
                             "and cannot be L2-normalised", path)
-    return values / norms
+    return values / norms, float(np.abs(norms - 1).max(initial=0.0))
 
 
 def _looks_like_probabilities(values: np.ndarray) -> bool:
-    return bool(values.size) and bool(((values >= 0) & (values <= 1)).all()) and bool(
-        np.allclose(values.sum(1), 1.0, atol=1e-3))
+    """Every row non-negative and summing to 1 within :data:`PROBABILITY_SUM_TOLERANCE`."""
+    return bool((values >= 0).all()) and bool((np.abs(values.sum(1) - 1.0) <= PROBABILITY_SUM_TOLERANCE).all())
 
 
 def _import_prior(path: Path, output: str | Path, key: str | None, classnames_file: str | Path | None,
@@ -252,22 +375,110 @@ def _import_prior(path: Path, output: str | Path, key: str | None, classnames_fi
     return report
 
 
-def export_file(path: str | Path, output: str | Path) -> ExportReport:
-    """Write the gla file at ``path`` to ``output``, in the format its extension names."""
-    path, output = Path(path), Path(output)
+def _import_head(path: Path, output: str | Path, options: ReadOptions, classnames_file: str | Path | None,
+                 opts: HeadOptions) -> ImportReport:
+    """A head file from a checkpoint's ``<key>.weight`` / ``<key>.bias`` or from an array: rows scaled to
+    unit length (``normalize_rows``), then weight and bias times ``logit_scale``."""
+    if opts.head_type is not None:
+        require_choice(opts.head_type, HEAD_TYPES, "--head-type")
+    scale = None if opts.logit_scale is None else require_positive(opts.logit_scale, "--logit-scale")
+    names_given = read_classnames(classnames_file) if classnames_file else None
+    found = formats.read_head(path, options.key, options.classnames_key)
+    weight = found.weight.astype(np.float64)
+    bias = np.zeros(len(weight)) if found.bias is None else found.bias.astype(np.float64)
+    require_finite(weight, "head weight", path)
+    require_finite(bias, "head bias", path)
+    report = ImportReport(str(path), str(output), "head", n_rows=weight.shape[0], n_cols=weight.shape[1],
+                          n_classes=weight.shape[0], labels_from="none", ids_from="none")
+    if names_given is not None:
+        names, report.classnames_from = names_given, str(classnames_file)
+    elif found.classnames is not None:
+        names, report.classnames_from = check_classnames(found.classnames, path), "the file"
+    else:
+        names, report.classnames_from = default_classnames(len(weight)), "generated"
+    if len(names) != len(weight):
+        raise GlaInputError(f"the head has {len(weight)} classes but {len(names)} class names "
+                            f"({report.classnames_from})", path)
+    if note := renamed_classnames_note(names):
+        report.notes.append(note)
+    entries = f"{found.weight_entry!r}" + (f" and {found.bias_entry!r}" if found.bias_entry else "")
+    report.notes.append(f"took the head from {'the array' if not found.weight_entry else entries} "
+                        f"({found.layout}){'' if found.bias is not None else '; no bias entry, so the bias is 0'}")
+    if opts.normalize_rows:
+        norms = np.linalg.norm(weight, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise GlaInputError(f"head row {int(np.argmax(norms[:, 0] == 0))} is all zeros and cannot be "
+                                "normalised (--normalize-rows)", path)
+        weight = weight / norms
+    if scale is not None:
+        weight, bias = weight * scale, bias * scale
+    recorded = found.attrs
+    head_type = opts.head_type or (str(recorded["head_type"]) if str(recorded.get("head_type")) in HEAD_TYPES
+                                   else "finetuned" if found.layout == "state dict" else "zeroshot")
+    temperature = require_positive(recorded.get("temperature", 1.0), "temperature", path)
+    if opts.input_normalize:
+        report.notes.append("the head normalises its input (--input-normalize, as WiSE-FT's ClassificationHead("
+                            "normalize=True)); gla's features are L2-normalised already, so its logits are the "
+                            "model's own")
+    elif found.layout == "state dict":
+        report.notes.append("gla applies heads to L2-normalised features: the logits are the model's own if the head "
+                            "normalised its input (then say --input-normalize) or was fitted on normalised features; "
+                            "a head fitted on unnormalised features gives other logits")
+    attrs: dict[str, Any] = {"source": path.name, "imported_from": path.suffix.lower().lstrip("."),
+                             "weight_entry": found.weight_entry, "input_normalize": bool(opts.input_normalize),
+                             "normalize_rows": bool(opts.normalize_rows)}
+    if scale is not None:
+        attrs["logit_scale"] = scale
+    store.write_head(output, Head(weight=weight.astype(np.float32), bias=bias.astype(np.float32), classnames=names,
+                                  head_type=head_type, temperature=temperature, attrs=attrs))
+    report.head_type = head_type
+    return report
+
+
+EXPORT_FORMATS = ("npy", "npz", "csv", "json", "pt")
+"""What ``--format`` names: the extension of the file written."""
+
+
+def export_file(path: str | Path, output: str | Path, fmt: str | None = None,
+                stream: BinaryIO | None = None) -> ExportReport:
+    """Write the gla file at ``path`` to ``output``, in the format ``fmt`` (default: the extension of
+    ``output``); ``output`` ``-`` writes to ``stream`` (standard output), and needs ``fmt``."""
+    path = Path(path)
+    if fmt is not None:
+        require_choice(fmt, EXPORT_FORMATS, "--format")
+    to_stream = str(output) == "-"
+    if to_stream and fmt is None:
+        raise GlaInputError("-o - writes to standard output: choose the format with --format "
+                            f"({'|'.join(EXPORT_FORMATS)})")
+    output = Path(output)
+    if not to_stream and fmt is not None and output.suffix.lower() != f".{fmt}":
+        raise GlaInputError(f"--format {fmt} does not match the extension of the output", output)
     kind = store.file_kind(path)
-    suffix = output.suffix.lower()
+    suffix = f".{fmt}" if fmt is not None else output.suffix.lower()
     writers = formats.WRITERS[kind]
     if suffix not in writers:
         raise GlaInputError(f"cannot export a {kind} file as {suffix or '(no extension)'!r}; "
-                            f"choose {', '.join(writers)}", output)
-    if output.resolve() == path.resolve():
+                            f"choose {', '.join(writers)}", "-" if to_stream else output)
+    if not to_stream and output.resolve() == path.resolve():
         raise GlaInputError("the output would overwrite the input", output)
+    if to_stream:
+        with tempfile.TemporaryDirectory(prefix="gla-export-") as folder:
+            staged = Path(folder) / f"export{suffix}"
+            report = _export(path, kind, writers[suffix], staged)
+            with open(staged, "rb") as fh:
+                shutil.copyfileobj(fh, stream)
+            stream.flush()
+        report.output = "-"
+        return report
+    return _export(path, kind, writers[suffix], output)
+
+
+def _export(path: Path, kind: str, writer: Any, output: Path) -> ExportReport:
     if kind == "prior":
         prior = store.read_prior(path)
-        return ExportReport(str(path), str(output), kind, prior.prior.shape, writers[suffix](prior, output))
+        return ExportReport(str(path), str(output), kind, prior.prior.shape, writer(prior, output))
     if kind == "head":
         head = store.read_head(path)
-        return ExportReport(str(path), str(output), kind, head.weight.shape, writers[suffix](head, output))
+        return ExportReport(str(path), str(output), kind, head.weight.shape, writer(head, output))
     with store.RowFile(path, (kind,)) as src:
-        return ExportReport(str(path), str(output), kind, (src.n_rows, src.n_cols), writers[suffix](src, output))
+        return ExportReport(str(path), str(output), kind, (src.n_rows, src.n_cols), writer(src, output))

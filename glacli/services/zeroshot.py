@@ -14,6 +14,7 @@ import numpy as np
 from glacli.base.devices import resolve_device
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Head, Reporter
+from glacli.base.validation import prompt_classnames, renamed_classnames_note
 from glacli.core.zeroshot import zeroshot_weights
 from glacli.io import store
 from glacli.io.encoders import load_encoder
@@ -49,8 +50,11 @@ def zeroshot_head(output: Path, *, model: str, pretrained: str | None, backend: 
     if recorded.get("pretrained") not in (None, described["pretrained"]):
         reporter.warning(f"{like} was extracted with pretrained {recorded['pretrained']!r}, "
                          f"this head uses {described['pretrained']!r}")
+    note = renamed_classnames_note(names)
+    if note:
+        reporter.message(f"note: {note}")
     reporter.start("zeroshot", len(names))
-    weight = zeroshot_weights(encoder.encode_text, names, template_list, scale, lambda n: reporter.advance(n))
+    weight = zeroshot_weights(encoder.encode_text, prompt_classnames(names), template_list, scale, lambda n: reporter.advance(n))
     attrs = {**described, "templates": template_name, "n_templates": len(template_list), "logit_scale": scale}
     store.write_head(output, Head(weight=weight.numpy().astype(np.float32), bias=np.zeros(len(names), np.float32),
                                   classnames=list(names), head_type="zeroshot", temperature=1.0, attrs=attrs), parents)

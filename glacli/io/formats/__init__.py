@@ -2,13 +2,16 @@
 
     base.py         RowSource, ReadOptions and the entry names tried when the user names none
     npy.py          .npy arrays and .npz archives (with the streaming zip64 writer)
-    pt.py           torch .pt / .pth files
+    pt.py           torch .pt / .pth files (and checkpoints' state dicts)
+    safetensors.py  .safetensors files, read with NumPy
+    head.py         classification heads: a checkpoint's <key>.weight / <key>.bias, or an array
     delimited.py    .csv / .tsv
     json_prior.py   priors as .json
     classnames.py   --classnames files (text or a JSON list)
     proportions.py  class proportions of an estimation set (estimate-prior --target FILE)
 
-``gla import`` reads through :data:`ROW_READERS` and :data:`PRIOR_READERS`, ``gla export`` writes
+``gla import`` reads through :data:`ROW_READERS`, :data:`PRIOR_READERS` and :func:`head.read_head`
+(whose suffixes are :data:`head.HEAD_SUFFIXES`), ``gla export`` writes
 through :data:`WRITERS`; the services own what happens between (labels, class names, scales).
 ``classnames`` and ``proportions`` are read by the services that take those files, each through
 its one reader.
@@ -24,6 +27,8 @@ from typing import Any
 from glacli.base.errors import GlaInputError
 from glacli.io.formats import delimited, json_prior, npy, pt
 from glacli.io.formats.base import ReadOptions, RowSource, require_file
+from glacli.io.formats.head import HEAD_SUFFIXES, HeadArrays
+from glacli.io.formats.head import read_head as _read_head
 
 ROW_READERS: dict[str, Callable[[Path, str, ReadOptions], RowSource]] = {
     ".npy": npy.read_rows, ".npz": npy.read_rows, ".csv": delimited.read_rows, ".tsv": delimited.read_rows,
@@ -35,7 +40,7 @@ PRIOR_READERS: dict[str, Callable[[Path, str | None], tuple[list[str] | None, An
     ".pt": pt.read_prior, ".pth": pt.read_prior, ".json": json_prior.read_prior,
 }
 """Suffix -> reader of a prior: (class names or None, values, attributes)."""
-IMPORT_SUFFIXES = tuple(PRIOR_READERS)
+IMPORT_SUFFIXES = tuple(dict.fromkeys([*PRIOR_READERS, *HEAD_SUFFIXES]))
 
 WRITERS: dict[str, dict[str, Callable[[Any, Path], list[str]]]] = {
     "prior": {".json": json_prior.write_prior, ".npy": npy.write_prior, ".csv": delimited.write_prior},
@@ -61,10 +66,23 @@ def read_rows(path: Path, kind: str, options: ReadOptions) -> RowSource:
     """A foreign file's rows (logits or features), checked for shape; values come block by block."""
     suffix = import_suffix(path)
     if suffix not in ROW_READERS:
-        raise GlaInputError(f"{suffix} files hold priors only; import it with --kind prior", path)
+        holds = "priors" if suffix in PRIOR_READERS else "heads"
+        raise GlaInputError(f"{suffix} files hold {holds} only; import it with --kind {holds[:-1]}", path)
     return ROW_READERS[suffix](path, kind, options)
+
+
+def read_head(path: Path, key: str | None, classnames_key: str | None) -> HeadArrays:
+    """A classification head from a checkpoint (``<key>.weight`` after any prefix) or an array."""
+    suffix = import_suffix(path)
+    if suffix not in HEAD_SUFFIXES:
+        raise GlaInputError(f"a head cannot be read from a {suffix} file; gla reads heads from "
+                            f"{', '.join(HEAD_SUFFIXES)}", path)
+    return _read_head(path, key, classnames_key)
 
 
 def read_prior(path: Path, key: str | None) -> tuple[list[str] | None, Any, dict[str, Any]]:
     """(class names or None, prior values, attributes) from any supported file."""
-    return PRIOR_READERS[import_suffix(path)](path, key)
+    suffix = import_suffix(path)
+    if suffix not in PRIOR_READERS:
+        raise GlaInputError(f"{suffix} files hold heads only; import it with --kind head", path)
+    return PRIOR_READERS[suffix](path, key)

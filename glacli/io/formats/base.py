@@ -42,6 +42,7 @@ class ReadOptions:
     id_column: str | None = None
     classnames: Sequence[str] | None = None
     ids_key: str | None = None
+    classnames_key: str | None = None
 
 
 @dataclass
@@ -63,6 +64,12 @@ class RowSource:
     dtype: np.dtype
     """The values' dtype in the file (text counts as float64)."""
     chunks: Callable[[int], Chunks]
+
+
+def positional_classnames(names: Sequence[str]) -> bool:
+    """Names that only number the columns (``0``, ``1``, ... or ``class_0``, ``class_1``, ...): a
+    ``--classnames`` list names them by position, where names that say something are matched by name."""
+    return all(name in (str(k), f"class_{k}") for k, name in enumerate(names))
 
 
 def require_file(path: Path) -> None:
@@ -114,9 +121,10 @@ def pick(entries: dict[str, Any], key: str | None, defaults: Sequence[str], path
     return None
 
 
-def entry_classnames(entries: dict[str, Any], path: Path) -> list[str] | None:
-    """The class names an archive carries under one of :data:`CLASSNAME_KEYS`, as given (unchecked)."""
-    name_key = pick(entries, None, CLASSNAME_KEYS, path, "classnames", "")
+def entry_classnames(entries: dict[str, Any], path: Path, key: str | None = None) -> list[str] | None:
+    """The class names an archive carries under ``key`` (``--classnames-key``), else under one of
+    :data:`CLASSNAME_KEYS`, as given (unchecked)."""
+    name_key = pick(entries, key, CLASSNAME_KEYS, path, "classnames", "--classnames-key")
     if name_key is None:
         return None
     raw = entries[name_key]
@@ -124,7 +132,7 @@ def entry_classnames(entries: dict[str, Any], path: Path) -> list[str] | None:
 
 
 def array_rows(path: Path, entries: dict[str, Any], value_key: str | None, labels_key: str | None,
-               ids_key: str | None = None) -> RowSource:
+               ids_key: str | None = None, classnames_key: str | None = None) -> RowSource:
     """The rows of an array entry (``value_key``; None for a bare ``.npy`` array, whose entries are
     empty) with the labels, ids and class names found beside it (or in the entries named)."""
     what = f"entry {value_key!r}" if value_key else "the array"
@@ -144,7 +152,7 @@ def array_rows(path: Path, entries: dict[str, Any], value_key: str | None, label
         ids = np.asarray(entries[id_key])
         if ids.ndim != 1 or len(ids) != n_rows:
             raise GlaInputError(f"entry {id_key!r} has shape {ids.shape}, expected {n_rows} ids", path)
-    names = entry_classnames(entries, path)
+    names = entry_classnames(entries, path, classnames_key)
 
     def chunks(rows: int) -> Chunks:
         for start in range(0, n_rows, rows):

@@ -18,7 +18,7 @@ from glacli.base import chunking
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior
 from glacli.base.validation import check_classnames
-from glacli.io.formats.base import Chunks, ReadOptions, RowSource
+from glacli.io.formats.base import Chunks, ReadOptions, RowSource, positional_classnames
 from glacli.io.store import RowFile, atomic_output
 
 LABEL_COLUMNS = ("label", "labels", "target", "target-0", "targets", "ground_truth", "y")
@@ -60,6 +60,9 @@ class CsvTable:
         if not self.value_cols:
             raise GlaInputError("has no value columns besides the label and id columns", path)
         self.header = header
+        self.label_names: Sequence[str] | None = None
+        """Set for logits without a label column: the class names, so that a column holding only class
+        indices or class names is taken for an unnamed label column (and refused with a hint)."""
 
     def _open(self) -> io.TextIOWrapper:
         return open(self.path, newline="", encoding="utf-8-sig")
@@ -151,6 +154,7 @@ class CsvTable:
         """Second pass: float64 values and ids, one block of records at a time (``rows`` is unused:
         the blocks are the parser's)."""
         cols = self.value_cols
+        label_like = np.full(len(cols), self.label_names is not None)
         for start, block in self.blocks():
             lines = [",".join([row[k] for k in cols]) for row in block]
             try:
@@ -159,13 +163,25 @@ class CsvTable:
                 values = None
             if values is None or values.shape != (len(block), len(cols)):
                 self._raise_non_numeric(block, start)
+            if label_like.any():
+                label_like &= ((values == np.round(values)) & (values >= 0) & (values < len(cols) - 1)).all(0)
             ids = None if self.id_col is None else np.char.strip(_cells(block, self.id_col)).tolist()
             yield start, values, ids
+        if label_like.any() and not label_like.all():
+            self._refuse_label_like(cols[int(np.argmax(label_like))], f"only integers in [0, {len(cols) - 1})")
+
+    def _refuse_label_like(self, col: int, holds: str) -> None:
+        name = self.header[col]
+        raise GlaInputError(f"no label column was found (tried {', '.join(LABEL_COLUMNS)}), but column {name!r} "
+                            f"holds {holds}: if it holds the labels, give --label-column {name}", self.path)
 
     def _raise_non_numeric(self, block: list[list[str]], start: int) -> None:
         for col in self.value_cols:
             cells = _cells(block, col)
             bad = ~np.vectorize(_is_number, otypes=[bool])(cells)
+            if bad.any() and self.label_names is not None and set(np.char.strip(cells).tolist()) <= {
+                    *self.label_names, ""}:
+                self._refuse_label_like(col, "class names")
             if bad.any():
                 row = int(np.argmax(bad))
                 raise GlaInputError(f"non-numeric value {str(cells[row])!r} in column {self.header[col]!r} "
@@ -180,7 +196,12 @@ def read_rows(path: Path, kind: str, options: ReadOptions) -> RowSource:
     looked up in the given class names, else the header's."""
     table = CsvTable(path, options.label_column, options.id_column)
     names = None if kind == "features" else check_classnames([table.header[k] for k in table.value_cols], path)
-    n_rows, labels = table.count_and_labels(options.classnames or names)
+    # text labels name classes: of the header where it names them (labels index the file's columns), else
+    # of --classnames
+    lookup = names if names is not None and not positional_classnames(names) else options.classnames
+    if kind == "logits" and table.label_col is None:
+        table.label_names = [*(names or ()), *(options.classnames or ())]
+    n_rows, labels = table.count_and_labels(lookup)
     label_name = table.header[table.label_col] if table.label_col is not None else None
     return RowSource(path, n_rows, len(table.value_cols), names, labels,
                      labels_from=f"column {label_name!r}" if label_name else "none",

@@ -68,10 +68,10 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 def read_rows(path: Path, kind: str, options: ReadOptions) -> RowSource:
     """Rows of a ``.npy`` array, or of an ``.npz`` entry (``--key``, else the kind's usual names)."""
     if path.suffix.lower() == ".npy":
-        return array_rows(path, {"": load_npy(path)}, None, options.labels_key, options.ids_key)
+        return array_rows(path, {"": load_npy(path)}, None, options.labels_key, options.ids_key, options.classnames_key)
     entries = load_npz(path)
     value_key = pick(entries, options.key, VALUE_KEYS[kind], path, kind, "--key", required=True)
-    return array_rows(path, entries, value_key, options.labels_key, options.ids_key)
+    return array_rows(path, entries, value_key, options.labels_key, options.ids_key, options.classnames_key)
 
 
 def read_prior(path: Path, key: str | None) -> tuple[list[str] | None, Any, dict[str, Any]]:

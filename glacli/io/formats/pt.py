@@ -32,18 +32,44 @@ def load_entries(path: Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises RuntimeError, EOFError, zip errors for corrupt files
         raise GlaInputError(f"cannot be read as a torch file: {one_line(exc)}", path) from exc
     if isinstance(obj, torch.Tensor):
-        return {"": obj.detach().cpu().numpy()}
+        return {"": _numpy(obj)}
     if isinstance(obj, dict):
-        return {str(key): value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-                for key, value in obj.items()}
+        return {str(key): _numpy(value) if isinstance(value, torch.Tensor) else value for key, value in obj.items()}
     raise GlaInputError(f"holds a {type(obj).__name__}; expected a tensor or a dict of tensors", path)
+
+
+def _numpy(tensor: Any) -> Any:
+    """A tensor as a numpy array (bfloat16, which numpy lacks, widened to float32 exactly)."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """A checkpoint's tensors by their dotted names: nested dicts (``{"state_dict": {...}}``, as training
+    scripts save) are flattened, ``{"state_dict": {"module.fc.weight": W}}`` -> ``state_dict.module.fc.weight``."""
+    import torch
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}{key}.", inner)
+        else:
+            flat[prefix[:-1]] = _numpy(value) if isinstance(value, torch.Tensor) else value
+
+    for key, value in load_entries(path).items():
+        walk(f"{key}.", value)
+    return flat
 
 
 def read_rows(path: Path, kind: str, options: ReadOptions) -> RowSource:
     """Rows of a tensor entry (``--key``, else the kind's usual names, else the only tensor)."""
     entries = load_entries(path)
     value_key = pick(entries, options.key, VALUE_KEYS[kind], path, kind, "--key", required=True)
-    return array_rows(path, entries, value_key or None, options.labels_key, options.ids_key)
+    return array_rows(path, entries, value_key or None, options.labels_key, options.ids_key, options.classnames_key)
 
 
 def read_prior(path: Path, key: str | None) -> tuple[list[str] | None, Any, dict[str, Any]]:
