@@ -266,7 +266,7 @@ def plot_gain(table: dict, path: Path) -> None:
     ks = [str(k) for k in Q_SHOTS]
     for name, marker in (("T = 1", "o"), ("nll", "s")):
         means = [100 * cells[name, k]["mean"] for k in ks]
-        stds = [100 * cells[name, k]["std"] for k in ks]
+        stds = [100 * (cells[name, k]["std"] or 0.0) for k in ks]  # none for a single seed
         ax.errorbar(Q_SHOTS, means, yerr=stds, marker=marker, capsize=3, label=f"q from k labelled rows, {name}")
     for setting, style in ((TEST_UNLABELLED, ":"), (ALL_UNLABELLED, "--")):
         ax.axhline(100 * cells["T = 1", setting]["mean"], color="grey", linestyle=style,
