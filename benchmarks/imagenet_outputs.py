@@ -52,7 +52,7 @@ Q_SHOTS = (1, 2, 3, 4)
 TRAIN_SHOTS = (1, 2, 4)  # few shots: training rows per class; 1 validation row; the last 2 are test rows
 ALPHAS = tuple(round(a / 10, 1) for a in range(11))  # the ensemble weights searched on the validation row
 TEST_UNLABELLED = "the 3 test rows, no labels"
-ALL_UNLABELLED = "all 7, no labels"
+ALL_UNLABELLED = "all 7 rows, no labels"
 PROBES = {"linear": "linear probe", "anchored": "anchored probe"}
 
 
@@ -270,7 +270,7 @@ def plot_gain(table: dict, path: Path) -> None:
         ax.errorbar(Q_SHOTS, means, yerr=stds, marker=marker, capsize=3, label=f"q from k labelled rows, {name}")
     for setting, style in ((TEST_UNLABELLED, ":"), (ALL_UNLABELLED, "--")):
         ax.axhline(100 * cells["T = 1", setting]["mean"], color="grey", linestyle=style,
-                   label=f"q from {setting.removesuffix(', no labels')} rows per class, no labels, T = 1")
+                   label=f"q from {setting.removesuffix(', no labels')} per class, no labels, T = 1")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(Q_SHOTS)
     ax.set_xlabel("labelled rows per class used to estimate q (k)")
@@ -288,12 +288,15 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="keep the files and results here")
     parser.add_argument("--plot", type=Path, default=None, help="write the plot of q's sample size here")
+    parser.add_argument("--few-shot-seeds", type=int, default=None,
+                        help="splits of the few-shot experiment (default: --seeds; its probe fits are the slow part)")
     parser.add_argument("--skip-few-shots", action="store_true", help="only q's sample size and what q is")
     args = parser.parse_args()
     missing = [p for p in (IMAGENET, LAION, AUTHORS_Q) if not p.is_file()]
     if missing:
         print(f"skipped: the real model outputs are absent ({', '.join(map(str, missing))} not found)")
         return
+    few_shot_seeds = args.seeds if args.few_shot_seeds is None else args.few_shot_seeds
     started = time.perf_counter()
     log = lambda text: print(f"[{time.perf_counter() - started:5.0f} s] {text}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,9 +315,10 @@ def main() -> None:
             plot_gain(q_table, args.plot)
         with quiet():
             spearman_lines = what_q_is(work, zeroshot, priors)
+        log("what q is:\n" + "\n".join(spearman_lines))
         if not args.skip_few_shots:
             with quiet():
-                methods, comparisons = few_shots(work, features, head, zeroshot, args.seeds, args.bootstrap, log)
+                methods, comparisons = few_shots(work, features, head, zeroshot, few_shot_seeds, args.bootstrap, log)
             report(methods, work / "few_shots.md", cols="shots", baseline="zero-shot")
             report(comparisons, work / "gla_vs_ensemble.md", rows="against", cols="shots", baseline="ensemble")
         log("done")
@@ -323,7 +327,7 @@ def main() -> None:
         print("## What q is: Spearman correlations\n")
         print("\n".join(spearman_lines) + "\n")
         if not args.skip_few_shots:
-            print("## Few shots at 1,000 classes\n")
+            print(f"## Few shots at 1,000 classes ({few_shot_seeds} splits)\n")
             print((work / "few_shots.md").read_text())
             print("## GLA minus the ensemble of the same probe\n")
             print((work / "gla_vs_ensemble.md").read_text())
