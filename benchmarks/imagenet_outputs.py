@@ -22,7 +22,7 @@ bootstrap (``gla evaluate --bootstrap --baseline``) and summarised by ``gla repo
 - **what q is**: Spearman correlations of the estimated q's (``gla export``) with the authors'
   q (``gla import --kind prior``) and with the LAION frequencies.
 
-    .venv/bin/python benchmarks/imagenet_outputs.py [--seeds 5] [--bootstrap 1000] [--out runs/imagenet]
+    .venv/bin/python benchmarks/imagenet_outputs.py [--seeds 5] [--few-shot-seeds N] [--bootstrap 1000] [--out runs/imagenet]
         [--plot docs/results/imagenet_q_sample_size.png]
 """
 from __future__ import annotations
