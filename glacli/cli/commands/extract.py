@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from glacli.base.validation import FEATURE_DTYPES
-from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, ModelOption, PretrainedOption
+from glacli.cli.app import BackendOption, DeviceOption, JsonOutput, LabelWordsOption, ModelOption, PretrainedOption
+from glacli.cli.app import PromptOption
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import AUTOCAST_CHOICES, DEFAULT_BACKEND
 from glacli.io.extraction import ExtractOptions
 from glacli.io.sources import describe_layouts
-from glacli.services.extract import extract
+from glacli.services.extract import PromptOptions, extract
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -71,6 +72,11 @@ def extract_command(
     download: Annotated[bool, typer.Option(
         "--download", help="torchvision: sources: let torchvision download the dataset into --root.")] = False,
     backend: BackendOption = DEFAULT_BACKEND,
+    prompt: PromptOption = None,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", help="causal-lm: keep the first N tokens of each text (the prompt around it is kept "
+                             "whole); 0 keeps all.")] = 0,
+    label_words: LabelWordsOption = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Encode images (or texts) once into a features file (L2-normalised rows, labels, ids, class names).
@@ -90,6 +96,10 @@ def extract_command(
 
         gla extract bbcnews/data -o news.h5 --backend sentence-transformers --model models/all-MiniLM-L6-v2
 
+        gla extract bbcnews/data -o news_llm.h5 --backend causal-lm --model SmolLM2-135M-Instruct.Q4_1.gguf \\
+            --prompt 'Classify the news article into one of: {labels}.\\n\\nArticle: {text}\\nTopic:' \\
+            --label-words sports=sport,tech=technology --max-tokens 160 --dtype float32
+
         gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
             -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
@@ -100,6 +110,7 @@ def extract_command(
         summary = extract(source, output, model=model, pretrained=pretrained, backend=backend, options=options,
                           split=split, root=root, classnames=classnames, shots=shots, seed=seed,
                           allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
-                          download=download, reporter=reporter)
+                          download=download, reporter=reporter,
+                          prompt=PromptOptions(template=prompt, max_tokens=max_tokens, label_words=label_words))
     if summary is not None:
         print_summary(summary, json_output, "gla extract")

@@ -47,6 +47,8 @@ class Encoder(abc.ABC):
     """``"image"`` or ``"text"``: which kind of source rows this encoder reads."""
     needs_pretrained: ClassVar[bool] = True
     """Whether ``--pretrained`` must name weights (False where ``--model`` alone holds them)."""
+    reads_prompt: ClassVar[bool] = False
+    """Whether rows are read through a prompt template (``--prompt``, ``--max-tokens``, ``--label-words``)."""
 
     model_name: str
     pretrained: str | None

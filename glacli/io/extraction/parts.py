@@ -22,7 +22,8 @@ from glacli.io import store
 
 STATE_FILE = "state.json"
 FINGERPRINT_KEYS = ("encoder", "model", "pretrained", "source", "source_kind", "split", "root", "shots",
-                    "seed", "classnames_file", "rows_digest", "dtype")
+                    "seed", "classnames_file", "rows_digest", "dtype", "model_sha256", "prompt", "prompt_labels",
+                    "max_tokens")
 """Attributes that must agree for a run to resume, or for an existing output to count as done."""
 
 
