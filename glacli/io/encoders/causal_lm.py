@@ -16,7 +16,9 @@ float32 rounding). ``--model`` is a local folder in the transformers layout or a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +62,7 @@ class CausalLMEncoder(Encoder):
         except ImportError:
             raise GlaInputError(f"the {self.backend} backend needs the transformers package: {INSTALL_HINT}") from None
         try:
-            with _quiet_weight_loading():
+            with _quiet_weight_loading(), contextlib.redirect_stderr(io.StringIO()):  # the GGUF reader's own bar
                 self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
                 net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True,
                                                            dtype=torch.float32)
