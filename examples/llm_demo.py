@@ -132,7 +132,7 @@ def one_order(out: Path, corpus: Path, model: Path, prompt: str, per_class: int,
         once(val, "subset", f["pool"], "--shots", shots, "--seed", SEED, "-o", train, "--rest-out", val)
         once(probe, "fit", train, "--val", val, "-o", probe)
         once(ft, "logits", f["test"], probe, "-o", ft)
-        rows.append((f"probe, {shots} shots", ft))
+        rows.append((f"probe, {shots} shot{'s' if shots > 1 else ''}", ft))
     top = shots_list[-1]
     q_pool, ft_top = out / f"q{k_prior[-1]}.h5", out / f"ft{top}.h5"
     ensemble, gla_out = out / f"ensemble{top}.h5", out / f"gla{top}.h5"
