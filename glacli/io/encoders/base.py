@@ -83,7 +83,8 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def encode_batch(self, inputs: Any) -> torch.Tensor:
-        """Prepared inputs -> [B, D] float32 L2-normalised embeddings on the device."""
+        """Prepared inputs -> [B, D] float32 L2-normalised embeddings on the device (a causal LM's
+        hidden states are not normalised: its ``describe()`` says ``l2_normalized = 0``)."""
 
     @abc.abstractmethod
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
