@@ -48,7 +48,7 @@ PROMPT = "Classify the news article into one of: {labels}.\n\nArticle: {text}\nT
 PROMPT_REVERSED = ("Classify the news article into one of: " + ", ".join(reversed(LABEL_WORDS.values()))
                    + ".\n\nArticle: {text}\nTopic:")
 MAX_TOKENS = 128
-PER_CLASS = 80
+PER_CLASS = 60
 POOL = 20
 """Labelled articles per class set aside to estimate q and train the probe; the rest is the test set."""
 K_PRIOR = (2, 5, 10, 20)
