@@ -184,7 +184,7 @@ def plot(all_results: list[tuple[str, dict]], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("top-1 accuracy on the test articles (%), 95% bootstrap interval")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
