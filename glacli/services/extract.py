@@ -6,17 +6,19 @@ rows come from :mod:`glacli.io.sources`, the model from :mod:`glacli.io.encoders
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
-from glacli.base.validation import renamed_classnames_note, require_choice
+from glacli.base.validation import renamed_classnames_note, require_choice, require_count
 from glacli.io import extraction
 from glacli.io import sources
 from glacli.io import store
 from glacli.io.encoders import AUTOCAST_CHOICES, BACKENDS, encoder_class, load_encoder
 from glacli.io.encoders.base import Encoder
+from glacli.io.encoders.prompts import PromptTemplate, parse_label_words
 from glacli.io.extraction.distributed import init_distributed
 
 
@@ -35,17 +37,48 @@ def check_backend(backend: str, pretrained: str | None) -> type[Encoder]:
     return cls
 
 
+@dataclass(frozen=True)
+class PromptOptions:
+    """How a prompted backend (causal-lm) reads a text: ``--prompt``, ``--max-tokens``, ``--label-words``."""
+
+    template: str | None = None
+    """The prompt with ``{text}`` and ``{labels}`` (None: the backend's default prompt)."""
+    max_tokens: int = 0
+    """Tokens of the text kept (0: all)."""
+    label_words: str | None = None
+    """A file or ``class=word,...`` (None: the class names)."""
+
+    def given(self) -> list[str]:
+        return [name for name, value in (("--prompt", self.template), ("--max-tokens", self.max_tokens),
+                                         ("--label-words", self.label_words)) if value]
+
+
+def check_prompt_options(encoder_cls: type[Encoder], prompt: PromptOptions) -> PromptOptions:
+    """``prompt``, once it applies to the backend and its values are sound (before any model is loaded)."""
+    if not encoder_cls.reads_prompt:
+        if prompt.given():
+            raise GlaInputError(f"{prompt.given()[0]} applies to the causal-lm backend, not to {encoder_cls.backend}")
+        return prompt
+    require_count(prompt.max_tokens, "--max-tokens", minimum=0)
+    PromptTemplate.parse(prompt.template)
+    return prompt
+
+
 def extract(source: str, output: Path, *, model: str, pretrained: str | None, backend: str,
             options: extraction.ExtractOptions, split: str | None = None, root: Path | None = None,
             classnames: Path | None = None, shots: int | None = None, seed: int = 0, allow_fewer: bool = False,
             rows_of: Path | None = None, device: str = "auto", autocast: str = "fp16", download: bool = False,
-            base_pretrained: str | None = None, reporter: Reporter = Reporter()) -> dict[str, Any] | None:
+            base_pretrained: str | None = None, prompt: PromptOptions | None = None,
+            reporter: Reporter = Reporter()) -> dict[str, Any] | None:
     """Encode the rows of ``source`` (``shots`` per class, or the rows that the features file
     ``rows_of`` lists, when given) into ``output``, as ``options.augment_views`` views each when
     set; returns the summary of ``gla extract --json`` (None on the ranks of a torchrun job other
     than rank 0). ``base_pretrained``: the weights that complete a checkpoint holding only the
-    image tower (:mod:`glacli.io.checkpoints`)."""
-    input_kind = check_backend(backend, pretrained).input_kind
+    image tower (:mod:`glacli.io.checkpoints`); ``prompt`` applies to the backends that read rows
+    through a prompt (causal-lm)."""
+    encoder_cls = check_backend(backend, pretrained)
+    input_kind = encoder_cls.input_kind
+    prompt = check_prompt_options(encoder_cls, prompt or PromptOptions())
     if base_pretrained and backend != "open_clip":
         raise GlaInputError(f"--base-pretrained applies to the open_clip backend, not {backend}")
     require_choice(autocast, AUTOCAST_CHOICES, "--autocast")
@@ -71,8 +104,12 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
                 reporter.warning(warning)
             if classnames is not None and (note := renamed_classnames_note(rows.classnames)):
                 reporter.message(f"note: {note}")
-        encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast,
-                               **({"base_pretrained": base_pretrained} if base_pretrained else {}))
+        backend_options: dict[str, Any] = {} if not encoder_cls.reads_prompt else {
+            "prompt": prompt.template, "max_tokens": prompt.max_tokens,
+            "label_words": parse_label_words(prompt.label_words, rows.classnames)}
+        if base_pretrained:
+            backend_options["base_pretrained"] = base_pretrained
+        encoder = load_encoder(backend, model, pretrained, dist.device, autocast=autocast, **backend_options)
         result = extraction.extract(rows, encoder, output, options, dist, reporter)
     finally:
         dist.close()

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from glacli.base.validation import FEATURE_DTYPES
-from glacli.cli.app import BackendOption, DeviceOption, JsonFileOutput, JsonOutput, ModelOption, PretrainedOption
+from glacli.cli.app import BackendOption, DeviceOption, JsonFileOutput, JsonOutput, LabelWordsOption, ModelOption
+from glacli.cli.app import PretrainedOption, PromptOption
 from glacli.cli.app import app, output_option, print_summary, reporting
 from glacli.io.encoders import AUTOCAST_CHOICES, DEFAULT_BACKEND
 from glacli.io.sources import describe_layouts
@@ -74,6 +75,11 @@ def extract_command(
         "--base-pretrained", metavar="TAG_OR_PATH",
         help="With a checkpoint that holds only the image tower (visual.*): the weights of the rest (text "
              "tower, logit scale), e.g. the zero-shot model's tag openai.")] = None,
+    prompt: PromptOption = None,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", help="causal-lm: keep the first N tokens of each text (the prompt around it is kept "
+                             "whole); 0 keeps all.")] = 0,
+    label_words: LabelWordsOption = None,
     json_output: JsonOutput = False,
     json_out: JsonFileOutput = None,
 ) -> None:
@@ -97,11 +103,15 @@ def extract_command(
         gla extract data/imagenet/val -o val_ft.h5 --model ViT-B-16 --pretrained checkpoint_10.pt \\
             --base-pretrained openai
 
+        gla extract bbcnews/data -o news_llm.h5 --backend causal-lm --model SmolLM2-135M-Instruct.Q4_1.gguf \\
+            --prompt 'Classify the news article into one of: {labels}.\\n\\nArticle: {text}\\nTopic:' \\
+            --label-words sports=sport,tech=technology --max-tokens 160 --dtype float32
+
         gla extract data/imagenet/train --rows-of train_16shot.h5 --augment-views 10 --seed 1 \\
             -o train_16shot_views.h5 --model RN50 --pretrained openai
     """
     from glacli.io.extraction import ExtractOptions  # torch: imported when a model is needed, not for the help
-    from glacli.services.extract import extract
+    from glacli.services.extract import PromptOptions, extract
 
     options = ExtractOptions(batch_size=batch_size, workers=workers, dtype=dtype, commit_rows=commit_every,
                              skip_bad=skip_bad, overwrite=overwrite, decode_on_device=gpu_decode,
@@ -110,6 +120,7 @@ def extract_command(
         summary = extract(source, output, model=model, pretrained=pretrained, backend=backend, options=options,
                           split=split, root=root, classnames=classnames, shots=shots, seed=seed,
                           allow_fewer=allow_fewer, rows_of=rows_of, device=device, autocast=autocast,
-                          download=download, base_pretrained=base_pretrained, reporter=reporter)
+                          download=download, base_pretrained=base_pretrained, reporter=reporter,
+                          prompt=PromptOptions(template=prompt, max_tokens=max_tokens, label_words=label_words))
     if summary is not None:
         print_summary(summary, json_output, "gla extract", json_out)

@@ -12,6 +12,7 @@ from it without loading a model library.
     base.py      Encoder, DecodeError, the autocast rule
     openclip.py  any open_clip architecture (images)
     sbert.py     sentence-transformers (texts)
+    causal_lm.py a causal language model's last hidden state after a prompt (texts)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "open_clip": "glacli.io.encoders.openclip:OpenClipEncoder",
     "sentence-transformers": "glacli.io.encoders.sbert:SentenceTransformerEncoder",
+    "causal-lm": "glacli.io.encoders.causal_lm:CausalLMEncoder",
 }
 """Backend name -> ``module:class``; imported on use."""
 

@@ -47,6 +47,8 @@ class Encoder(abc.ABC):
     """``"image"`` or ``"text"``: which kind of source rows this encoder reads."""
     needs_pretrained: ClassVar[bool] = True
     """Whether ``--pretrained`` must name weights (False where ``--model`` alone holds them)."""
+    reads_prompt: ClassVar[bool] = False
+    """Whether rows are read through a prompt template (``--prompt``, ``--max-tokens``, ``--label-words``)."""
 
     model_name: str
     pretrained: str | None
@@ -81,7 +83,8 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def encode_batch(self, inputs: Any) -> torch.Tensor:
-        """Prepared inputs -> [B, D] float32 L2-normalised embeddings on the device."""
+        """Prepared inputs -> [B, D] float32 L2-normalised embeddings on the device (a causal LM's
+        hidden states are not normalised: its ``describe()`` says ``l2_normalized = 0``)."""
 
     @abc.abstractmethod
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -21,8 +21,9 @@ from glacli.base.validation import feature_dtype
 from glacli.io import store
 
 STATE_FILE = "state.json"
-FINGERPRINT_KEYS = ("encoder", "model", "pretrained", "checkpoint_sha256", "source", "source_kind", "split", "root", "shots",
-                    "seed", "classnames_file", "rows_digest", "dtype")
+FINGERPRINT_KEYS = ("encoder", "model", "pretrained", "checkpoint_sha256", "source", "source_kind", "split", "root",
+                    "shots", "seed", "classnames_file", "rows_digest", "dtype", "model_sha256", "prompt", "prompt_labels",
+                    "max_tokens")
 """Attributes that must agree for a run to resume, or for an existing output to count as done."""
 
 
