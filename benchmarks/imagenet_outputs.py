@@ -128,7 +128,7 @@ def q_sample_size(work: Path, zeroshot: Path, seeds: int, bootstrap: int) -> tup
             names = [arg for name, _ in fits for arg in ("--name", name)]
             gla("evaluate", test, *debiased, "--name", "zero-shot", *names, "--baseline", "zero-shot",
                 "--bootstrap", bootstrap, "--bootstrap-seed", seed, "--tag", f"k={setting}", "--tag", f"seed={seed}",
-                "--json", out)
+                "--json-out", out)
             results.append(out)
     return results, priors
 
@@ -178,13 +178,13 @@ def few_shots(work: Path, features: Path, head: Path, zeroshot: Path, seeds: int
                     out = work / f"fs_vs_{probe}_{'val' if 'val' in name else 'half'}_{tag}.json"
                     gla("evaluate", ensemble, combined, "--name", "ensemble", "--name", "GLA", "--baseline",
                         "ensemble", "--bootstrap", bootstrap, "--bootstrap-seed", seed, "--tag", f"shots={shots}",
-                        "--tag", f"seed={seed}", "--tag", f"against={name.removeprefix('ensemble ')}", "--json", out)
+                        "--tag", f"seed={seed}", "--tag", f"against={name.removeprefix('ensemble ')}", "--json-out", out)
                     comparisons.append(out)
                 log(f"  seed {seed}, {shots} shots, {label}: ensemble a chosen on the validation row = {alpha}")
             out = work / f"fs_results_{tag}.json"
             names = [arg for _, name in files for arg in ("--name", name)]
             gla("evaluate", *(f for f, _ in files), *names, "--baseline", "zero-shot", "--bootstrap", bootstrap,
-                "--bootstrap-seed", seed, "--tag", f"shots={shots}", "--tag", f"seed={seed}", "--json", out)
+                "--bootstrap-seed", seed, "--tag", f"shots={shots}", "--tag", f"seed={seed}", "--json-out", out)
             methods.append(out)
             log(f"  seed {seed}, {shots} shots: {time.perf_counter() - started:.0f} s")
     return methods, comparisons
@@ -197,7 +197,7 @@ def best_alpha(work: Path, zs_val: Path, prior: Path, probe_val: Path, tag: str)
         gla("combine", "--zeroshot", zs_val, "--prior", prior, "--finetuned", probe_val, "--method", "ensemble",
             "--alpha", a, "-o", path)
     out = work / f"fs_alpha_{tag}.json"
-    gla("evaluate", *grid, *(arg for a in ALPHAS for arg in ("--name", str(a))), "--json", out)
+    gla("evaluate", *grid, *(arg for a in ALPHAS for arg in ("--name", str(a))), "--json-out", out)
     scores = {float(r["name"]): (-r["metrics"]["top1"], r["metrics"]["nll"])
               for r in json.loads(out.read_text())["results"]}
     for path in grid:
@@ -304,7 +304,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         with quiet():
             features, head, zeroshot = import_fixture(work)
-            gla("evaluate", zeroshot, "--name", "zero-shot", "--json", work / "zeroshot_all.json")
+            gla("evaluate", zeroshot, "--name", "zero-shot", "--json-out", work / "zeroshot_all.json")
         overall = json.loads((work / "zeroshot_all.json").read_text())["results"][0]["metrics"]["top1"]
         log(f"imported: zero-shot top-1 on all {len(np.load(IMAGENET)['labels']):,} rows {100 * overall:.2f}%")
         with quiet():

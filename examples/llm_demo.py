@@ -144,7 +144,7 @@ def one_order(out: Path, corpus: Path, model: Path, prompt: str, per_class: int,
     result = out / "results.json"
     names = [arg for name, _ in rows for arg in ("--name", name)]
     once(result, "evaluate", *[path for _, path in rows], *names, "--bootstrap", BOOTSTRAP, "--bootstrap-seed",
-         SEED, "--baseline", "zero-shot", "--json", result)
+         SEED, "--baseline", "zero-shot", "--json-out", result)
     return json.loads(result.read_text())
 
 

@@ -688,17 +688,18 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
         } for i, (name, r, summary) in enumerate(zip(names, results, summaries))],
         "label_shift": False, "warnings": [],  # arrays carry no target prior nor record of fitted rows
     }
-    return _plain(document)
+    return json_values(document)
 
 
-def _plain(value: Any) -> Any:
-    """JSON values: arrays become lists, NaN (an empty group or bin) None, as in the written document."""
+def json_values(value: Any) -> Any:
+    """JSON values: arrays become lists, NaN (an empty group or bin) None, as in the written document
+    (``gla evaluate --json-out`` writes through this too)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_values(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_values(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return json_values(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -72,6 +72,12 @@ def write_features(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | 
 
 
 
+def read_logits(path: Path) -> tuple[np.ndarray, dict]:
+    """A logits file's values in float64, and its attributes."""
+    with store.read_rows(path, "logits") as f:
+        return f.read().astype(np.float64), f.attrs
+
+
 def write_combine_inputs(folder: Path, ft_temperature: float = 1.0) -> Path:
     """The inputs of ``combine`` with known values, in ``folder``: ``zs.h5`` and ``ft.h5`` (50 rows, 4
     classes; ``ft`` has ``ft_temperature`` applied), ``q.h5`` (q = [0.1, 0.2, 0.3, 0.4] at T_zs 1.7) and

@@ -6,6 +6,7 @@ import pytest
 from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, wideresnet_cifar10, write_rows
 from synth import classnames, write_combine_inputs, write_logits_file
+from synth import read_logits as read
 
 from glacli.base import chunking
 from glacli.io import store
@@ -14,11 +15,6 @@ from glacli.io import store
 @pytest.fixture
 def files(tmp_path):
     return write_combine_inputs(tmp_path)
-
-
-def read(path):
-    with store.read_rows(path, "logits") as f:
-        return f.read().astype(np.float64), f.attrs
 
 
 def test_gla_equals_the_formula_with_a_training_prior(gla, files):

@@ -78,7 +78,7 @@ def reference_log_prior(z: np.ndarray, f: np.ndarray, tol: float = 1e-12) -> np.
 
 def evaluate(work: Path, *files: Path) -> list[float]:
     out = work / "result.json"
-    gla("evaluate", *files, "--json", out)
+    gla("evaluate", *files, "--json-out", out)
     return [r["metrics"]["top1"] for r in json.loads(out.read_text())["results"]]
 
 

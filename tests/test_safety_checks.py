@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, write_rows
 from synth import class_features, classnames, write_combine_inputs, write_features, write_logits, write_logits_file
+from synth import read_logits as read
 
 from glacli.io import store
 
@@ -18,11 +19,6 @@ from glacli.io import store
 @pytest.fixture
 def files(tmp_path):
     return write_combine_inputs(tmp_path)
-
-
-def read(path):
-    with store.read_rows(path, "logits") as f:
-        return f.read().astype(np.float64), f.attrs
 
 
 def warnings_in(err: str, fragment: str) -> list[str]:

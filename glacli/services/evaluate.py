@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from glacli import __version__
+from glacli.api import json_values
 from glacli.base import chunking
 from glacli.base.devices import compute_device
 from glacli.base.errors import GlaInputError
@@ -361,7 +362,7 @@ def _plot_order(prior_info: dict[str, Any] | None, train_info: dict[str, Any] | 
 def dumps(document: Any) -> str:
     """Strict JSON: arrays become lists, NaN (an empty group or bin) becomes null, and lists of
     numbers stay on one line so that 1000-class results remain readable."""
-    return _dump(_plain(document), 0) + "\n"
+    return _dump(json_values(document), 0) + "\n"
 
 
 def _dump(value: Any, depth: int) -> str:
@@ -373,19 +374,6 @@ def _dump(value: Any, depth: int) -> str:
         return "[\n" + ",\n".join(f"{inner}{_dump(v, depth + 1)}" for v in value) + f"\n{pad}]"
     return json.dumps(value, allow_nan=False, ensure_ascii=False)
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def load_document(path: Path) -> Any:
