@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import fcntl
 import glob
 import os
 import re
@@ -43,6 +42,7 @@ from glacli.base.validation import (
     require_prior,
     require_unique,
 )
+from glacli.io import locks
 
 FORMAT_VERSION = 1
 KINDS = ("features", "head", "logits", "prior")
@@ -212,6 +212,9 @@ def _os_reason(exc: OSError) -> str:
     return os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
 
 
+WRITER_BUSY = "another gla run is writing this output ({holder}); wait for it to finish"
+
+
 @contextlib.contextmanager
 def writer_lock(*paths: str | Path | None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``.NAME.lock`` beside each output for the whole run, so that two runs
@@ -219,34 +222,8 @@ def writer_lock(*paths: str | Path | None) -> Iterator[None]:
     writer is refused at once. The kernel drops the lock of a killed run; the next run takes its file."""
     with contextlib.ExitStack() as stack:
         for path in sorted({Path(p) for p in paths if p is not None and str(p) != "-"}):
-            stack.enter_context(_one_writer(path))
+            stack.enter_context(locks.output_lock(path, WRITER_BUSY))
         yield
-
-
-@contextlib.contextmanager
-def _one_writer(path: Path) -> Iterator[None]:
-    lock = path.with_name(f".{path.name}.lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise GlaInputError(f"cannot write ({_os_reason(exc)})", path) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "starting"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise GlaInputError(f"another gla run is writing this output ({holder}); wait for it to finish",
-                                path) from None
-        raise GlaInputError(f"cannot lock {lock.name} ({_os_reason(exc)})", path) from exc
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -18,7 +18,6 @@ straddle chunks and start at the same rows whatever the number of ranks, so each
 encoded in the same batch either way.
 
     distributed.py  this process's place in a torchrun job
-    lock.py         the output lock
     parts.py        the committed chunks: state, resume, merge
     views.py        augmented views as rows (--augment-views): their ids and seeds
 """
@@ -38,10 +37,9 @@ import numpy as np
 import torch
 
 from glacli.base.errors import GlaInputError
-from glacli.io import store
+from glacli.io import locks, store
 from glacli.io.encoders.base import DecodeError, Encoder
 from glacli.io.extraction.distributed import Distributed
-from glacli.io.extraction.lock import output_lock
 from glacli.io.extraction.parts import (
     FINGERPRINT_KEYS,
     STATE_FILE,
@@ -56,6 +54,15 @@ from glacli.base.types import ExtractResult, Locator, Reporter, Rows
 from glacli.base.validation import feature_dtype, require_count
 from glacli.io.extraction.views import expand_views, view_seeds
 from glacli.io.sources import read_bytes
+
+
+EXTRACTION_BUSY = ("another extraction is writing this output ({holder}); wait for it to finish, or stop it and "
+                   "rerun this command to resume")
+
+
+def output_lock(output: Path) -> contextlib.AbstractContextManager[None]:
+    """The lock an extraction holds on its output for the whole run (rank 0 holds it)."""
+    return locks.output_lock(output, EXTRACTION_BUSY)
 
 @dataclass
 class ExtractOptions:

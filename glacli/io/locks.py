@@ -1,4 +1,4 @@
-"""The output lock of an extraction: one run at a time writes an output (rank 0 holds it)."""
+"""Output locks: one run at a time writes an output (an extraction, evaluate's JSON and figure)."""
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +27,9 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @contextlib.contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``.NAME.lock`` beside ``output``; a second holder is refused at once.
+def output_lock(output: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.NAME.lock`` beside ``output``; a second holder is refused at once
+    with ``busy`` (formatted with ``holder``, what the lock file says of the run holding it).
 
     The file names the holder (pid, host, start time) for the refusal message. The kernel drops a
     flock when its process dies, even by SIGKILL, so a killed run leaves no stale lock: the file it
@@ -46,8 +47,7 @@ def output_lock(output: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "starting"
             os.close(fd)
-            raise GlaInputError(f"another extraction is writing this output ({holder}); wait for it to finish, "
-                                f"or stop it and rerun this command to resume", output) from None
+            raise GlaInputError(busy.format(holder=holder), output) from None
         except OSError as exc:
             os.close(fd)
             raise GlaInputError(f"cannot lock {path.name} ({exc.strerror}); the file system must support "
