@@ -19,7 +19,7 @@ from conftest import assert_one_line_error
 
 from glacli.io import sources
 from glacli.io import store
-from glacli.io.encoders.sbert import TextLoader
+from glacli.io.encoders.base import TextLoader
 from glacli.io.templates import load_templates
 
 pytest.importorskip("sentence_transformers", reason="the text backend needs sentence-transformers (gla[text])")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -98,3 +98,40 @@ class Encoder(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Attributes that record which model produced a file."""
         return {"encoder": self.backend, "model": self.model_name, "pretrained": self.pretrained or ""}
+
+
+class TextLoader:
+    """Bytes of one row -> its text (UTF-8; undecodable bytes become U+FFFD, so no row is unreadable)."""
+
+    def __call__(self, data: bytes) -> str:
+        return data.decode("utf-8", errors="replace")
+
+
+class TextEncoder(Encoder):
+    """An encoder whose rows are texts: a batch is a list of strings, encoded as :meth:`encode_text`
+    encodes prompts, so documents and prompts go through the same model."""
+
+    input_kind = "text"
+
+    def loader(self, decode_on_device: bool = False) -> Callable[[bytes], str]:
+        return TextLoader()
+
+    def prepare(self, batch: list[str], decode_on_device: bool = False) -> tuple[list[str], list[int]]:
+        return list(batch), []
+
+    def encode_batch(self, inputs: list[str]) -> torch.Tensor:
+        return self.encode_text(inputs)
+
+
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar of its own; gla's stderr keeps only gla's bars."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()

@@ -20,16 +20,15 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from glacli.base.errors import GlaInputError, one_line
-from glacli.io.encoders.base import Encoder, amp_dtype_for
+from glacli.io.encoders.base import TextEncoder, amp_dtype_for, quiet_weight_loading
 from glacli.io.encoders.prompts import PromptTemplate
-from glacli.io.encoders.sbert import TextLoader, _quiet_weight_loading
 
 INSTALL_HINT = "pip install 'gla[llm]'"
 CHECK_TEXT = "N/A"
@@ -38,11 +37,10 @@ CHECK_RTOL = 1e-3
 """Largest difference allowed between the head's logits and the model's own, relative to their scale."""
 
 
-class CausalLMEncoder(Encoder):
+class CausalLMEncoder(TextEncoder):
     """A transformers ``AutoModelForCausalLM``, frozen in eval mode, read through a prompt template."""
 
     backend = "causal-lm"
-    input_kind = "text"
     needs_pretrained = False
     reads_prompt = True
 
@@ -62,7 +60,7 @@ class CausalLMEncoder(Encoder):
         except ImportError:
             raise GlaInputError(f"the {self.backend} backend needs the transformers package: {INSTALL_HINT}") from None
         try:
-            with _quiet_weight_loading(), contextlib.redirect_stderr(io.StringIO()):  # the GGUF reader's own bar
+            with quiet_weight_loading(), contextlib.redirect_stderr(io.StringIO()):  # the GGUF reader's own bar
                 self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
                 net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True,
                                                            dtype=torch.float32)
@@ -87,15 +85,6 @@ class CausalLMEncoder(Encoder):
                 "prompt": self.template.template, "prompt_labels": self.labels_text,
                 "label_words": self.label_words, "max_tokens": self.max_tokens, "l2_normalized": 0,
                 "feature": "final normed hidden state at the prompt's last token"}
-
-    def loader(self, decode_on_device: bool = False) -> Callable[[bytes], str]:
-        return TextLoader()
-
-    def prepare(self, batch: list[str], decode_on_device: bool = False) -> tuple[list[str], list[int]]:
-        return list(batch), []
-
-    def encode_batch(self, inputs: list[str]) -> torch.Tensor:
-        return self.encode_text(inputs)
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
         """The prompts of ``texts``: each text stripped and cut to ``max_tokens`` tokens, in the template."""

@@ -7,30 +7,23 @@ between a document and prompted class names, scaled by :data:`DEFAULT_LOGIT_SCAL
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from glacli.base.errors import GlaInputError, one_line
-from glacli.io.encoders.base import Encoder, amp_dtype_for
+from glacli.io.encoders.base import TextEncoder, amp_dtype_for, quiet_weight_loading
 
 DEFAULT_LOGIT_SCALE = 100.0
 """Sentence encoders have no learnt logit scale; 100 puts their cosine similarities on CLIP's scale."""
 INSTALL_HINT = "pip install 'gla[text]'"
 
 
-class TextLoader:
-    """Bytes of one row -> its text (UTF-8; undecodable bytes become U+FFFD, so no row is unreadable)."""
 
-    def __call__(self, data: bytes) -> str:
-        return data.decode("utf-8", errors="replace")
-
-
-class SentenceTransformerEncoder(Encoder):
+class SentenceTransformerEncoder(TextEncoder):
     """A ``sentence_transformers.SentenceTransformer``, frozen in eval mode.
 
     ``model`` is a local model folder (recorded as an absolute path) or a hub name, passed to
@@ -38,7 +31,6 @@ class SentenceTransformerEncoder(Encoder):
     """
 
     backend = "sentence-transformers"
-    input_kind = "text"
     needs_pretrained = False
 
     def __init__(self, model: str, pretrained: str | None, device: torch.device, autocast: str = "fp16"):
@@ -53,7 +45,7 @@ class SentenceTransformerEncoder(Encoder):
                                 f"{INSTALL_HINT}") from None
         name = _resolve_model(model)
         try:
-            with _quiet_weight_loading():
+            with quiet_weight_loading():
                 net = SentenceTransformer(name, device=str(device))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise GlaInputError(f"cannot load sentence-transformers model ({one_line(exc)})", model) from exc
@@ -71,15 +63,6 @@ class SentenceTransformerEncoder(Encoder):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dim": self.dim}
 
-    def loader(self, decode_on_device: bool = False) -> Callable[[bytes], str]:
-        return TextLoader()
-
-    def prepare(self, batch: list[str], decode_on_device: bool = False) -> tuple[list[str], list[int]]:
-        return list(batch), []
-
-    def encode_batch(self, inputs: list[str]) -> torch.Tensor:
-        return self.encode_text(inputs)
-
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
         with torch.inference_mode(), self._autocast():
@@ -87,19 +70,6 @@ class SentenceTransformerEncoder(Encoder):
                                            normalize_embeddings=True, show_progress_bar=False)
         return torch.nn.functional.normalize(embeddings.float(), dim=-1)
 
-
-@contextlib.contextmanager
-def _quiet_weight_loading() -> Iterator[None]:
-    """transformers draws a "Loading weights" bar of its own; gla's stderr keeps only gla's bars."""
-    from transformers.utils import logging as transformers_logging
-
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def _resolve_model(model: str) -> str:
