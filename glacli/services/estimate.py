@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from glacli import api
+from glacli.base import chunking
 from glacli.base.devices import compute_device
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior, PriorEstimate, Reporter
@@ -62,16 +64,18 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
         if temperature in TEMPERATURE_METHODS:
             require_labels(rows.labels, rows.path, f"for --temperature {temperature}")
         labels = rows.labels if labels_complete(rows.labels) else None
+        budget = memory_gib * 2**30 * (0.5 if compute != "cpu" else 1.0)
+        held = _load(rows) if 8.0 * rows.n_rows * len(rows.classnames) <= budget else None
         try:
-            fit = api.estimate_prior(rows.source, labels, temperature=temperature,
-                                     proportions=None if target == "labels" else proportions, tol=tol,
-                                     max_iter=max_iter,
-                                     memory_gib=memory_gib * (0.5 if compute != "cpu" else 1.0)).estimate
+            fit = api.estimate_prior(rows.source if held is None else _on_device(held, compute), labels,
+                                     temperature=temperature, proportions=None if target == "labels" else proportions,
+                                     tol=tol, max_iter=max_iter,
+                                     memory_gib=(budget if held is None else budget - held.nbytes) / 2**30).estimate
         except ValueError as exc:
             raise GlaInputError(str(exc), rows.path) from None
         method = temperature if isinstance(temperature, str) else "fixed"
-        report = _report(rows, labels, proportions, fit, method, output, show)
-        fitted = fitted_ids.hash_rows(rows.files)
+        correct, fitted = _after_fit(rows, held, labels, fit)
+        report = _report(rows, labels, proportions, fit, correct, method, output, show)
     if method == "nll" and (not fit.converged or fit.temperature <= T_MIN * 1.0001):
         why = ("the logits carry almost no information about these labels" if fit.temperature > 1 else
                "with q free, the logits separate the labels, which is common on a few dozen rows")
@@ -210,7 +214,7 @@ def _target_proportions(target: str, rows: _PooledRows) -> np.ndarray:
 
 
 def _report(rows: _PooledRows, labels: np.ndarray | None, proportions: np.ndarray, fit: PriorEstimate,
-            method: str, output: Path, show: int) -> dict[str, Any]:
+            correct: np.ndarray | None, method: str, output: Path, show: int) -> dict[str, Any]:
     """What ``gla estimate-prior`` prints: the fit, the shape of q, and (with labels) top-1 before and after."""
     log_q = fit.log_prior
     q = np.exp(log_q)
@@ -230,7 +234,6 @@ def _report(rows: _PooledRows, labels: np.ndarray | None, proportions: np.ndarra
     if labels is not None:
         counts = np.bincount(labels, minlength=len(classnames))
         present = counts > 0
-        correct = _right_predictions(rows, labels, fit.log_prior, fit.temperature)
         (top1_before, top1_after), (per_class_before, per_class_after) = (
             correct.sum(1) / len(labels) * 100, (correct[:, present] / counts[present]).mean(1) * 100)
         report.update(top1_before=float(top1_before), top1_after=float(top1_after),
@@ -238,16 +241,56 @@ def _report(rows: _PooledRows, labels: np.ndarray | None, proportions: np.ndarra
     return report
 
 
-def _right_predictions(rows: _PooledRows, labels: np.ndarray, log_prior: np.ndarray, temperature: float) -> np.ndarray:
-    """[2, C] right predictions per class on the estimation set, of ``z`` and of the debiased
-    ``z / T - log q``: one more pass over the files, in float32 on the CPU."""
-    correct, start = np.zeros((2, len(rows.classnames))), 0
-    scale, log_q = np.float32(1.0 / temperature), log_prior.astype(np.float32)
-    for z in rows.blocks("cpu"):
+def _load(rows: _PooledRows) -> np.ndarray:
+    """The pooled rows as one float32 array, read once: every later pass (the solver's, the summary
+    after it) then reads memory instead of the files."""
+    held, start = np.empty((rows.n_rows, len(rows.classnames)), np.float32), 0
+    for block in rows.blocks("cpu"):
+        held[start:start + len(block)] = block
+        start += len(block)
+    return held
+
+
+def _on_device(held: np.ndarray, device: str) -> Any:
+    if device == "cpu":
+        return held
+    import torch  # a GPU was asked for: torch is needed, and only then
+    return torch.from_numpy(held).to(device)
+
+
+def _after_fit(rows: _PooledRows, held: np.ndarray | None, labels: np.ndarray | None,
+               fit: PriorEstimate) -> tuple[np.ndarray | None, np.ndarray]:
+    """One pass over the rows after the fit (the held ones, else the files), pieces on two threads:
+    with labels, [2, C] right predictions per class of ``z`` and of the debiased ``z / T - log q``;
+    and the fitted rows' hashes (:mod:`glacli.io.fitted_ids`)."""
+    n_classes = len(rows.classnames)
+    scale, log_q = np.float32(1.0 / fit.temperature), fit.log_prior.astype(np.float32)
+
+    def summarise(start: int, z: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        if labels is None:
+            return fitted_ids.row_hashes(ids, z), None
         y = labels[start:start + len(z)]
-        start += len(z)
         debiased = z * scale
         debiased -= log_q
-        for k, scores in enumerate((z, debiased)):
-            correct[k] += np.bincount(y, weights=scores.argmax(1) == y, minlength=correct.shape[1])
-    return correct
+        return fitted_ids.row_hashes(ids, z), np.stack(
+            [np.bincount(y, weights=scores.argmax(1) == y, minlength=n_classes) for scores in (z, debiased)])
+
+    def pieces() -> Iterator[tuple[int, np.ndarray, list[str]]]:
+        offset, step = 0, chunking.array_rows(n_classes)
+        for rows_file, file_scale in zip(rows.files, rows.scales):
+            for start in range(0, rows_file.n_rows, step):
+                stop = min(start + step, rows_file.n_rows)
+                z = held[offset + start:offset + stop] if held is not None else rows_file.read(start, stop)
+                yield offset + start, z if held is not None or file_scale == 1.0 else z * np.float32(
+                    file_scale), rows_file.ids(start, stop)
+            offset += rows_file.n_rows
+
+    results, pending = [], []
+    with ThreadPoolExecutor(2) as pool:
+        for item in pieces():  # a few pieces in flight: streamed files are never read ahead whole
+            pending.append(pool.submit(summarise, *item))
+            if len(pending) > 4:
+                results.append(pending.pop(0).result())
+        results += [future.result() for future in pending]
+    correct = None if labels is None else sum(counts for _, counts in results)
+    return correct, np.unique(np.concatenate([hashes for hashes, _ in results]))

@@ -57,8 +57,8 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
         labels: [N] labels; needed by ``"confidence"`` and ``"nll"``, and for the reported mean
             cross-entropy. ``"nll"`` requires that ``target`` are the proportions of these labels.
         tol: stop when ``max_k |f_k - mean_i p_ik|`` (and the beta gradient) is below this, in float64.
-        hold_bytes: memory for float32 copies: ``exp(z / T)`` with T fixed; with ``"nll"`` the rows,
-            and ``exp(beta z)`` beside them when both fit; else every pass streams the rows again.
+        hold_bytes: memory for a float32 copy of ``exp(beta z - b)``, which makes most passes two
+            matrix-vector products; without it every pass recomputes from the rows (streamed or not).
 
     Returns:
         A :class:`PriorEstimate`; ``converged`` is False if ``max_iter`` ran out first.
@@ -79,14 +79,14 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
 
     fit_beta, small = temperature == "nll", n * c < 2**20  # small: float64 throughout, passes cost nothing
     dtypes = ("float64",) if small else ("float32", "float64")
-    keep = not small and (8.0 if fit_beta else 4.0) * n * c <= hold_bytes
+    keep = not small and 4.0 * n * c <= hold_bytes
     fixed_beta = None if temperature in ("nll", "confidence") else 1.0 / float(temperature)
-    with Rows(source, hold=fit_beta and 4.0 * n * c <= hold_bytes) as rows:
+    with Rows(source) as rows:
         objective = Objective(rows, target, fit_beta, keep)
-        z_sub, sub_rows, start = objective.scan(labels, 1.0 if fit_beta else fixed_beta,
+        z_sub, sub_rows, start = objective.scan(labels, None if fit_beta else fixed_beta,
                                                 label_proportions if fit_beta else None)
         if fit_beta:
-            run = _profile(objective, start, z_sub, labels[sub_rows], dtypes, tol, max_iter)
+            run = _profile(objective, z_sub, labels[sub_rows], dtypes, tol, max_iter)
         else:
             beta = fixed_beta or 1.0 / _confidence_temperature(rows, labels)
             zero = np.zeros(c)
@@ -107,16 +107,18 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
                          moment_gaps, passes)
 
 
-def _fixed_point_step(objective: Objective, beta: float, b: np.ndarray, moments: np.ndarray,
+def _fixed_point_step(objective: Objective, beta: float, b: np.ndarray, moments: np.ndarray | None,
                       z_sub: np.ndarray) -> np.ndarray:
     """``b + log(m / f)`` from the mean predicted distribution ``m`` at ``(beta, b)``: every class's
-    mean probability moves to its target at once, which lands close to the optimum. Where a class's
-    probability underflows on every row, ``log m`` comes from the subsample in log space."""
-    log_m = np.log(np.maximum(moments, 1e-300))
-    if (moments < UNDERFLOW).any():
+    mean probability moves to its target at once, which lands close to the optimum. ``m`` comes from
+    the subsample in log space where a class's probability underflows on every row (or ``moments``
+    is None)."""
+    low = np.ones(len(b), bool) if moments is None else moments < UNDERFLOW
+    log_m = np.zeros(len(b)) if moments is None else np.log(np.maximum(moments, 1e-300))
+    if low.any():
         log_p = log_softmax(np, z_sub * beta - b)
         top = log_p.max(0)
-        log_m = np.where(moments < UNDERFLOW, top + np.log(np.exp(log_p - top).mean(0)), log_m)
+        log_m = np.where(low, top + np.log(np.exp(log_p - top).mean(0)), log_m)
     b = b + log_m - np.log(objective.target)
     return b - b.max()
 
@@ -135,7 +137,7 @@ def _confidence_temperature(rows: Rows, labels: np.ndarray) -> float:
     return solve_temperature_confidence(confidence, correct / rows.n, rows.c)
 
 
-def _profile(objective: Objective, at_one: Point | None, z_sub: np.ndarray, y_sub: np.ndarray, dtypes: tuple[str, ...],
+def _profile(objective: Objective, z_sub: np.ndarray, y_sub: np.ndarray, dtypes: tuple[str, ...],
              tol: float, max_iter: int) -> Newton:
     """``nll``: Newton on ``phi(beta) = min_b L(beta, b)``, then the joint float64 Newton.
 
@@ -148,9 +150,7 @@ def _profile(objective: Objective, at_one: Point | None, z_sub: np.ndarray, y_su
     each next ``b``; later trials carry ``phi'`` from their keep along ``H_beta_b`` and take ``phi''``
     by secants.
     """
-    shift = objective.shift
-    at_one = at_one or objective.evaluate(1.0, -shift, dtypes[0], hessian=False)
-    b1 = _fixed_point_step(objective, 1.0, -shift, at_one.moments, z_sub)
+    b1 = _fixed_point_step(objective, 1.0, np.zeros(objective.rows.c), None, z_sub)
     every = max(1, len(z_sub) // START_ROWS)
     beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, y_sub[::every], tol=1e-4)
     b, inner = beta * b1, Newton(objective, z_sub, False, 1e-6, max_iter)

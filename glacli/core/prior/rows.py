@@ -42,11 +42,10 @@ class LogitSource:
 
 
 class Rows:
-    """Passes over a :class:`LogitSource`; ``hold``: the first pass keeps the blocks, so later
-    passes read no file. Use as a context manager (it owns the thread pool)."""
+    """Passes over a :class:`LogitSource`. Use as a context manager (it owns the thread pool)."""
 
-    def __init__(self, source: LogitSource, hold: bool):
-        self.source, self.hold, self.held = source, hold, None
+    def __init__(self, source: LogitSource):
+        self.source = source
         self.n, self.c = source.n_rows, source.n_classes
         like = source.like if source.like is not None else next(iter(source.blocks()))
         # numpy 2.1+ is itself an array-API namespace: its wrapper would only add start-up time
@@ -80,19 +79,11 @@ class Rows:
         return buffers[key]
 
     def _blocks(self) -> Iterator[Any]:
-        if self.held is not None:
-            yield from self.held
-            return
-        held: list[Any] | None = [] if self.hold else None
         blocks, end = iter(self.source.blocks()), object()
         ahead = self._pool.submit(next, blocks, end)
         while (block := ahead.result()) is not end:
             ahead = self._pool.submit(next, blocks, end)
-            block = self.xp.asarray(block, device=self.device)
-            if held is not None:
-                held.append(block)
-            yield block
-        self.held = held
+            yield self.xp.asarray(block, device=self.device)
 
     def pieces(self) -> Iterator[tuple[int, Any]]:
         """``(first row, piece)`` of the rows in order; cache-sized on a CPU."""
