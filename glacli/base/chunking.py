@@ -16,9 +16,14 @@ block. These budgets size the blocks, each in one place:
 
 No result depends on these numbers (tests shrink them to a few rows); they only trade memory for
 speed. Callers use the functions below through the module (``chunking.io_rows``), so a test can
-patch one of them and reach every loop.
+patch one of them and reach every loop. :class:`LogitSource` is the one form of rows that come in
+blocks (a file streamed, or an array cut up), as the prior solver and the label-shift estimates take them.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 IO_BYTES = 64 * 2**20
 COMPUTE_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
@@ -62,3 +67,21 @@ def array_rows(n_cols: int) -> int:
 def cache_rows(n_cols: int) -> int:
     """Rows of ``n_cols`` values per cache-sized block of the prior solver on a CPU."""
     return _rows(CACHE_ELEMENTS, n_cols)
+
+
+@dataclass
+class LogitSource:
+    """Blocks of [rows, C] logits, the same blocks in the same order on every call of ``blocks()``.
+    Streaming a file through it keeps memory at one block whatever ``n_rows`` is. ``like``: an
+    empty array of the blocks' kind and device (else the first block is read to learn them)."""
+
+    blocks: Callable[[], Iterable[Any]]
+    n_rows: int
+    n_classes: int
+    like: Any = None
+
+    @classmethod
+    def from_array(cls, logits: Any) -> LogitSource:
+        n, c = logits.shape
+        rows = array_rows(c)
+        return cls(lambda: (logits[start:start + rows] for start in range(0, n, rows)), n, c, logits[:0])

@@ -27,7 +27,7 @@ from glacli.core.label_shift import (
     TargetEstimate,
 )
 from glacli.base.types import Prior, Reporter
-from glacli.core.prior import LogitSource
+from glacli.base.chunking import LogitSource
 from glacli.base.validation import (
     check_same_classnames,
     check_same_temperature,

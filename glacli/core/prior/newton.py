@@ -1,18 +1,17 @@
 """Newton's method on the prior estimator's objective, in the named stages of scikit-learn's
 ``NewtonSolver``: setup, gradient and Hessian, inner solve, line search, convergence check, finalize.
 
-The variables are ``b`` (``T`` fixed) or ``(beta, b)``. The Hessian is dense only on a fixed
-subsample of rows, its ``b``-diagonal raised to the exact one the passes give; its inverse is
-refreshed while the gap is large and then improved by BFGS updates from the gradients the passes
-give anyway, which makes the last iterations superlinear. Passes run in the precisions of
-``dtypes`` in turn (float32 while it makes progress, then float64 to declare convergence).
+The variables are ``b`` (``T`` fixed) or ``(beta, b)``. The Hessian is dense only on a subsample of
+rows, its ``b``-diagonal raised to the exact one; its inverse is refreshed while the gap is large,
+then BFGS-updated from the gradients the passes give anyway. Passes run in float32 while it makes
+progress, then float64 to declare convergence.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from glacli.core.calibration import expected_logits
-from glacli.core.prior.objective import Objective, Point
+from glacli.core.prior.objective import Objective
 
 REUSE_HESSIAN_BELOW_GAP = 1e-4
 FLOAT32_FLOOR = 1e-6  # below it float32 rounding may stall: not halving the gap hands over to float64
@@ -21,9 +20,9 @@ MAX_RIDGE_RETRIES = 30  # each multiplies the ridge by 100: from 1e-12 past any 
 
 def subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray, diag: np.ndarray, fit_beta: bool) -> np.ndarray:
     """The Hessian of ``L`` over the subsample rows, float64 [C, C] (``fit_beta``: [C + 1, C + 1],
-    ``beta`` first), with its ``b``-diagonal raised to the exact ``diag`` (never lowered: it stays
-    positive semi-definite) and the gauge direction ``b -> b + c`` fixed by adding ``1 1^T / C``.
-    Float32 inside: it only shapes the step."""
+    ``beta`` first), its ``b``-diagonal raised to the exact ``diag`` (never lowered: it stays positive
+    semi-definite), the gauge direction ``b -> b + c`` fixed by adding ``1 1^T / C``. Float32 inside:
+    it only shapes the step."""
     z = z_sub.astype(np.float32)
     s = z * np.float32(beta) - b.astype(np.float32)
     e = np.exp(s - s.max(1, keepdims=True))
@@ -45,8 +44,7 @@ def joint_inverse(inverse_bb: np.ndarray, h_beta_b: np.ndarray, curvature: float
 
 
 def regularised_inverse(h: np.ndarray) -> np.ndarray:
-    """``(h + ridge I)^-1`` with the smallest ridge that makes ``h`` positive definite (a Cholesky
-    factorisation decides)."""
+    """``(h + ridge I)^-1`` with the smallest ridge at which a Cholesky factorisation succeeds."""
     if np.isfinite(h).all():
         ridge, eye = 1e-12 * max(float(np.abs(np.diag(h)).max()), 1e-300), np.eye(len(h))
         for _ in range(MAX_RIDGE_RETRIES):
@@ -59,9 +57,9 @@ def regularised_inverse(h: np.ndarray) -> np.ndarray:
 
 
 class Newton:
-    """Newton's method with an Armijo (or gradient-decrease) line search on ``objective``. After
-    :meth:`solve`: ``point`` (the last pass), ``start`` (the first), ``iterations``, ``converged``,
-    ``inverse`` (the inverse Hessian) and ``diag`` (the exact diagonal)."""
+    """Newton's method with an Armijo (or gradient-decrease) line search. After :meth:`solve`:
+    ``point`` (the last pass), ``start`` (the first), ``iterations``, ``converged``, ``inverse`` (the
+    inverse Hessian) and ``diag`` (the exact diagonal)."""
 
     def __init__(self, objective: Objective, z_sub: np.ndarray, fit_beta: bool, tol: float, max_iter: int):
         self.objective, self.z_sub, self.fit_beta, self.tol, self.max_iter = objective, z_sub, fit_beta, tol, max_iter
@@ -71,9 +69,8 @@ class Newton:
         """The start point's pass (with the Hessian's diagonal unless ``diag`` is given)."""
         self.point = self.start = self.objective.evaluate(beta, b, dtype, hessian=diag is None)
         self.diag = self.point.hess_diag if diag is None else diag
-        self.inverse = inverse
+        self.inverse, self.iterations = inverse, 0
         self.g = self.objective.gradient(self.point, self.fit_beta)
-        self.iterations = 0
 
     gap = property(lambda self: float(np.abs(self.g).max()))
 
@@ -96,8 +93,7 @@ class Newton:
         t, near_floor = 1.0, dtype == "float32" and self.gap < FLOAT32_FLOOR
         for _ in range(3 if near_floor else 40):
             beta = point.beta + t * direction[0] if self.fit_beta else point.beta
-            if beta > 0:
-                # its Hessian diagonal is used only while the next gap stays above the reuse threshold
+            if beta > 0:  # the trial's Hessian diagonal serves only while the gap stays large
                 trial = objective.evaluate(beta, point.b + t * direction[self.fit_beta:], dtype,
                                            hessian=self.gap > 10 * REUSE_HESSIAN_BELOW_GAP)
                 new_g = objective.gradient(trial, self.fit_beta)
@@ -121,6 +117,8 @@ class Newton:
         return self.gap < tol
 
     def finalize(self) -> Newton:
+        if self.inverse is None:  # solved before any step: the caller may still need the Hessian
+            self.update_gradient_hessian()
         self.converged = self.check_convergence(self.tol)
         return self
 
@@ -131,17 +129,15 @@ class Newton:
         float32 floor; the last one ends at the tolerance, ``max_iter``, or a failed line search."""
         self.setup(beta, b, dtypes[0], inverse, diag)
         for stage, dtype in enumerate(dtypes):
-            last = stage == len(dtypes) - 1
             if stage:
                 self.point = self.objective.evaluate(self.point.beta, self.point.b, dtype, hessian=False)
                 self.g = self.objective.gradient(self.point, self.fit_beta)
-            while not self.check_convergence(self.tol if last else self.tol / 4) and self.iterations < self.max_iter:
+            tol = self.tol if stage == len(dtypes) - 1 else self.tol / 4
+            while not self.check_convergence(tol) and self.iterations < self.max_iter:
                 gap = self.gap
                 self.update_gradient_hessian()
                 accepted = self.line_search(self.inner_solve(), dtype)
                 self.iterations += 1
                 if not accepted or (dtype == "float32" and gap < FLOAT32_FLOOR and self.gap > gap / 2):
                     break
-        if self.inverse is None:  # solved before any step: the caller may still need the Hessian
-            self.update_gradient_hessian()
         return self.finalize()

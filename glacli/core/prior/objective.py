@@ -1,12 +1,10 @@
-"""The prior estimator's objective over the rows, kept or streamed (pure array math, no I/O).
+"""The prior estimator's objective over the rows, kept or streamed (array math, no I/O).
 
 ``L(beta, b) = mean_i logsumexp(beta z_i - b) + f . b - beta mean_i z_{i,y_i}``. One evaluation is
-one pass over the rows, and every pass sums the same terms with one kernel (:meth:`Objective._terms`):
-the log-partition, the moments ``mean_i p_i``, when asked the Hessian's diagonal ``mean_i p_i (1 - p_i)``,
-and with the temperature free ``mean_i E_p[z_i]`` (the kernel shared with
-:mod:`glacli.core.calibration`). A pass either computes ``E = exp(beta z - b - rowmax)`` from the
-rows, or reuses a kept float32 ``E`` computed at ``b_ref``: ``softmax(beta z_i - b)_k = E_ik w_k /
-(E_i . w)`` with ``w = exp(b_ref - b)``, two matrix-vector products over the whole array.
+one pass; every pass sums the same terms with one kernel (:meth:`Objective._terms`): log-partition,
+moments ``mean_i p_i``, the Hessian's diagonal, and with T free ``mean_i E_p[z_i]`` (the kernel of
+:mod:`glacli.core.calibration`). A pass may keep ``E = exp(beta z - b_ref - rowmax)`` in float32; later
+passes reuse it: ``softmax(beta z_i - b)_k = E_ik w_k / (E_i . w)``, ``w = exp(b_ref - b)``.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ from glacli.core.prior.rows import Rows
 
 SUBSAMPLE_ROWS = 4096
 """Rows of the fixed subsample that shapes the Newton step (its dense Hessian)."""
-
 REFERENCE_DRIFT = 30.0
 """Kept ``E`` is recomputed once ``b`` moved this far from ``b_ref`` (float32 range)."""
 
@@ -43,14 +40,13 @@ class Point:
 
 @dataclass
 class Kept:
-    """``E = exp(beta z - b_ref - rowmax)`` (float32) as ``(E, rowmax)`` pieces; on numpy the pieces
-    are views of ``storage``, one [N, C] array that the next keep refills."""
+    """``E`` at ``(beta, b_ref)`` as ``(E, rowmax)`` pieces; on numpy views of ``storage`` [N, C] float32."""
 
     beta: float
     b_ref: np.ndarray
     pieces: list
     storage: Any
-    tops: Any = None
+    tops: Any
 
 
 class Objective:
@@ -60,9 +56,7 @@ class Objective:
 
     def __init__(self, rows: Rows, target: np.ndarray, fit_beta: bool, keep: bool):
         self.rows, self.target, self.fit_beta, self.keep = rows, target, fit_beta, keep
-        self.mean_true_logit = 0.0
-        self.shift: np.ndarray | None = None
-        self.kept: Kept | None = None
+        self.mean_true_logit, self.shift, self.kept = 0.0, None, None
 
     def value(self, point: Point) -> float:
         return point.lse + float(self.target @ point.b) - point.beta * self.mean_true_logit
@@ -72,16 +66,14 @@ class Objective:
         g_b = self.target - point.moments
         return np.concatenate([[point.mean_z - self.mean_true_logit], g_b]) if fit_beta else g_b
 
-    def evaluate(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, mean_z: bool = False) -> Point:
-        """One pass at ``(beta, b)`` in ``dtype`` (``"float32"`` or ``"float64"``). ``mean_z``: also the
-        temperature's gradient and Hessian terms (passes over the rows give the gradient whenever
-        ``fit_beta``)."""
+    def evaluate(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, curvature: bool = False) -> Point:
+        """One pass at ``(beta, b)`` in ``dtype``; ``curvature``: also the temperature's Hessian terms."""
+        kept = self.kept
         if dtype == "float32" and self.keep:
-            kept = self.kept
-            if kept is None or kept.beta != beta or np.abs(b - kept.b_ref).max() > REFERENCE_DRIFT:
-                return self._keep(beta, b, hessian)[0]
-            return self._kept_pass(b, hessian, mean_z)
-        return self._pass(beta, b, dtype, hessian, mean_z)
+            if kept is not None and kept.beta == beta and np.abs(b - kept.b_ref).max() <= REFERENCE_DRIFT:
+                return self._kept_pass(b, hessian, curvature)
+            return self._pass(beta, b, dtype, hessian, curvature, keep=True)[0]
+        return self._pass(beta, b, dtype, hessian, curvature)[0]
 
     def _load(self, piece: Any, dtype: str) -> Any:
         """``piece - shift`` in ``dtype`` (a per-thread buffer on numpy; the piece is never written)."""
@@ -129,60 +121,43 @@ class Objective:
 
     def _point(self, parts: list, beta: float, b: np.ndarray, w: np.ndarray | None, hessian: bool) -> Point:
         n, w = self.rows.n, np.ones(self.rows.c) if w is None else w
-        moments = w * parts[1] / n
-        point = Point(parts[0] / n, moments, moments - w * w * parts[2] / n if hessian else None,
-                      beta=beta, b=np.asarray(b, dtype=np.float64))
-        rest = parts[2 + hessian:]
-        if rest:
-            point.mean_z = rest[0] / n
-        if len(rest) > 1:
-            point.h_beta, point.h_beta_b = rest[1] / n, -w * rest[2] / n
-        return point
+        moments, rest = w * parts[1] / n, parts[2 + hessian:] + [math.nan] * 3
+        return Point(parts[0] / n, moments, moments - w * w * parts[2] / n if hessian else None, rest[0] / n,
+                     rest[1] / n, None if len(rest) < 6 else -w * rest[2] / n, beta, np.asarray(b, dtype=np.float64))
 
-    def _pass(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, curvature: bool = False) -> Point:
-        """A pass over the rows themselves (held or streamed)."""
-        b_x = self.rows.vector(b, getattr(self.rows.xp, dtype))
-
-        def terms(_start: int, piece: Any) -> list:
-            z = self._load(piece, dtype)
-            e, top = self._exp(z, beta, b_x)
-            return self._terms(e, top, None, z if self.fit_beta else None, hessian, curvature)
-
-        return self._point(self.rows.reduce(terms), beta, b, None, hessian)
-
-    def _keep(self, beta: float, b_ref: np.ndarray, hessian: bool,
-              first: Callable[[int, Any], tuple] | None = None) -> tuple[Point, list]:
-        """One exp pass that keeps ``E`` at ``b_ref`` (into the last keep's memory) and gives the point
-        there; ``first``: the first pass's own sums of each piece, returned beside it."""
-        rows, xp = self.rows, self.rows.xp
-        storage = None if not rows.on_numpy else (
-            self.kept.storage if self.kept is not None else np.empty((rows.n, rows.c), np.float32))
-        b_x = rows.vector(b_ref, xp.float32)
-        pieces: list = []
+    def _pass(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, curvature: bool = False,
+              keep: bool = False, first: Callable[[int, Any], tuple] | None = None) -> tuple[Point, list]:
+        """A pass over the rows themselves; ``keep``: ``E`` stays in memory (the last keep's, on numpy);
+        ``first``: the scan's own sums of each piece, returned beside the point."""
+        rows, storage, pieces = self.rows, None, []
+        if keep and rows.on_numpy:
+            storage = self.kept.storage if self.kept is not None else np.empty((rows.n, rows.c), np.float32)
+        b_x = rows.vector(b, getattr(rows.xp, dtype))
 
         def terms(start: int, piece: Any) -> tuple:
             extra = () if first is None else first(start, piece)
-            z = self._load(piece, "float32")
+            z = self._load(piece, dtype)
             e, top = self._exp(z, beta, b_x, None if storage is None else storage[start:start + piece.shape[0]])
-            pieces.append((start, e, top))
-            return (*extra, *self._terms(e, top, None, z if self.fit_beta and first is None else None, hessian))
+            if keep:
+                pieces.append((start, e, top))
+            return (*self._terms(e, top, None, z if self.fit_beta else None, hessian, curvature), *extra)
 
-        parts = self.rows.reduce(terms)
-        k = 0 if first is None else len(parts) - 2 - hessian
-        pieces.sort(key=lambda item: item[0])
-        self.kept = Kept(beta, np.asarray(b_ref, dtype=np.float64).copy(), [(e, top) for _, e, top in pieces], storage)
-        if storage is not None:
-            self.kept.tops = np.concatenate([top for _, top in self.kept.pieces])
-        return self._point(parts[k:], beta, b_ref, None, hessian), parts[:k]
+        parts = rows.reduce(terms)
+        if keep:
+            pieces.sort(key=lambda item: item[0])
+            self.kept = Kept(beta, np.asarray(b, dtype=np.float64).copy(), [(e, top) for _, e, top in pieces],
+                             storage, None if storage is None else np.concatenate([top for *_, top in pieces]))
+        n_terms = 2 + hessian + self.fit_beta + 2 * curvature
+        return self._point(parts[:n_terms], beta, b, None, hessian), parts[n_terms:]
 
-    def _kept_pass(self, b: np.ndarray, hessian: bool, with_z: bool = False) -> Point:
+    def _kept_pass(self, b: np.ndarray, hessian: bool, curvature: bool) -> Point:
         """Two matrix-vector products over kept ``E`` (the whole array at once on numpy, where BLAS
-        runs them on all cores); the Hessian's diagonal, or ``E_p[z]`` and the temperature's Hessian
-        terms (``with_z``, the rows held), piece by piece."""
+        runs them on all cores); the Hessian's diagonal, or the temperature's terms (reading the rows
+        again), piece by piece."""
         kept, rows = self.kept, self.rows
         w = np.exp(kept.b_ref - b)
         w_x = rows.vector(w, rows.xp.float32)
-        if with_z:
+        if curvature:
             items = ((e, top, piece) for (e, top), (_, piece) in zip(kept.pieces, rows.pieces()))
             parts = rows.reduce(lambda e, top, piece: self._terms(
                 e, top, w_x, self._load(piece, "float32"), hessian, True), items)
@@ -191,17 +166,16 @@ class Objective:
         else:
             rows.passes += 1
             d = kept.storage @ w_x
-            parts = [float(np.sum(kept.tops + np.log(d.astype(np.float64)))),
-                     (np.float32(1.0) / d) @ kept.storage]
+            parts = [float(np.sum(kept.tops + np.log(d.astype(np.float64)))), (np.float32(1.0) / d) @ kept.storage]
         return self._point(parts, kept.beta, b, w, hessian)
 
     def scan(self, labels: np.ndarray | None, keep_beta: float | None,
              centre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, Point | None]:
-        """The first pass over the rows as given. Refuses non-finite values, sets the label term and,
-        with ``centre`` (the label proportions), takes the column means out of ``z`` (per-class
-        constants only move ``b``, but a class far below the rest makes the beta curvature huge).
-        Returns :data:`SUBSAMPLE_ROWS` random rows (float64, centred), their indices, and with
-        ``keep_beta`` (when ``E`` may be kept) the point at ``b = 0`` of the rows as given."""
+        """The first pass over the rows as given: refuses non-finite values, sets the label term and,
+        with ``centre`` (the label proportions), takes the column means out of ``z`` (per-class constants
+        only move ``b``, but a class far below the rest makes the beta curvature huge). Returns
+        :data:`SUBSAMPLE_ROWS` random rows (float64, centred), their indices, and with ``keep_beta``
+        (when ``E`` may be kept) the point at ``b = 0``."""
         rows, xp, to_np = self.rows, self.rows.xp, self.rows.numpy
         y_all = None if labels is None else rows.vector(labels, xp.int64)
         # rows at random (fixed seed), not every k-th: a file sorted or cycled by class would alias
@@ -217,7 +191,7 @@ class Objective:
 
         point = None
         if keep_beta is not None and self.keep:
-            point, parts = self._keep(keep_beta, np.zeros(rows.c), False, first)
+            point, parts = self._pass(keep_beta, np.zeros(rows.c), "float32", False, keep=True, first=first)
         else:
             parts = rows.reduce(first)
         bad, true_sum, sums, picked = parts
@@ -230,6 +204,4 @@ class Objective:
             self.shift = (sums / rows.n).astype(np.float32).astype(np.float64)
             z_sub = z_sub - self.shift
             self.mean_true_logit -= float(centre @ self.shift)
-            if self.kept is not None:  # E = exp(beta z - rowmax) is, centred, E at b = -beta shift
-                self.kept.b_ref = -keep_beta * self.shift
         return z_sub, sub_rows, point

@@ -1,10 +1,9 @@
-"""The rows the prior solver passes over, and how a pass goes over them.
+"""How a pass of the prior solver goes over the rows.
 
-A pass walks a :class:`LogitSource` in cache-sized pieces, in the array namespace of its blocks
-(numpy on a CPU, torch tensors on a GPU), and sums what each piece gives. One thread pool does
-all the concurrency: on a CPU up to ``min(4, cpus)`` pieces are worked on at once (numpy's
-elementwise kernels are single-threaded and release the GIL), and the source's next block is
-read while the current one is worked on (a file read releases the GIL too).
+A pass walks a :class:`~glacli.base.chunking.LogitSource` in cache-sized pieces, in its blocks' array
+namespace (numpy on a CPU, torch on a GPU), and sums what each piece gives. One thread pool does all
+the concurrency: up to ``min(4, cpus)`` pieces at once on a CPU (numpy's kernels release the GIL),
+and the next block is read while the current one is worked on.
 """
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,32 +19,14 @@ from array_api_compat import array_namespace, is_numpy_namespace
 from array_api_compat import device as device_of
 
 from glacli.base import chunking
-
-
-@dataclass
-class LogitSource:
-    """Blocks of [rows, C] logits, the same blocks in the same order on every call of ``blocks()``.
-    Streaming a file through it keeps memory at one block whatever ``n_rows`` is. ``like``: an
-    empty array of the blocks' kind and device (else the first block is read to learn them)."""
-
-    blocks: Callable[[], Iterable[Any]]
-    n_rows: int
-    n_classes: int
-    like: Any = None
-
-    @classmethod
-    def from_array(cls, logits: Any) -> LogitSource:
-        n, c = logits.shape
-        rows = chunking.array_rows(c)
-        return cls(lambda: (logits[start:start + rows] for start in range(0, n, rows)), n, c, logits[:0])
+from glacli.base.chunking import LogitSource
 
 
 class Rows:
     """Passes over a :class:`LogitSource`. Use as a context manager (it owns the thread pool)."""
 
     def __init__(self, source: LogitSource):
-        self.source = source
-        self.n, self.c = source.n_rows, source.n_classes
+        self.source, self.n, self.c, self.passes = source, source.n_rows, source.n_classes, 0
         like = source.like if source.like is not None else next(iter(source.blocks()))
         # numpy 2.1+ is itself an array-API namespace: its wrapper would only add start-up time
         self.xp = np if isinstance(like, np.ndarray) and hasattr(np, "astype") else array_namespace(like)
@@ -54,7 +34,6 @@ class Rows:
         self.on_numpy = is_numpy_namespace(self.xp)
         self.cpu = self.on_numpy or str(self.device) == "cpu"
         self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
-        self.passes = 0
         self._pool = ThreadPoolExecutor(self.workers + 1)
         self._local = threading.local()
 
@@ -78,17 +57,14 @@ class Rows:
             buffers[key] = np.empty(shape, dtype)
         return buffers[key]
 
-    def _blocks(self) -> Iterator[Any]:
+    def pieces(self) -> Iterator[tuple[int, Any]]:
+        """``(first row, piece)`` of the rows in order, cache-sized on a CPU; the next block is read ahead."""
+        start, step = 0, chunking.cache_rows(self.c) if self.cpu else None
         blocks, end = iter(self.source.blocks()), object()
         ahead = self._pool.submit(next, blocks, end)
         while (block := ahead.result()) is not end:
             ahead = self._pool.submit(next, blocks, end)
-            yield self.xp.asarray(block, device=self.device)
-
-    def pieces(self) -> Iterator[tuple[int, Any]]:
-        """``(first row, piece)`` of the rows in order; cache-sized on a CPU."""
-        start, step = 0, chunking.cache_rows(self.c) if self.cpu else None
-        for block in self._blocks():
+            block = self.xp.asarray(block, device=self.device)
             for offset in range(0, block.shape[0], step or block.shape[0]):
                 yield start + offset, block[offset:offset + (step or block.shape[0])]
             start += block.shape[0]
