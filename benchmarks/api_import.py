@@ -7,7 +7,7 @@ child's CPU time (which other processes on a busy machine inflate less). Cases:
 
 - ``numpy + h5py``: the baseline, what any notebook reading gla files imports anyway;
 - ``+ import glacli``: the package root (the API is loaded on first use);
-- ``+ gla.estimate_prior``: the root and the whole API (core math, the store), the cost a user pays.
+- ``+ gla.estimate_prior``: the root and the whole API (core math, the gla file readers and writers), the cost a user pays.
 
 Reported: the median over rounds per case, its difference to the baseline and the ratio, for
 both clocks, and the machine's load average. The target (issue 21) is at most 0.15 s over the

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli.io import store
+from glacli.base.types import Prior
+from glacli.io.paramfile import write_prior
+from glacli.io.rowfile import write_rows
 
 PEAK = "import resource, sys; from glacli.cli.main import main; code = main(sys.argv[1:]); " \
        "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
@@ -42,8 +44,8 @@ def write_files(folder: Path, per_class: int, n_classes: int) -> list[Path]:
     names = [f"class {k}" for k in range(n_classes)]
     paths = [folder / "biased.h5", folder / "debiased.h5"]
     classes_per_slice = max(1, 2**24 // (n_classes * per_class))
-    sinks = [store.write_rows(p, "logits", n_rows=n, n_cols=n_classes, classnames=names,
-                              attrs={"temperature": 1.0}) for p in paths]
+    sinks = [write_rows(p, "logits", n_rows=n, n_cols=n_classes, classnames=names,
+                        attrs={"temperature": 1.0}) for p in paths]
     with sinks[0] as biased, sinks[1] as debiased:
         for k0 in range(0, n_classes, classes_per_slice):
             rng = np.random.default_rng(k0)
@@ -54,7 +56,7 @@ def write_files(folder: Path, per_class: int, n_classes: int) -> list[Path]:
             ids = [str(i) for i in range(start, start + len(labels))]
             biased.write(start, logits + bias, labels, ids)
             debiased.write(start, logits, labels, ids)
-    store.write_prior(folder / "q.h5", store.Prior(q, names, 1.0, "benchmark"))
+    write_prior(folder / "q.h5", Prior(q, names, 1.0, "benchmark"))
     return [*paths, folder / "q.h5"]
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from glacli.io import store
+from glacli.io.paramfile import read_prior
+from glacli.io.rowfile import write_rows
 
 GLA = [sys.executable, "-m", "glacli"]
 
@@ -45,9 +46,9 @@ def write_file(path: Path, per_class: int, n_classes: int) -> None:
     zipf = 1.0 / np.arange(1, n_classes + 1) ** 1.1
     bias = (np.log(np.random.default_rng(0).permutation(zipf / zipf.sum())) * 0.5).astype(np.float32)
     classes_per_slice = max(1, 2**24 // (n_classes * per_class))
-    with store.write_rows(path, "logits", n_rows=n, n_cols=n_classes,
-                          classnames=[f"class {k}" for k in range(n_classes)],
-                          attrs={"temperature": 1.0, "head_type": "zeroshot"}) as sink:
+    with write_rows(path, "logits", n_rows=n, n_cols=n_classes,
+                    classnames=[f"class {k}" for k in range(n_classes)],
+                    attrs={"temperature": 1.0, "head_type": "zeroshot"}) as sink:
         for k0 in range(0, n_classes, classes_per_slice):
             rng = np.random.default_rng(k0)
             labels = np.repeat(np.arange(k0, min(n_classes, k0 + classes_per_slice)), per_class)
@@ -142,7 +143,7 @@ def main() -> None:
                                                 "all": [s for s, _ in baseline], "current": [s for s, _ in runs]}
             if baseline:
                 timed(command)  # the prior file of this tree, for the table
-            prior = store.read_prior(out)
+            prior = read_prior(out)
             result[f"gla_t_{mode}"] = {"seconds": min(s for s, _ in runs), "peak_rss_mb": max(m for _, m in runs),
                                        "iterations": prior.iterations, "temperature": prior.temperature,
                                        "log_prior": prior.log_prior, "max_moment_gap": prior.max_moment_gap}

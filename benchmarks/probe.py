@@ -39,7 +39,7 @@ import torch
 
 from glacli.cli.main import main as gla
 from glacli.core.probe import COARSE_STRIDE, WD_GRID, wd_to_c
-from glacli.io import store
+from glacli.io.rowfile import read_rows, write_features
 
 
 def synthetic_features(n: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,13 +61,13 @@ def write_synthetic(folder: Path, rows: dict[str, int], classes: int, dim: int) 
     for seed, (split, n) in enumerate(rows.items()):
         x, y = synthetic_features(n, classes, dim, seed)
         paths[split] = folder / f"{split}.h5"
-        store.write_features(paths[split], x, y, [f"{split}/{i}" for i in range(n)],
-                             [f"class {k}" for k in range(classes)], attrs={"source": "synthetic"})
+        write_features(paths[split], x, y, [f"{split}/{i}" for i in range(n)],
+                       [f"class {k}" for k in range(classes)], attrs={"source": "synthetic"})
     return paths
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with store.read_rows(path, "features") as f:
+    with read_rows(path, "features") as f:
         return f.read(dtype=np.float32), f.labels
 
 
@@ -82,7 +82,7 @@ def run_gla(paths: dict[str, Path], folder: Path, device: str) -> dict:
     report = json.loads(captured.getvalue())
     if gla(["logits", str(paths["test"]), str(folder / "head.h5"), "-o", str(folder / "test_logits.h5")]) != 0:
         raise SystemExit("gla logits failed")
-    with store.read_rows(folder / "test_logits.h5", "logits") as f:
+    with read_rows(folder / "test_logits.h5", "logits") as f:
         accuracy = float((f.read().argmax(1) == f.labels).mean())
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "test_accuracy": accuracy, "wd": report["wd"],
             "c_equivalent": report["c_equivalent"], "val_accuracy": report["val_accuracy"],
@@ -137,7 +137,7 @@ def main() -> None:
         else:
             paths = write_synthetic(folder, {"train": args.rows, "val": args.val_rows, "test": args.test_rows},
                                     args.classes, args.dim)
-        with store.read_rows(paths["train"], "features") as f:
+        with read_rows(paths["train"], "features") as f:
             n_train, dim, classes = f.n_rows, f.n_cols, f.n_classes
         c_grid = [wd_to_c(float(wd), n_train) for wd in WD_GRID[::COARSE_STRIDE]]
         ours = run_gla(paths, folder, args.device)

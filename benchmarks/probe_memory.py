@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli.io import store
+from glacli.io.rowfile import write_rows
 
 DIM, CLASSES = 768, 1000
 
@@ -33,8 +33,8 @@ def write_features(path: Path, n: int, seed: int = 1, means_seed: int = 0) -> No
     means = np.random.default_rng(means_seed).normal(size=(CLASSES, DIM)).astype(np.float32)
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % CLASSES
-    with store.write_rows(path, "features", n_rows=n, n_cols=DIM, classnames=[f"class {k}" for k in range(CLASSES)],
-                          dtype=np.float16) as sink:
+    with write_rows(path, "features", n_rows=n, n_cols=DIM, classnames=[f"class {k}" for k in range(CLASSES)],
+                    dtype=np.float16) as sink:
         for start in range(0, n, 20000):
             y = labels[start:start + 20000]
             x = means[y] * 0.2 + rng.normal(size=(len(y), DIM)).astype(np.float32)

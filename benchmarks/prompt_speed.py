@@ -26,7 +26,7 @@ import torch
 
 from extract_throughput import TINY_CONFIG  # this folder is on the path of a script run from it
 
-from glacli.io import store
+from glacli.io.rowfile import write_features
 from glacli.services.fit_prompt import fit_prompt_head
 
 AUTHORS_EPOCHS = 50
@@ -58,7 +58,7 @@ def write_views(path: Path, classnames: list[str], per_class: int, views: int, d
     labels = np.repeat(np.arange(n_images) % len(classnames), views)
     ids = [f"img{i}#v{k}" if views > 1 else f"img{i}" for i in range(n_images) for k in range(views)]
     extra = {"augment_views": views} if views > 1 else {}
-    store.write_features(path, features, labels, ids, classnames, attrs={**attrs, **extra})
+    write_features(path, features, labels, ids, classnames, attrs={**attrs, **extra})
 
 
 def main(argv: list[str] | None = None) -> dict:

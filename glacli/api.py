@@ -713,14 +713,16 @@ def json_values(value: Any) -> Any:
 def load(path: str | Path) -> RowRecord | Head | Prior:
     """Open any gla file as a record: a :class:`RowRecord` (features, logits), a :class:`Head` or a
     :class:`Prior` (q, or a test label distribution from ``estimate-target``)."""
-    from glacli.io import store  # h5py: only when a file is read
+    from glacli.io.h5file import file_kind  # h5py: only when a file is read
+    from glacli.io.paramfile import read_head, read_prior
+    from glacli.io.rowfile import read_rows
 
-    kind = store.file_kind(path)
+    kind = file_kind(path)
     if kind == "head":
-        return store.read_head(path)
+        return read_head(path)
     if kind == "prior":
-        return store.read_prior(path)
-    with store.read_rows(path, kind) as rows:
+        return read_prior(path)
+    with read_rows(path, kind) as rows:
         attrs = {k: v for k, v in rows.attrs.items() if k != "temperature"}
         return RowRecord(kind, rows.read(dtype=rows.dtype), rows.labels, rows.ids(), rows.classnames,
                          rows.temperature, attrs)
@@ -730,28 +732,31 @@ def save(record: RowRecord | Head | Prior, path: str | Path) -> None:
     """Write a record as a gla file the commands read (atomically; provenance attributes added, the
     record's ``gla_id`` kept as its parent). A :class:`PriorFit` becomes a prior file with
     ``Prior(..., log_prior=fit.log_prior, ...)`` first, since a file names its classes."""
-    from glacli.io import store  # h5py: only when a file is written
+    from glacli.io.h5file import PROVENANCE_ATTRS, ROW_KINDS  # h5py: only when a file is written
+    from glacli.io.outputs import check_output_path
+    from glacli.io.paramfile import write_head, write_prior
+    from glacli.io.rowfile import write_features, write_logits
 
-    store.check_output_path(path)
+    check_output_path(path)
     parents = [str(record.attrs["gla_id"])] if isinstance(record, (RowRecord, Head, Prior)) and \
         record.attrs.get("gla_id") else []
     if isinstance(record, Head):
-        store.write_head(path, record, parents)
+        write_head(path, record, parents)
     elif isinstance(record, Prior):
-        store.write_prior(path, record, parents)
+        write_prior(path, record, parents)
     elif isinstance(record, RowRecord):
-        require_choice(record.kind, store.ROW_KINDS, "kind")
+        require_choice(record.kind, ROW_KINDS, "kind")
         values = _matrix(record.values, "values")
         labels = np.asarray(record.labels, dtype=np.int64)
         if labels.shape != (len(values),) or len(record.ids) != len(values):
             raise GlaInputError(f"has {len(values)} rows but {len(labels)} labels and {len(record.ids)} ids", "record")
         require_label_range(labels, len(record.classnames), "labels")
-        attrs = {k: v for k, v in record.attrs.items() if k not in store.PROVENANCE_ATTRS}
+        attrs = {k: v for k, v in record.attrs.items() if k not in PROVENANCE_ATTRS}
         if record.kind == "logits":
-            store.write_logits(path, values, labels, list(record.ids), record.classnames,
-                               attrs={**attrs, "temperature": record.temperature}, parents=parents)
+            write_logits(path, values, labels, list(record.ids), record.classnames,
+                         attrs={**attrs, "temperature": record.temperature}, parents=parents)
         else:
-            store.write_features(path, values, labels, list(record.ids), record.classnames, attrs=attrs,
-                                 parents=parents, dtype=values.dtype if values.dtype == np.float16 else np.float32)
+            write_features(path, values, labels, list(record.ids), record.classnames, attrs=attrs,
+                           parents=parents, dtype=values.dtype if values.dtype == np.float16 else np.float32)
     else:
         raise GlaInputError(f"cannot save a {type(record).__name__}: give a RowRecord, a Head or a Prior", "record")

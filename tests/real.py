@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from synth import write_logits
+from glacli.io.rowfile import write_logits
 
-from glacli.io import store
 
 
 def clip_cifar10(fixtures: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

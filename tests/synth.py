@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from glacli.base import chunking
+from glacli.base.types import Prior
 from glacli.core.label_shift import probabilities
-from glacli.io import store
+from glacli.io import rowfile
+from glacli.io.paramfile import write_prior
+from glacli.io.rowfile import read_rows
 
 N_CLASSES = 5
 DIM = 24
@@ -35,10 +38,6 @@ def biased_logits(n_per_class: int, c: int, seed: int = 0, scale: float = 3.0, t
     return z, labels.astype(np.int64), q_true
 
 
-write_logits = store.write_logits
-"""A whole in-memory logits array as a gla logits file."""
-
-
 def probability_blocks(scores: np.ndarray, rows: int = 4096):
     """MLLS's probability blocks over in-memory scores (computed per block, never all at once)."""
     return lambda: (probabilities(scores[start:start + rows]) for start in range(0, len(scores), rows))
@@ -48,8 +47,8 @@ def write_logits_file(path: Path, logits: np.ndarray, labels: np.ndarray | None 
                       names: list[str] | None = None, ids: list[str] | None = None, **attrs) -> Path:
     n, c = logits.shape
     labels = np.full(n, -1, np.int64) if labels is None else labels
-    write_logits(path, logits, labels, ids or [f"img/{i:06d}.jpg" for i in range(n)],
-                       names or classnames(c), attrs=attrs)
+    rowfile.write_logits(path, logits, labels, ids or [f"img/{i:06d}.jpg" for i in range(n)],
+                         names or classnames(c), attrs=attrs)
     return path
 
 
@@ -66,15 +65,15 @@ def class_features(n: int, separation: float, seed: int, n_classes: int = N_CLAS
 
 def write_features(path: Path, x: np.ndarray, y: np.ndarray, names: list[str] | None = None) -> Path:
     names = names or classnames(N_CLASSES)
-    store.write_features(path, x, y, [f"img/{i:05d}.jpg" for i in range(len(y))], names,
-                         attrs={"model": "ViT-B-32", "pretrained": "synthetic"}, dtype=np.float32)
+    rowfile.write_features(path, x, y, [f"img/{i:05d}.jpg" for i in range(len(y))], names,
+                           attrs={"model": "ViT-B-32", "pretrained": "synthetic"}, dtype=np.float32)
     return path
 
 
 
 def read_logits(path: Path) -> tuple[np.ndarray, dict]:
     """A logits file's values in float64, and its attributes."""
-    with store.read_rows(path, "logits") as f:
+    with read_rows(path, "logits") as f:
         return f.read().astype(np.float64), f.attrs
 
 
@@ -88,9 +87,9 @@ def write_combine_inputs(folder: Path, ft_temperature: float = 1.0) -> Path:
     write_logits_file(folder / "zs.h5", rng.normal(size=(n, c)) * 5, labels, head_type="zeroshot")
     write_logits_file(folder / "ft.h5", rng.normal(size=(n, c)), labels, head_type="linear",
                       temperature=ft_temperature)
-    store.write_prior(folder / "q.h5", store.Prior(prior=np.array([0.1, 0.2, 0.3, 0.4]), classnames=classnames(c),
-                                                   temperature=1.7, method="nll"))
+    write_prior(folder / "q.h5", Prior(prior=np.array([0.1, 0.2, 0.3, 0.4]), classnames=classnames(c),
+                                       temperature=1.7, method="nll"))
     train_labels = np.repeat(np.arange(c), [10, 20, 30, 40])
-    store.write_features(folder / "train.h5", np.eye(c, 8)[train_labels], train_labels,
-                         [f"t{i}" for i in range(len(train_labels))], classnames(c))
+    rowfile.write_features(folder / "train.h5", np.eye(c, 8)[train_labels], train_labels,
+                           [f"t{i}" for i in range(len(train_labels))], classnames(c))
     return folder

@@ -14,10 +14,13 @@ from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 from synth import DIM, N_CLASSES, class_features, classnames, write_features
 
+from glacli.base.types import Head
 from glacli.core.anchor import fit_anchor
 from glacli.core.calibration import T_MIN
 from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, fit_probe, probe_objective, search_penalty, wd_to_c
-from glacli.io import store
+from glacli.io import rowfile
+from glacli.io.paramfile import read_head, write_head
+from glacli.io.rowfile import read_rows
 
 F64 = SolverOptions(dtype=torch.float64, tol=1e-10, max_iter=5000)
 
@@ -229,9 +232,9 @@ def test_anchored_search_walks_every_decade() -> None:
 def problem(tmp_path: Path) -> dict[str, Path]:
     x, y = class_features(200, 0.4, seed=14)
     xv, yv = class_features(100, 0.4, seed=15)
-    zs = store.Head(weight=zero_shot_weights(), bias=np.zeros(N_CLASSES), classnames=classnames(N_CLASSES),
-                    head_type="zeroshot", attrs={"model": "ViT-B-32", "pretrained": "synthetic"})
-    store.write_head(tmp_path / "zs.h5", zs)
+    zs = Head(weight=zero_shot_weights(), bias=np.zeros(N_CLASSES), classnames=classnames(N_CLASSES),
+              head_type="zeroshot", attrs={"model": "ViT-B-32", "pretrained": "synthetic"})
+    write_head(tmp_path / "zs.h5", zs)
     return {"train": write_features(tmp_path / "train.h5", x, y), "val": write_features(tmp_path / "val.h5", xv, yv),
             "zs": tmp_path / "zs.h5", "x": x, "y": y}
 
@@ -242,13 +245,13 @@ def test_fit_anchor_writes_the_reference_solution_and_records_its_anchor(tmp_pat
             "-o", tmp_path / "head.h5", "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
-    head, zs = store.read_head(tmp_path / "head.h5"), store.read_head(problem["zs"])
+    head, zs = read_head(tmp_path / "head.h5"), read_head(problem["zs"])
     x, y = problem["x"], problem["y"]
     t_zs = nll_temperature(x @ zs.weight.T.astype(np.float64), y)
     assert head.head_type == "anchored"
     assert head.attrs["anchor_id"] == zs.gla_id == report["anchor"]["anchor_id"]
     assert head.attrs["anchor_temperature"] == pytest.approx(t_zs, rel=1e-6) and head.attrs["anchor_t_zs_fitted"]
-    with store.read_rows(problem["train"], "features") as f:
+    with read_rows(problem["train"], "features") as f:
         assert list(head.attrs["parents"]) == [f.gla_id, zs.gla_id]
     anchor = zs.weight.astype(np.float64) / head.attrs["anchor_temperature"]
     reference = scipy_anchored(x, y, wd, anchor, np.zeros(N_CLASSES))
@@ -260,7 +263,7 @@ def test_fit_anchor_writes_the_reference_solution_and_records_its_anchor(tmp_pat
     assert np.array_equal(head.bias, np.zeros(N_CLASSES, np.float32))
     # The logits of an anchored head say so.
     assert gla("logits", problem["train"], tmp_path / "head.h5", "-o", tmp_path / "logits.h5").code == 0
-    with store.read_rows(tmp_path / "logits.h5", "logits") as logits:
+    with read_rows(tmp_path / "logits.h5", "logits") as logits:
         assert logits.attrs["head_type"] == "anchored" and logits.attrs["head_id"] == head.gla_id
         assert logits.attrs["anchor_id"] == zs.gla_id
 
@@ -276,23 +279,23 @@ def test_fit_anchor_with_val_and_init(tmp_path: Path, problem, gla) -> None:
     # --init moves the start, not the optimum (strictly convex in W).
     common = ("--anchor", problem["zs"], "--wd", "1e-3", "--float64", "--tol", "1e-9")
     assert gla("fit", problem["train"], *common, "-o", tmp_path / "from_anchor.h5").code == 0
-    store.write_head(tmp_path / "other.h5", store.Head(np.ones((N_CLASSES, DIM)), np.zeros(N_CLASSES),
-                                                       classnames(N_CLASSES), "zeroshot"))
+    write_head(tmp_path / "other.h5", Head(np.ones((N_CLASSES, DIM)), np.zeros(N_CLASSES),
+                                           classnames(N_CLASSES), "zeroshot"))
     assert gla("fit", problem["train"], *common, "--init", tmp_path / "other.h5", "-o", tmp_path / "c.h5").code == 0
-    a, c = store.read_head(tmp_path / "from_anchor.h5"), store.read_head(tmp_path / "c.h5")
+    a, c = read_head(tmp_path / "from_anchor.h5"), read_head(tmp_path / "c.h5")
     assert np.abs(a.weight - c.weight).max() < 1e-4 * np.abs(a.weight).max()
 
 
 def test_warns_when_the_anchor_temperature_has_no_optimum(tmp_path: Path, gla) -> None:
     x, y = class_features(50, 3.0, seed=16)
     train = write_features(tmp_path / "train.h5", x, y)
-    store.write_head(tmp_path / "zs.h5", store.Head(zero_shot_weights(noise=0.0), np.zeros(N_CLASSES),
-                                                    classnames(N_CLASSES), "zeroshot"))
+    write_head(tmp_path / "zs.h5", Head(zero_shot_weights(noise=0.0), np.zeros(N_CLASSES),
+                                        classnames(N_CLASSES), "zeroshot"))
     r = gla("fit", train, "--anchor", tmp_path / "zs.h5", "--wd", "1e-3", "-o", tmp_path / "head.h5", "--json")
     assert r.code == 0, r.err
     warnings = " ".join(json.loads(r.out)["warnings"])
     assert "classifies every training row correctly" in warnings and "T_zs = 1" in warnings
-    assert not store.read_head(tmp_path / "head.h5").attrs["anchor_t_zs_fitted"]
+    assert not read_head(tmp_path / "head.h5").attrs["anchor_t_zs_fitted"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -302,13 +305,13 @@ def test_warns_when_the_anchor_temperature_has_no_optimum(tmp_path: Path, gla) -
 def anchors(tmp_path: Path, problem) -> dict[str, Path]:
     def head(name: str, weight: np.ndarray, names: list[str] | None = None, head_type: str = "zeroshot",
              **attrs: str) -> Path:
-        store.write_head(tmp_path / f"{name}.h5", store.Head(weight, np.zeros(N_CLASSES), names or
-                                                              classnames(N_CLASSES), head_type, attrs=attrs))
+        write_head(tmp_path / f"{name}.h5", Head(weight, np.zeros(N_CLASSES), names or
+                                                  classnames(N_CLASSES), head_type, attrs=attrs))
         return tmp_path / f"{name}.h5"
 
     x, y = problem["x"], problem["y"]
-    store.write_features(tmp_path / "clip.h5", x, y, [f"i{i}" for i in range(len(y))], classnames(N_CLASSES),
-                         attrs={"encoder": "open_clip", "model": "ViT-B-32", "pretrained": "openai"})
+    rowfile.write_features(tmp_path / "clip.h5", x, y, [f"i{i}" for i in range(len(y))], classnames(N_CLASSES),
+                           attrs={"encoder": "open_clip", "model": "ViT-B-32", "pretrained": "openai"})
     weight = zero_shot_weights()
     made = {
         "train": problem["train"], "clip": tmp_path / "clip.h5",

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from synth import biased_logits, class_features, classnames, write_combine_inputs, write_features, write_logits_file
 
 import glacli as gla
-from glacli.io import store
+from glacli.io.paramfile import read_prior
 
 C = 6
 
@@ -122,7 +122,7 @@ def test_estimate_prior_equals_the_command_in_every_mode(gla_cli, data, tmp_path
     for options, kwargs in cases:
         out = tmp_path / f"q{len(list(tmp_path.iterdir()))}.h5"
         assert gla_cli("estimate-prior", path, "-o", out, *options).code == 0
-        written = store.read_prior(out)
+        written = read_prior(out)
         labels = None if kwargs.get("target") == "uniform" else y
         fit = gla.estimate_prior(z, labels, **kwargs)
         assert fit.converged and fit.moment_gap < 1e-8
@@ -134,7 +134,7 @@ def test_estimate_prior_equals_the_command_in_every_mode(gla_cli, data, tmp_path
     assert gla_cli("estimate-prior", path, "-o", tmp_path / "qf.h5", "-t", "1",
                    "--target", tmp_path / "f.npy").code == 0
     np.testing.assert_allclose(gla.estimate_prior(z, temperature=1.0, proportions=f).log_prior,
-                               store.read_prior(tmp_path / "qf.h5").log_prior, rtol=0, atol=1e-6)
+                               read_prior(tmp_path / "qf.h5").log_prior, rtol=0, atol=1e-6)
 
 
 def test_estimate_prior_equals_float64_references(data):
@@ -300,7 +300,7 @@ def test_estimate_target_equals_the_command_and_plain_em(gla_cli, tmp_path):
         out = tmp_path / f"{method}{len(options)}.h5"
         assert gla_cli("estimate-target", tmp_path / "test.h5", "--method", method, *options, "-o", out).code == 0
         fit = gla.estimate_target(scores, method=method, **kwargs)
-        np.testing.assert_allclose(fit.log_prior, store.read_prior(out).log_prior, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(fit.log_prior, read_prior(out).log_prior, rtol=0, atol=1e-6)
     # MLE (concentration 0) against plain EM in float64, run to a fixed point
     p = np.exp(log_softmax(scores.astype(np.float64), axis=1))
     w = np.full(C, 1 / C)

@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_one_line_error
 from synth import classnames, write_logits_file
 
-from glacli.io import store
+from glacli.io.rowfile import read_rows, write_features
 
 C = 8
 
@@ -48,12 +48,12 @@ def test_finds_the_nll_optimum_of_a_brute_force_search(tmp_path: Path, gla) -> N
     assert fitted == pytest.approx(6.0, rel=0.1)  # and it recovers the true temperature
     assert report["val_nll_after"] == pytest.approx(nll64(stored_val, val_y, fitted), rel=1e-6)
     assert report["val_nll_after"] < report["val_nll_before"]
-    with store.read_rows(tmp_path / "out.h5", "logits") as out, store.read_rows(test, "logits") as src:
+    with read_rows(tmp_path / "out.h5", "logits") as out, read_rows(test, "logits") as src:
         assert np.allclose(out.read(dtype=np.float64), src.read(dtype=np.float64) / fitted, rtol=1e-6, atol=1e-6)
         assert out.temperature == pytest.approx(fitted)
         assert out.ids() == src.ids() and (out.labels == test_y).all() and out.classnames == classnames(C)
         assert out.attrs["calibration_method"] == "nll"
-        with store.read_rows(val, "logits") as v:
+        with read_rows(val, "logits") as v:
             assert list(out.attrs["parents"]) == [src.gla_id, v.gla_id]
 
 
@@ -66,7 +66,7 @@ def test_total_temperature_multiplies_the_one_already_applied(tmp_path: Path, gl
     assert r.code == 0, r.err
     report = json.loads(r.out)
     assert report["total_temperature"] == pytest.approx(2.0 * report["temperature"])
-    with store.read_rows(tmp_path / "out.h5", "logits") as out:
+    with read_rows(tmp_path / "out.h5", "logits") as out:
         assert out.temperature == pytest.approx(report["total_temperature"])
         assert out.attrs["head_type"] == "linear"
         # Relative to the raw logits, the file now holds raw / total temperature.
@@ -78,7 +78,7 @@ def test_confidence_method_matches_mean_confidence_to_accuracy(tmp_path: Path, g
     val = write_logits_file(tmp_path / "val.h5", val_z, val_y)
     r = gla("calibrate", val, "--val", val, "--method", "confidence", "-o", tmp_path / "out.h5", "--json")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "out.h5", "logits") as out:
+    with read_rows(tmp_path / "out.h5", "logits") as out:
         z = out.read(dtype=np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -117,7 +117,7 @@ def test_real_cifar10_calibrating_both_models_before_summing_helps(tmp_path: Pat
     assert paths["ft", "T"] > 1.5 and paths["zs", "T"] < 0.9
 
     def read(path: Path) -> np.ndarray:
-        with store.read_rows(path, "logits") as f:
+        with read_rows(path, "logits") as f:
             return f.read(dtype=np.float64)
 
     y = labels[halves["test"]]
@@ -142,8 +142,8 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
         "scaled": write_logits_file(tmp_path / "scaled.h5", z, y, temperature=3.0),
         "chance": write_logits_file(tmp_path / "chance.h5", np.zeros((200, C)), y),
     }
-    store.write_features(tmp_path / "features.h5", np.eye(200, 4, dtype=np.float32), y,
-                         [str(i) for i in range(200)], classnames(C))
+    write_features(tmp_path / "features.h5", np.eye(200, 4, dtype=np.float32), y,
+                   [str(i) for i in range(200)], classnames(C))
     made["features"] = tmp_path / "features.h5"
     made["out"] = tmp_path / "out.h5"
     made["out"].write_bytes(b"keep me")

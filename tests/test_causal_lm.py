@@ -18,8 +18,9 @@ import pytest
 from conftest import assert_one_line_error
 
 from glacli.base.errors import GlaInputError
-from glacli.io import store
 from glacli.io.encoders.prompts import DEFAULT_PROMPT, PromptTemplate, parse_label_words
+from glacli.io.h5file import get_attrs, open_h5
+from glacli.io.rowfile import read_rows
 
 pytest.importorskip("transformers", reason="the causal-lm backend needs transformers (gla[llm])")
 
@@ -93,7 +94,7 @@ def prompt_of(text: str, labels: str = "business, sport, technology") -> str:
 
 
 def read(path: Path) -> dict:
-    with store.read_rows(path, "features") as f:
+    with read_rows(path, "features") as f:
         return {"values": f.read(), "ids": f.ids(), "attrs": f.attrs, "classnames": f.classnames}
 
 
@@ -120,12 +121,12 @@ def test_head_logits_are_the_models_own_next_token_logits(gla, tiny_llama, refer
     tokenizer, _ = reference_model
     tokens = [tokenizer(" " + w)["input_ids"][0] for w in ("business", "sport", "technology")]
     own = own_next_token_logits(reference_model, [prompt_of(text_of[i]) for i in stored["ids"]])[:, tokens]
-    with store.read_rows(logits, "logits") as f:
+    with read_rows(logits, "logits") as f:
         ours = f.read().astype(np.float64)
     assert np.abs(own).max() > 0.5  # logits of a size that makes the comparison mean something
     np.testing.assert_allclose(ours, own, rtol=0, atol=1e-4)
-    with store.open_h5(head) as f:
-        attrs = store.get_attrs(f)
+    with open_h5(head) as f:
+        attrs = get_attrs(f)
     assert attrs["label_tokens"] == tokens and attrs["head_type"] == "zeroshot"
 
 
@@ -200,7 +201,7 @@ def test_content_free_prior_is_the_softmax_of_the_content_free_logits(gla, tiny_
     tokenizer, _ = reference_model
     tokens = [tokenizer(" " + w)["input_ids"][0] for w in ("business", "sport", "technology")]
     z = own_next_token_logits(reference_model, [prompt_of("N/A")])[0, tokens]
-    with store.open_h5(prior) as f:
+    with open_h5(prior) as f:
         q = f["prior"][:]
     np.testing.assert_allclose(q, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), rtol=1e-4)
 

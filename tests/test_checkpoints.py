@@ -17,8 +17,8 @@ from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli.io.checkpoints import read_checkpoint
 from glacli.io.encoders import load_encoder
+from glacli.io.rowfile import read_rows
 from glacli.io.sources import open_source
-from glacli.io.store import read_rows
 
 
 class ImageEncoder(torch.nn.Module):
@@ -230,7 +230,7 @@ def test_head_of_a_whole_pickled_model_imports_through_the_safe_reader(gla, fine
     r = gla("import", paths["whole_model.pt"], "--kind", "head", "--key", "classification_head", "--classnames",
             names, "-o", tmp_path / "head.h5")
     assert r.code == 0, r.err
-    from glacli.io.store import read_head
+    from glacli.io.paramfile import read_head
     head = read_head(tmp_path / "head.h5")
     original = torch.load(paths["whole_model.pt"], weights_only=False).classification_head
     np.testing.assert_array_equal(head.weight, original.weight.detach().numpy())

@@ -12,8 +12,10 @@ from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli.base.errors import GlaInputError
 from glacli.base.validation import check_classnames
-from glacli.io import store
 from glacli.io.formats.classnames import read_classnames
+from glacli.io.h5file import write_strings
+from glacli.io.paramfile import read_head
+from glacli.io.rowfile import read_rows, write_features
 
 
 def write(path: Path, text: str) -> Path:
@@ -71,12 +73,12 @@ def test_names_from_other_files_follow_the_same_rules(tmp_path):
 
 def test_a_gla_file_with_repeated_classnames_gets_the_same_message(tmp_path):
     path = tmp_path / "f.h5"
-    store.write_features(path, np.eye(2, 3), np.array([0, 1]), ["a.jpg", "b.jpg"], ["cat", "dog"])
+    write_features(path, np.eye(2, 3), np.array([0, 1]), ["a.jpg", "b.jpg"], ["cat", "dog"])
     with h5py.File(path, "r+") as f:
         del f["classnames"]
-        store.write_strings(f, "classnames", ["cat", "cat"])
+        write_strings(f, "classnames", ["cat", "cat"])
     with pytest.raises(GlaInputError, match=r"f.h5: class name 'cat' appears twice \(classes 0 and 1\)"):
-        store.read_rows(path, "features")
+        read_rows(path, "features")
 
 
 # --------------------------------------------------------------------------- the three commands
@@ -98,18 +100,18 @@ def test_a_json_list_works_for_zeroshot_extract_and_import(gla, tiny_clip, image
     r = gla("zeroshot", *model_args(tiny_clip), "--classnames", names, "--templates", "simple",
             "-o", tmp_path / "head.h5")
     assert r.code == 0, r.err
-    assert store.read_head(tmp_path / "head.h5").classnames == ["tabby cat", "golden retriever"]
+    assert read_head(tmp_path / "head.h5").classnames == ["tabby cat", "golden retriever"]
 
     r = gla("extract", images, "--classnames", names, *model_args(tiny_clip), "--workers", 0,
             "-o", tmp_path / "feats.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "feats.h5", "features") as f:
+    with read_rows(tmp_path / "feats.h5", "features") as f:
         assert f.classnames == ["tabby cat", "golden retriever"]
 
     np.save(tmp_path / "z.npy", np.zeros((3, 2), np.float32))
     r = gla("import", tmp_path / "z.npy", "--kind", "logits", "--classnames", names, "-o", tmp_path / "z.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "z.h5", "logits") as f:
+    with read_rows(tmp_path / "z.h5", "logits") as f:
         assert f.classnames == ["tabby cat", "golden retriever"]
 
 
@@ -154,7 +156,7 @@ def test_zeroshot_and_extract_accept_repeated_names(gla, tiny_clip, images, tmp_
             "-o", tmp_path / "head.h5")
     assert r.code == 0, r.err
     assert "1 repeated class name made distinct by adding the class index: 'cat (1)'" in r.err
-    head = store.read_head(tmp_path / "head.h5")
+    head = read_head(tmp_path / "head.h5")
     assert head.classnames == ["cat", "cat (1)"]
     np.testing.assert_array_equal(head.weight[0], head.weight[1])
 
@@ -162,5 +164,5 @@ def test_zeroshot_and_extract_accept_repeated_names(gla, tiny_clip, images, tmp_
             "-o", tmp_path / "feats.h5")
     assert r.code == 0, r.err
     assert "'cat (1)'" in r.err
-    with store.read_rows(tmp_path / "feats.h5", "features") as f:
+    with read_rows(tmp_path / "feats.h5", "features") as f:
         assert f.classnames == ["cat", "cat (1)"]

@@ -199,10 +199,10 @@ def test_info_shows_every_attribute_of_several_files(gla, tmp_path):
 
 def test_info_lists_a_priors_most_and_least_likely_classes(gla, tmp_path):
     from glacli.base.types import Prior
-    from glacli.io import store
+    from glacli.io.paramfile import write_prior
     q = np.random.default_rng(3).dirichlet(np.ones(12))
     names = [f"c{k}" for k in range(12)]
-    store.write_prior(tmp_path / "q.h5", Prior(prior=q, classnames=names, temperature=1.0, method="nll"))
+    write_prior(tmp_path / "q.h5", Prior(prior=q, classnames=names, temperature=1.0, method="nll"))
     r = gla("info", tmp_path / "q.h5", "--json")
     doc = json.loads(r.out)
     order = np.argsort(q)

@@ -9,7 +9,9 @@ from synth import classnames, write_combine_inputs, write_logits_file
 from synth import read_logits as read
 
 from glacli.base import chunking
-from glacli.io import store
+from glacli.base.types import Prior
+from glacli.io.paramfile import write_prior
+from glacli.io.rowfile import read_rows, write_features
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def test_gla_equals_the_formula_with_a_training_prior(gla, files):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
     assert attrs["combine_method"] == "gla" and attrs["zs_temperature"] == 1.7
     assert len(attrs["parents"]) == 4
-    with store.read_rows(files / "out.h5", "logits") as out, store.read_rows(files / "zs.h5", "logits") as z:
+    with read_rows(files / "out.h5", "logits") as out, read_rows(files / "zs.h5", "logits") as z:
         assert out.ids() == z.ids() and (out.labels == z.labels).all()
 
 
@@ -89,8 +91,8 @@ def test_refuses_files_that_do_not_belong_together(gla, files):
     r = gla("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "--finetuned", files / "other_names.h5",
             "-o", files / "out.h5")
     assert_one_line_error(r, "other_names.h5", "classnames disagree")
-    store.write_prior(files / "q3.h5", store.Prior(prior=np.full(3, 1 / 3), classnames=classnames(3), temperature=1,
-                                                   method="fixed"))
+    write_prior(files / "q3.h5", Prior(prior=np.full(3, 1 / 3), classnames=classnames(3), temperature=1,
+                                       method="fixed"))
     assert_one_line_error(gla("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q3.h5", "-o", files / "out.h5"),
                           "q3.h5", "3 classes")
     assert not (files / "out.h5").exists()
@@ -98,7 +100,7 @@ def test_refuses_files_that_do_not_belong_together(gla, files):
 
 def test_source_prior_with_an_empty_class(gla, files):
     labels = np.array([0, 0, 1, 2])
-    store.write_features(files / "gap.h5", np.eye(4, 8)[labels], labels, ["a", "b", "c", "d"], classnames(4))
+    write_features(files / "gap.h5", np.eye(4, 8)[labels], labels, ["a", "b", "c", "d"], classnames(4))
     r = gla("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "--finetuned", files / "ft.h5",
             "--source-prior", files / "gap.h5", "-o", files / "out.h5")
     assert_one_line_error(r, "gap.h5", "class 'class 3' has no rows", "log pi_s is undefined")
@@ -131,7 +133,7 @@ def test_gla_without_prior_and_zero_prior(gla, files):
 
 @pytest.mark.parametrize("head_type", ["anchored", "prompt"])
 def test_warns_once_when_the_finetuned_head_already_holds_the_zeroshot_model(gla, files, head_type):
-    with store.read_rows(files / "ft.h5", "logits") as ft:
+    with read_rows(files / "ft.h5", "logits") as ft:
         write_logits_file(files / "ft_zs.h5", ft.read(), ft.labels, head_type=head_type)
     common = ("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "-o", files / "out.h5")
     r = gla(*common, "--finetuned", files / "ft_zs.h5")

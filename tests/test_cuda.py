@@ -13,13 +13,15 @@ import torch
 from synth import biased_logits, class_features, classnames, write_features, write_logits_file
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli.io import store
+from glacli.base.types import Prior
+from glacli.io.paramfile import read_head, read_prior, write_prior
+from glacli.io.rowfile import read_rows
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def features_of(path: Path) -> tuple[np.ndarray, list[str]]:
-    with store.read_rows(path, "features") as rows:
+    with read_rows(path, "features") as rows:
         return np.concatenate([chunk.values for chunk in rows.iter_chunks()]).astype(np.float64), rows.ids()
 
 
@@ -44,7 +46,7 @@ def test_zeroshot_head_on_cuda_matches_cpu(gla, tiny_clip, tmp_path):
         r = gla("zeroshot", "--model", tiny_clip.config, "--pretrained", tiny_clip.checkpoint, "--classnames",
                 tmp_path / "names.txt", "--templates", "imagenet", "--device", device, "-o", tmp_path / f"{device}.h5")
         assert r.code == 0, r.err
-    a, b = store.read_head(tmp_path / "cpu.h5"), store.read_head(tmp_path / "cuda.h5")
+    a, b = read_head(tmp_path / "cpu.h5"), read_head(tmp_path / "cuda.h5")
     assert np.abs(a.weight - b.weight).max() < 1e-4 * np.abs(a.weight).max()  # text encoder in float32 on both
 
 
@@ -60,7 +62,7 @@ def test_fit_on_cuda_matches_cpu(gla, tmp_path):
     exact = ("--wd", "1e-3", "--float64", "--tol", "1e-9")
     fit(gla, train, tmp_path / "cpu64.h5", *exact, "--device", "cpu")
     fit(gla, train, tmp_path / "cuda64.h5", *exact, "--device", "cuda")
-    a, b = store.read_head(tmp_path / "cpu64.h5"), store.read_head(tmp_path / "cuda64.h5")
+    a, b = read_head(tmp_path / "cpu64.h5"), read_head(tmp_path / "cuda64.h5")
     assert np.abs(a.weight - b.weight).max() < 1e-5 and np.abs(a.bias - b.bias).max() < 1e-5
     # float32, the default: the same optimum to float32 working precision.
     cpu = fit(gla, train, tmp_path / "cpu32.h5", "--wd", "1e-3", "--device", "cpu")
@@ -75,7 +77,7 @@ def test_fit_streamed_to_cuda_matches_features_held_on_cuda(gla, tmp_path):
     common = ("--wd", "1e-3", "--float64", "--tol", "1e-9", "--device", "cuda")
     fit(gla, train, tmp_path / "held.h5", *common)
     fit(gla, train, tmp_path / "streamed.h5", *common, "--memory", "1e-9")
-    a, b = store.read_head(tmp_path / "held.h5"), store.read_head(tmp_path / "streamed.h5")
+    a, b = read_head(tmp_path / "held.h5"), read_head(tmp_path / "streamed.h5")
     assert np.abs(a.weight - b.weight).max() < 1e-5
 
 
@@ -95,7 +97,7 @@ def test_estimate_prior_on_cuda_matches_cpu(gla, tmp_path):
     for device in ("cpu", "cuda"):
         r = gla("estimate-prior", logits, "-o", tmp_path / f"{device}.h5", "--device", device)
         assert r.code == 0, r.err
-    a, b = store.read_prior(tmp_path / "cpu.h5"), store.read_prior(tmp_path / "cuda.h5")
+    a, b = read_prior(tmp_path / "cpu.h5"), read_prior(tmp_path / "cuda.h5")
     np.testing.assert_allclose(b.prior, a.prior, rtol=1e-6)
     assert b.temperature == pytest.approx(a.temperature, rel=1e-6)
 
@@ -103,7 +105,7 @@ def test_estimate_prior_on_cuda_matches_cpu(gla, tmp_path):
 def test_evaluate_on_cuda_matches_cpu(gla, tmp_path):
     z, y, q = biased_logits(40, 8, seed=35)
     logits = write_logits_file(tmp_path / "zs.h5", z, y)
-    store.write_prior(tmp_path / "prior.h5", store.Prior(q, classnames(8), 1.0, "test"))
+    write_prior(tmp_path / "prior.h5", Prior(q, classnames(8), 1.0, "test"))
     docs = {}
     for device in ("cpu", "cuda"):
         r = gla("evaluate", logits, "--prior", tmp_path / "prior.h5", "--device", device,

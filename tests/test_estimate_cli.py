@@ -11,7 +11,8 @@ from real import balanced_split, clip_cifar10, write_rows
 from synth import biased_logits, classnames, write_logits_file
 
 from glacli.core.prior import class_proportions, estimate_prior
-from glacli.io import store
+from glacli.io.paramfile import read_prior
+from glacli.io.rowfile import read_rows
 
 
 @pytest.fixture
@@ -24,16 +25,16 @@ def test_writes_a_prior_file_with_its_attributes_and_reports_json(gla, zs_file, 
     r = gla("estimate-prior", zs_file, "-o", tmp_path / "q.h5", "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
-    prior = store.read_prior(tmp_path / "q.h5")
+    prior = read_prior(tmp_path / "q.h5")
     assert prior.method == "nll" and prior.converged and prior.max_moment_gap < 1e-8
     assert prior.temperature == pytest.approx(report["temperature"])
     # the file and the report record what the solver did on these rows (one block here, as in the command)
-    with store.read_rows(zs_file, "logits") as rows:
+    with read_rows(zs_file, "logits") as rows:
         direct = estimate_prior(rows.read(), class_proportions(rows.labels, 6), "nll", labels=rows.labels)
     assert prior.iterations == report["iterations"] == direct.iterations
     np.testing.assert_allclose(prior.log_prior, direct.log_prior, atol=1e-9)
     assert abs(prior.prior.sum() - 1) < 1e-12
-    assert prior.attrs["parents"] == [store.read_rows(zs_file, "logits").gla_id]
+    assert prior.attrs["parents"] == [read_rows(zs_file, "logits").gla_id]
     assert report["top1_after"] >= report["top1_before"] - 5
     assert report["most_likely"][0]["class"] == prior.classnames[int(np.argmax(prior.prior))]
     assert len(report["least_likely"]) == 5
@@ -47,8 +48,8 @@ def test_top1_before_and_after_are_counted_on_the_estimation_rows(gla, tmp_path)
     path = write_logits_file(tmp_path / "zs.h5", z, y)
     r = gla("estimate-prior", path, "-o", tmp_path / "q.h5", "--json")
     assert r.code == 0, r.err
-    report, prior = json.loads(r.out), store.read_prior(tmp_path / "q.h5")
-    with store.read_rows(path, "logits") as rows:
+    report, prior = json.loads(r.out), read_prior(tmp_path / "q.h5")
+    with read_rows(path, "logits") as rows:
         values = rows.read().astype(np.float64)
     for when, scores in (("before", values), ("after", values / prior.temperature - prior.log_prior)):
         right = scores.argmax(1) == y
@@ -72,7 +73,7 @@ def test_uniform_target_without_labels_equals_labels_target_on_balanced_data(gla
     r = gla("estimate-prior", unlabelled, "-o", tmp_path / "b.h5", "-t", "1", "--target", "uniform", "--json")
     assert r.code == 0, r.err
     assert "top1_before" not in json.loads(r.out)
-    np.testing.assert_allclose(store.read_prior(tmp_path / "a.h5").prior, store.read_prior(tmp_path / "b.h5").prior,
+    np.testing.assert_allclose(read_prior(tmp_path / "a.h5").prior, read_prior(tmp_path / "b.h5").prior,
                                rtol=1e-9)
 
 
@@ -84,7 +85,7 @@ def test_target_file_of_proportions(gla, tmp_path):
     runs = [gla("estimate-prior", path, "-o", tmp_path / f"q{i}.h5", "-t", "1", "--target", target)
             for i, target in enumerate(["uniform", tmp_path / "f.json", tmp_path / "f.txt"])]
     assert [r.code for r in runs] == [0, 0, 0]
-    priors = [store.read_prior(tmp_path / f"q{i}.h5").prior for i in range(3)]
+    priors = [read_prior(tmp_path / f"q{i}.h5").prior for i in range(3)]
     np.testing.assert_allclose(priors[1], priors[0], rtol=1e-12)
     np.testing.assert_allclose(priors[2], priors[0], rtol=1e-12)
 
@@ -98,7 +99,7 @@ def test_debiasing_raises_held_out_top1_on_real_clip_logits(gla, shared_fixtures
         path = write_rows(tmp_path / f"est{seed}.h5", z, y, names, est_rows, head_type="zeroshot")
         r = gla("estimate-prior", path, "-o", tmp_path / f"q{seed}.h5", "--temperature", "1", "--json")
         assert r.code == 0, r.err
-        q = store.read_prior(tmp_path / f"q{seed}.h5").prior
+        q = read_prior(tmp_path / f"q{seed}.h5").prior
         before = (z[held_out].argmax(1) == y[held_out]).mean()
         after = ((z[held_out] - np.log(q)).argmax(1) == y[held_out]).mean()
         gains.append(after - before)
@@ -182,7 +183,7 @@ def test_several_files_are_pooled(gla, tmp_path):
     second = write_logits_file(tmp_path / "b.h5", z[30:], y[30:], ids=[f"img/{i:06d}.jpg" for i in range(30, 80)])
     assert gla("estimate-prior", whole, "-o", tmp_path / "q1.h5").code == 0
     assert gla("estimate-prior", first, second, "-o", tmp_path / "q2.h5").code == 0
-    q1, q2 = store.read_prior(tmp_path / "q1.h5"), store.read_prior(tmp_path / "q2.h5")
+    q1, q2 = read_prior(tmp_path / "q1.h5"), read_prior(tmp_path / "q2.h5")
     np.testing.assert_allclose(q2.prior, q1.prior, rtol=1e-9)
     assert q2.temperature == pytest.approx(q1.temperature, rel=1e-9)
     assert len(q2.attrs["parents"]) == 2

@@ -14,9 +14,11 @@ from conftest import assert_one_line_error
 from synth import probability_blocks, write_logits_file
 
 from glacli.base import chunking
+from glacli.base.types import Prior
 from glacli.core.label_shift import mlls
 from glacli.core.prior import estimate_prior
-from glacli.io import store
+from glacli.io.paramfile import read_prior, write_prior
+from glacli.io.rowfile import read_rows
 
 PI_T = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
 
@@ -32,7 +34,7 @@ def gaussian_scores(n: int, proportions: np.ndarray, seed: int, separation: floa
 
 
 def read_logits(path):
-    with store.read_rows(path, "logits") as f:
+    with read_rows(path, "logits") as f:
         return f.read().astype(np.float64), f.attrs
 
 
@@ -49,7 +51,7 @@ def test_mlls_recovers_pi_t_from_a_file_held_or_streamed(gla, shifted, monkeypat
     assert r.code == 0, r.err
     assert "labels in" in r.err and "ignored" in r.err
     report = json.loads(r.out)
-    target = store.read_prior(tmp / "t.h5")
+    target = read_prior(tmp / "t.h5")
     assert target.method == "mlls" and target.converged and target.max_moment_gap < 1e-8
     assert report["kkt_gap"] == target.max_moment_gap
     truth = np.bincount(labels, minlength=5) / len(labels)
@@ -61,14 +63,14 @@ def test_mlls_recovers_pi_t_from_a_file_held_or_streamed(gla, shifted, monkeypat
     monkeypatch.setattr(chunking, "IO_BYTES", 4096)        # many blocks, re-read on every pass
     r = gla("estimate-target", tmp / "test.h5", "-o", tmp / "s.h5", "--memory", "1e-6")
     assert r.code == 0 and "every pass reads the file" in r.err, r.err
-    np.testing.assert_allclose(store.read_prior(tmp / "s.h5").prior, target.prior, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(read_prior(tmp / "s.h5").prior, target.prior, rtol=0, atol=1e-9)
 
 
 def test_combine_adds_log_pi_t_and_that_raises_accuracy_on_a_shifted_set(gla, shifted):
     tmp, scores, labels = shifted
     q = np.full(5, 0.2)
-    store.write_prior(tmp / "q.h5", store.Prior(prior=q, classnames=[f"class {k}" for k in range(5)],
-                                                temperature=1.0, method="nll"))
+    write_prior(tmp / "q.h5", Prior(prior=q, classnames=[f"class {k}" for k in range(5)],
+                                    temperature=1.0, method="nll"))
     assert gla("estimate-target", tmp / "test.h5", "-o", tmp / "t.h5").code == 0
     write_logits_file(tmp / "zs.h5", scores, labels)          # the same scores, not yet an output of combine
     common = ("combine", "--zeroshot", tmp / "zs.h5", "--prior", tmp / "q.h5")
@@ -76,7 +78,7 @@ def test_combine_adds_log_pi_t_and_that_raises_accuracy_on_a_shifted_set(gla, sh
     r = gla(*common, "--target-prior", tmp / "t.h5", "-o", tmp / "adapted.h5")
     assert r.code == 0, r.err
     uniform, adapted = read_logits(tmp / "uniform.h5")[0], read_logits(tmp / "adapted.h5")
-    pi_t = store.read_prior(tmp / "t.h5")
+    pi_t = read_prior(tmp / "t.h5")
     np.testing.assert_allclose(adapted[0], uniform + pi_t.log_prior, rtol=1e-6, atol=1e-5)
     assert adapted[1]["target_prior"] == str(tmp / "t.h5") and pi_t.gla_id in adapted[1]["parents"]
     accuracy = {name: float((v.argmax(1) == labels).mean()) for name, v in
@@ -95,7 +97,7 @@ def test_bbse_from_a_balanced_validation_set(gla, shifted, tmp_path):
     write_logits_file(tmp / "val.h5", val_scores, val_labels)
     r = gla("estimate-target", tmp / "test.h5", "--method", "bbse", "--val", tmp / "val.h5", "-o", tmp / "b.h5")
     assert r.code == 0, r.err
-    target = store.read_prior(tmp / "b.h5")
+    target = read_prior(tmp / "b.h5")
     truth = np.bincount(labels, minlength=5) / len(labels)
     assert target.method == "bbse" and np.abs(target.prior - truth).sum() < 0.06
 
@@ -118,8 +120,8 @@ def test_bcts_on_validation_logits_undoes_a_temperature_and_class_biases(gla, tm
     r = gla("estimate-target", tmp_path / "test.h5", "--calibrate", tmp_path / "val.h5", "-o", tmp_path / "c.h5",
             "--json")
     assert r.code == 0, r.err
-    raw_error = np.abs(store.read_prior(tmp_path / "raw.h5").prior - truth).sum()
-    calibrated = store.read_prior(tmp_path / "c.h5").prior
+    raw_error = np.abs(read_prior(tmp_path / "raw.h5").prior - truth).sum()
+    calibrated = read_prior(tmp_path / "c.h5").prior
     assert np.abs(calibrated - truth).sum() < 0.04 < raw_error
     assert json.loads(r.out)["calibration"]["temperature"] == pytest.approx(2.0, rel=0.05)
 
@@ -132,8 +134,8 @@ def test_bcts_on_validation_logits_undoes_a_temperature_and_class_biases(gla, tm
 def test_refusals_are_one_line(gla, shifted):
     tmp, scores, labels = shifted
     names = [f"class {k}" for k in range(5)]
-    store.write_prior(tmp / "q.h5", store.Prior(prior=np.full(5, 0.2), classnames=names, temperature=1.0,
-                                                method="nll"))
+    write_prior(tmp / "q.h5", Prior(prior=np.full(5, 0.2), classnames=names, temperature=1.0,
+                                    method="nll"))
     assert gla("estimate-target", tmp / "test.h5", "-o", tmp / "t.h5").code == 0
     write_logits_file(tmp / "zs.h5", scores, labels)
     write_logits_file(tmp / "ens.h5", scores, labels, combine_method="ensemble")
@@ -141,8 +143,8 @@ def test_refusals_are_one_line(gla, shifted):
     bad = scores.copy()
     bad[7000, 2] = np.nan
     write_logits_file(tmp / "nan.h5", bad, labels)
-    store.write_prior(tmp / "other.h5", store.Prior(prior=np.full(5, 0.2), classnames=[f"c{k}" for k in range(5)],
-                                                    temperature=1.0, method="mlls"))
+    write_prior(tmp / "other.h5", Prior(prior=np.full(5, 0.2), classnames=[f"c{k}" for k in range(5)],
+                                        temperature=1.0, method="mlls"))
     cases = [
         (("estimate-target", tmp / "ens.h5", "-o", tmp / "x.h5"), ("ens.h5", "ensemble")),
         (("estimate-target", tmp / "test.h5", "--method", "bbse", "-o", tmp / "x.h5"), ("--val",)),

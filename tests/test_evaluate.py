@@ -14,8 +14,10 @@ from scipy.special import log_softmax
 from synth import biased_logits, classnames, write_logits_file
 
 from glacli.base import chunking
+from glacli.base.types import Prior
 from glacli.core import bootstrap
-from glacli.io import store
+from glacli.io.paramfile import read_prior, write_prior
+from glacli.io.rowfile import read_rows, write_features
 
 C = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,8 +37,8 @@ def files(tmp_path: Path) -> dict:
         "prior": tmp_path / "prior.h5",
         "train": tmp_path / "train.h5",
     }
-    store.write_prior(paths["prior"], store.Prior(q, classnames(C), 1.0, "test"))
-    store.write_features(paths["train"], feats, train_labels, [f"t{i}" for i in range(len(feats))], classnames(C))
+    write_prior(paths["prior"], Prior(q, classnames(C), 1.0, "test"))
+    write_features(paths["train"], feats, train_labels, [f"t{i}" for i in range(len(feats))], classnames(C))
     return {**paths, "z": z, "y": y, "q": q, "train_labels": train_labels, "dir": tmp_path}
 
 
@@ -56,7 +58,7 @@ def test_json_schema_and_numbers(gla, files):
     assert doc["tags"] == {"shots": 4, "seed": 1, "data": "synth"}
     assert doc["n_samples"] == len(files["y"]) and doc["n_classes"] == C
     assert doc["classnames"] == classnames(C) and doc["top_k"] == 5 and doc["ece_bins"] == 15
-    assert doc["prior"]["gla_id"] == store.read_prior(files["prior"]).gla_id
+    assert doc["prior"]["gla_id"] == read_prior(files["prior"]).gla_id
     np.testing.assert_allclose(doc["prior"]["q"], files["q"])
     assert doc["train"]["counts"] == np.bincount(files["train_labels"], minlength=C).tolist()
     shot_groups = {"many_shot", "medium_shot", "few_shot"}
@@ -75,7 +77,7 @@ def test_json_schema_and_numbers(gla, files):
     for result, logits, name, path in zip(doc["results"], (z, z - np.log(files["q"])),
                                           ("zero-shot", "debiased"), (files["zs"], files["debiased"])):
         z32 = logits.astype(np.float32).astype(np.float64)  # what the file stores
-        with store.read_rows(path, "logits") as f:
+        with read_rows(path, "logits") as f:
             assert result["gla_id"] == f.gla_id
         assert result["name"] == name and result["path"] == str(path)
         m = result["metrics"]
@@ -251,7 +253,7 @@ def test_table_shows_half_widths_and_marks_differences(gla, files):
 def test_target_prior_error_against_the_test_labels(gla, files, tmp_path):
     estimate = np.full(C, 1 / C)
     target = tmp_path / "target.h5"
-    store.write_prior(target, store.Prior(estimate, classnames(C), 1.0, "mlls"))
+    write_prior(target, Prior(estimate, classnames(C), 1.0, "mlls"))
     r = gla("evaluate", files["zs"], "--target-prior", target, "--json")
     assert r.code == 0, r.err
     info = json.loads(r.out)["target_prior"]
@@ -348,19 +350,19 @@ def test_ids_disagree(gla, files, tmp_path):
 
 def test_prior_with_wrong_classes(gla, files, tmp_path):
     bad = tmp_path / "bad_prior.h5"
-    store.write_prior(bad, store.Prior(np.full(C + 1, 1 / (C + 1)), classnames(C + 1), 1.0, "test"))
+    write_prior(bad, Prior(np.full(C + 1, 1 / (C + 1)), classnames(C + 1), 1.0, "test"))
     assert_one_line_error(gla("evaluate", files["zs"], "--prior", bad), "bad_prior.h5", "13 classes")
 
 
 def test_train_with_wrong_classes(gla, files, tmp_path):
     bad = tmp_path / "bad_train.h5"
-    store.write_features(bad, np.ones((3, 4)), np.array([0, 1, 2]), ["a", "b", "c"], ["x", "y", "z"])
+    write_features(bad, np.ones((3, 4)), np.array([0, 1, 2]), ["a", "b", "c"], ["x", "y", "z"])
     assert_one_line_error(gla("evaluate", files["zs"], "--train", bad), "bad_train.h5", "3 classes")
 
 
 def test_train_without_labels(gla, files, tmp_path):
     bad = tmp_path / "nolabels.h5"
-    store.write_features(bad, np.ones((3, 4)), np.full(3, -1), ["a", "b", "c"], classnames(C))
+    write_features(bad, np.ones((3, 4)), np.full(3, -1), ["a", "b", "c"], classnames(C))
     assert_one_line_error(gla("evaluate", files["zs"], "--train", bad), "nolabels.h5", "training images")
 
 

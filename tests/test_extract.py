@@ -19,10 +19,10 @@ from conftest import assert_one_line_error, blocked_extraction, subprocess_env
 from tiny_clip import EMBED_DIM, tiny_clip_fixture, write_image_folder, write_jpeg  # noqa: F401
 
 from glacli.base.errors import GlaInputError
-from glacli.io import store
 from glacli.io.encoders import load_encoder
+from glacli.io.h5file import COMPLETE_ATTR, get_attrs
+from glacli.io.rowfile import read_rows
 from glacli.io.sources import open_source
-from glacli.io.store import read_rows
 
 VOLATILE_ATTRS = ("created", "gla_id")
 
@@ -36,7 +36,7 @@ def contents(path: Path) -> dict:
     """Every dataset and the stable attributes of a features file."""
     with h5py.File(path, "r") as f:
         data = {name: f[name][()] for name in f}
-        data["attrs"] = {k: v for k, v in store.get_attrs(f).items() if k not in VOLATILE_ATTRS}
+        data["attrs"] = {k: v for k, v in get_attrs(f).items() if k not in VOLATILE_ATTRS}
     return data
 
 
@@ -350,7 +350,7 @@ def test_a_features_file_without_the_complete_mark_is_refused(gla, tiny_clip, fo
     out = tmp_path / "f.h5"
     assert gla("extract", folder, "-o", out, *model_args(tiny_clip), "--workers", "0").code == 0
     with h5py.File(out, "a") as f:
-        del f.attrs[store.COMPLETE_ATTR]
+        del f.attrs[COMPLETE_ATTR]
     with pytest.raises(GlaInputError, match="is incomplete"):
         read_rows(out, "features")
     r = gla("zeroshot", *model_args(tiny_clip), "--like", out, "-o", tmp_path / "head.h5")

@@ -12,7 +12,7 @@ from tiny_clip import tiny_clip_fixture  # noqa: F401
 
 from glacli.base.errors import GlaInputError
 from glacli.io.extraction import output_lock
-from glacli.io.store import read_rows
+from glacli.io.rowfile import read_rows
 
 HOLDER = """
 import os, sys, time

@@ -12,7 +12,9 @@ import torch
 from conftest import assert_one_line_error, subprocess_env
 from tiny_clip import EMBED_DIM, tiny_clip_fixture, write_image_folder  # noqa: F401
 
-from glacli.io import store
+from glacli.base.types import Head
+from glacli.io.paramfile import read_head, write_head
+from glacli.io.rowfile import read_rows
 
 N_CLASSES = 3
 
@@ -45,7 +47,7 @@ def extracted(tiny_clip, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     assert main(["extract", str(folder / "imgs"), "-o", str(features), "--model", str(tiny_clip.config),
                  "--pretrained", str(tiny_clip.checkpoint), "--device", "cpu", "--workers", "0",
                  "--dtype", "float32"]) == 0
-    with store.read_rows(features, "features") as f:
+    with read_rows(features, "features") as f:
         ids = f.ids()
     model, preprocess, _ = tiny_clip.load()
     with torch.no_grad():
@@ -85,7 +87,7 @@ def save(path: Path, obj: dict[str, object]) -> Path:
 def gla_logits(gla, features: Path, head_file: Path, tmp_path: Path) -> np.ndarray:
     r = gla("logits", features, head_file, "-o", tmp_path / "logits.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "logits.h5", "logits") as f:
+    with read_rows(tmp_path / "logits.h5", "logits") as f:
         return f.read(dtype=np.float64)
 
 
@@ -100,7 +102,7 @@ def test_checkpoint_head_gives_the_models_own_logits(gla, extracted, head, tmp_p
             *(["--input-normalize"] if input_normalize else []), "-o", tmp_path / "head.h5")
     assert r.code == 0, r.err
     assert "(state dict)" in r.out and ("--input-normalize" in r.out)
-    imported = store.read_head(tmp_path / "head.h5")
+    imported = read_head(tmp_path / "head.h5")
     assert imported.head_type == "finetuned" and imported.classnames == ["a", "b", "c"]
     assert bool(imported.attrs["input_normalize"]) is input_normalize
     with torch.no_grad():
@@ -130,7 +132,7 @@ def test_text_classifier_array_with_normalized_rows_and_logit_scale(gla, extract
     r = gla("import", path, "--kind", "head", *key, *names, "--normalize-rows", "--logit-scale", "100",
             "-o", tmp_path / "head.h5")
     assert r.code == 0, r.err
-    imported = store.read_head(tmp_path / "head.h5")
+    imported = read_head(tmp_path / "head.h5")
     assert imported.head_type == "zeroshot" and imported.attrs["logit_scale"] == 100
     assert imported.classnames == ["a", "b", "c"]
     if suffix == ".npz":  # float16 in the file: the reference starts from the same float16 values
@@ -143,12 +145,12 @@ def test_text_classifier_array_with_normalized_rows_and_logit_scale(gla, extract
 
 def test_exported_head_imports_back(gla, head, tmp_path):
     weight, bias = head
-    store.write_head(tmp_path / "h.h5", store.Head(weight.numpy(), bias.numpy(), ["a", "b", "c"], "linear", 1.5))
+    write_head(tmp_path / "h.h5", Head(weight.numpy(), bias.numpy(), ["a", "b", "c"], "linear", 1.5))
     for suffix in (".npz", ".pt"):
         assert gla("export", tmp_path / "h.h5", "-o", tmp_path / f"h{suffix}").code == 0
         r = gla("import", tmp_path / f"h{suffix}", "--kind", "head", "-o", tmp_path / "back.h5")
         assert r.code == 0, r.err
-        back = store.read_head(tmp_path / "back.h5")
+        back = read_head(tmp_path / "back.h5")
         np.testing.assert_array_equal(back.weight, weight.numpy())
         np.testing.assert_array_equal(back.bias, bias.numpy())
         assert (back.classnames, back.head_type, back.temperature) == (["a", "b", "c"], "linear", 1.5)
@@ -159,7 +161,7 @@ def test_bfloat16_safetensors_head_is_widened_exactly(gla, head, tmp_path):
     path = save(tmp_path / "bf16.safetensors", {"fc.weight": weight, "fc.bias": head[1].to(torch.bfloat16)})
     r = gla("import", path, "--kind", "head", "--key", "fc", "-o", tmp_path / "h.h5")
     assert r.code == 0, r.err
-    np.testing.assert_array_equal(store.read_head(tmp_path / "h.h5").weight, weight.float().numpy())
+    np.testing.assert_array_equal(read_head(tmp_path / "h.h5").weight, weight.float().numpy())
 
 
 def test_a_safetensors_head_import_does_not_import_torch(head, tmp_path):

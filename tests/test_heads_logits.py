@@ -9,8 +9,11 @@ import torch
 from conftest import assert_one_line_error
 
 from glacli.base import chunking
+from glacli.base.types import Head
 from glacli.core.heads import apply_head
-from glacli.io import store
+from glacli.io import paramfile, rowfile
+from glacli.io.paramfile import read_head
+from glacli.io.rowfile import read_rows
 
 N, C, D = 53, 6, 16
 NAMES = [f"class {k}" for k in range(C)]
@@ -24,17 +27,17 @@ def features(n: int = N, d: int = D, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def write_features(path: Path, x: np.ndarray, labels: np.ndarray, names: list[str] = NAMES) -> Path:
-    store.write_features(path, x, labels, [f"img/{i}.png" for i in range(len(x))], names,
-                         attrs={"model": "RN50", "pretrained": "openai"})
+    rowfile.write_features(path, x, labels, [f"img/{i}.png" for i in range(len(x))], names,
+                           attrs={"model": "RN50", "pretrained": "openai"})
     return path
 
 
-def write_head(path: Path, d: int = D, names: list[str] = NAMES, temperature: float = 2.5) -> store.Head:
+def write_head(path: Path, d: int = D, names: list[str] = NAMES, temperature: float = 2.5) -> Head:
     rng = np.random.default_rng(1)
-    head = store.Head(weight=(rng.normal(size=(len(names), d)) * 30).astype(np.float32),
-                      bias=rng.normal(size=len(names)).astype(np.float32), classnames=names,
-                      head_type="linear", temperature=temperature, attrs={"model": "RN50"})
-    store.write_head(path, head)
+    head = Head(weight=(rng.normal(size=(len(names), d)) * 30).astype(np.float32),
+                bias=rng.normal(size=len(names)).astype(np.float32), classnames=names,
+                head_type="linear", temperature=temperature, attrs={"model": "RN50"})
+    paramfile.write_head(path, head)
     return head
 
 
@@ -57,23 +60,23 @@ def test_logits_equal_features_times_head_over_temperature(tmp_path: Path, gla, 
     head = write_head(tmp_path / "h.h5")
     r = gla("logits", feature_file, tmp_path / "h.h5", "-o", tmp_path / "l.h5")
     assert r.code == 0, r.err
-    stored = store.read_rows(feature_file, "features")
-    with store.read_rows(tmp_path / "l.h5", "logits") as out, stored:
+    stored = read_rows(feature_file, "features")
+    with read_rows(tmp_path / "l.h5", "logits") as out, stored:
         expected = (stored.read(dtype=np.float64) @ head.weight.astype(np.float64).T + head.bias) / 2.5
         assert np.allclose(out.read(dtype=np.float64), expected, rtol=1e-5, atol=1e-4)
         assert out.ids() == stored.ids() and (out.labels == labels).all()
         assert out.classnames == NAMES
         assert out.temperature == 2.5 and out.attrs["head_type"] == "linear"
-        assert list(out.attrs["parents"]) == [stored.gla_id, store.read_head(tmp_path / "h.h5").gla_id]
+        assert list(out.attrs["parents"]) == [stored.gla_id, read_head(tmp_path / "h.h5").gla_id]
 
 
 def test_zeroshot_head_type_is_kept(tmp_path: Path, gla) -> None:
     x, labels = features()
-    store.write_head(tmp_path / "zs.h5", store.Head(np.eye(C, D, dtype=np.float32) * 100, np.zeros(C, np.float32),
-                                                    NAMES, "zeroshot"))
+    paramfile.write_head(tmp_path / "zs.h5", Head(np.eye(C, D, dtype=np.float32) * 100, np.zeros(C, np.float32),
+                                                  NAMES, "zeroshot"))
     r = gla("logits", write_features(tmp_path / "f.h5", x, labels), tmp_path / "zs.h5", "-o", tmp_path / "l.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "l.h5", "logits") as out:
+    with read_rows(tmp_path / "l.h5", "logits") as out:
         assert out.attrs["head_type"] == "zeroshot" and out.temperature == 1.0
         assert np.allclose(out.read(), 100 * x[:, :C], atol=1e-1)
 

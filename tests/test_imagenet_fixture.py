@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glacli.io import store
+from glacli.io.paramfile import read_head, read_prior
+from glacli.io.rowfile import read_rows
 
 FIXTURE = Path("clip-imagenet") / "in1k_clip_vitb32_fewshot7k.npz"
 
@@ -59,14 +60,14 @@ def test_imagenet_fixture_through_the_cli(gla, tmp_path, fixture_npz):
     r = gla("import", fixture_npz, "--kind", "head", "--key", "text_head", "--normalize-rows", "--logit-scale", "100",
             "--classnames-key", "classnames", "-o", tmp_path / "H.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "F.h5", "features") as f:
+    with read_rows(tmp_path / "F.h5", "features") as f:
         assert f.dtype == np.float32 and f.n_rows == 7000 and f.n_cols == 512
         assert f.classnames[657] == "missile" and f.classnames[744] == "missile (744)"
         assert f.classnames[836] == "sunglasses" and f.classnames[837] == "sunglasses (837)"
-    assert store.read_head(tmp_path / "H.h5").classnames == f.classnames
+    assert read_head(tmp_path / "H.h5").classnames == f.classnames
 
     assert gla("logits", tmp_path / "F.h5", tmp_path / "H.h5", "-o", tmp_path / "L.h5").code == 0
-    with store.read_rows(tmp_path / "L.h5", "logits") as logits:
+    with read_rows(tmp_path / "L.h5", "logits") as logits:
         z, y = logits.read(dtype=np.float64), logits.labels
     assert f"{top1(z, y):.2f}" == "62.50"
 
@@ -91,11 +92,11 @@ def test_imagenet_fixture_through_the_cli(gla, tmp_path, fixture_npz):
     assert r.code == 0, r.err
     r = gla("combine", "--zeroshot", tmp_path / "test_L.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "D.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "D.h5", "logits") as debiased:
+    with read_rows(tmp_path / "D.h5", "logits") as debiased:
         gla_debiased = top1(debiased.read(dtype=np.float64), debiased.labels)
 
     log_q = reference_log_prior(z_ref[estimation], labels[estimation], 1000)
-    prior = store.read_prior(tmp_path / "q.h5")
+    prior = read_prior(tmp_path / "q.h5")
     np.testing.assert_allclose(prior.log_prior, log_q, rtol=0, atol=1e-4)
     before, after = top1(z_ref[held_out], labels[held_out]), top1(z_ref[held_out] - log_q, labels[held_out])
     assert (f"{before:.2f}", f"{after:.2f}") == ("63.27", "64.80")

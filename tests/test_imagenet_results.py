@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from glacli.cli.main import main
-from glacli.io import store
+from glacli.io.paramfile import read_prior
+from glacli.io.rowfile import read_rows
 from conftest import SHARED_FIXTURES
 
 FIXTURE = Path("clip-imagenet") / "in1k_clip_vitb32_fewshot7k.npz"
@@ -84,9 +85,9 @@ def evaluate(work: Path, *files: Path) -> list[float]:
 
 def rows_of(path: Path, features: Path) -> np.ndarray:
     """The fixture's row indices of a file's rows, matched by id."""
-    with store.read_rows(features, "features") as rows:
+    with read_rows(features, "features") as rows:
         index = {id_: i for i, id_ in enumerate(rows.ids())}
-    with store.read_rows(path, "logits") as rows:
+    with read_rows(path, "logits") as rows:
         return np.array([index[id_] for id_ in rows.ids()])
 
 
@@ -110,7 +111,7 @@ def test_debiasing_gain_of_one_split_matches_a_float64_reference(imagenet: dict)
     assert np.bincount(labels[est_rows], minlength=1000).tolist() == [4] * 1000
     assert len(np.intersect1d(est_rows, test_rows)) == 0 and len(test_rows) == 3000
     log_q = reference_log_prior(z[est_rows], np.full(1000, 1e-3))
-    np.testing.assert_allclose(store.read_prior(prior).log_prior, log_q, atol=1e-3)  # float32 logits: ~1e-5
+    np.testing.assert_allclose(read_prior(prior).log_prior, log_q, atol=1e-3)  # float32 logits: ~1e-5
 
     ref_zs = np.mean(z[test_rows].argmax(axis=1) == labels[test_rows])
     ref_debiased = np.mean((z[test_rows] - log_q).argmax(axis=1) == labels[test_rows])

@@ -14,12 +14,14 @@ from conftest import assert_one_line_error
 from synth import biased_logits, classnames, write_logits_file
 
 from glacli.base import chunking
-from glacli.io import store
+from glacli.base.types import Head, Prior
+from glacli.io.paramfile import read_prior, write_head, write_prior
+from glacli.io.rowfile import read_rows, write_features
 from glacli.services import interchange
 
 
 def read_logits(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str], dict]:
-    with store.read_rows(path, "logits") as f:
+    with read_rows(path, "logits") as f:
         return f.read(), f.labels.copy(), f.ids(), f.classnames, f.attrs
 
 
@@ -77,14 +79,14 @@ def test_features_round_trip_stores_float16_as_unit_float32_rows(gla, tmp_path, 
     x = rng.normal(size=(30, 6))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = np.arange(30) % 4
-    store.write_features(tmp_path / "f.h5", x, y, [f"im{i}.jpg" for i in range(30)], classnames(4))
+    write_features(tmp_path / "f.h5", x, y, [f"im{i}.jpg" for i in range(30)], classnames(4))
     assert gla("export", tmp_path / "f.h5", "-o", tmp_path / f"f{suffix}").code == 0
     (tmp_path / "names.txt").write_text("\n".join(classnames(4)) + "\n")
     extra = ["--classnames", tmp_path / "names.txt"] if suffix == ".csv" else []
     r = gla("import", tmp_path / f"f{suffix}", "--kind", "features", "-o", tmp_path / "back.h5", *extra)
     assert r.code == 0, r.err
     assert "L2-normalised" in r.out
-    with store.read_rows(tmp_path / "f.h5", "features") as a, store.read_rows(tmp_path / "back.h5", "features") as b:
+    with read_rows(tmp_path / "f.h5", "features") as a, read_rows(tmp_path / "back.h5", "features") as b:
         stored = b.read(dtype=np.float64)
         np.testing.assert_allclose(stored, a.read(dtype=np.float64), atol=1e-3)
         np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-6)
@@ -102,15 +104,15 @@ def test_features_are_l2_normalised_on_import(gla, tmp_path):
     np.save(tmp_path / "y.npy", np.array([0, 1, 1]))
     r = gla("import", tmp_path / "x.npy", "--kind", "features", "--labels", tmp_path / "y.npy", "-o", tmp_path / "f.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "f.h5", "features") as f:
+    with read_rows(tmp_path / "f.h5", "features") as f:
         np.testing.assert_allclose(f.read(dtype=np.float64), x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-7)
         assert f.classnames == ["class_0", "class_1"]
 
 
-def write_prior_file(path: Path, c: int = 6, temperature: float = 1.7) -> store.Prior:
+def write_prior_file(path: Path, c: int = 6, temperature: float = 1.7) -> Prior:
     q = np.random.default_rng(1).dirichlet(np.ones(c))
-    prior = store.Prior(q, classnames(c), temperature, "nll", max_moment_gap=1e-10, iterations=7)
-    store.write_prior(path, prior)
+    prior = Prior(q, classnames(c), temperature, "nll", max_moment_gap=1e-10, iterations=7)
+    write_prior(path, prior)
     return prior
 
 
@@ -125,7 +127,7 @@ def test_prior_round_trip(gla, tmp_path, suffix):
     r = gla("import", tmp_path / f"q{suffix}", "--kind", "prior", "-o", tmp_path / "back.h5", *extra)
     assert r.code == 0, r.err
     assert "normalised" not in r.out
-    back = store.read_prior(tmp_path / "back.h5")
+    back = read_prior(tmp_path / "back.h5")
     np.testing.assert_allclose(back.prior, prior.prior, rtol=1e-15)
     assert back.classnames == prior.classnames and back.temperature == 1.7
     if suffix == ".json":
@@ -147,9 +149,9 @@ def test_prior_json_export_is_plain_json(gla, tmp_path):
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])
 def test_head_export(gla, tmp_path, suffix):
     rng = np.random.default_rng(2)
-    head = store.Head(rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=3).astype(np.float32),
-                      ["a", "b", "c"], "linear", temperature=2.5)
-    store.write_head(tmp_path / "h.h5", head)
+    head = Head(rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=3).astype(np.float32),
+                ["a", "b", "c"], "linear", temperature=2.5)
+    write_head(tmp_path / "h.h5", head)
     assert gla("export", tmp_path / "h.h5", "-o", tmp_path / f"h{suffix}").code == 0
     if suffix == ".npz":
         data = np.load(tmp_path / "h.npz", allow_pickle=False)
@@ -195,7 +197,7 @@ def test_pt_tensor_and_dict_priors(gla, tmp_path):
     for name, expected in (("t.pt", [0.25, 0.75]), ("d.pt", [0.25, 0.25, 0.5])):
         r = gla("import", tmp_path / name, "--kind", "prior", "-o", tmp_path / "q.h5")
         assert r.code == 0, r.err
-        np.testing.assert_allclose(store.read_prior(tmp_path / "q.h5").prior, expected, rtol=1e-7)
+        np.testing.assert_allclose(read_prior(tmp_path / "q.h5").prior, expected, rtol=1e-7)
         assert "normalised the prior" in r.out
 
 
@@ -332,7 +334,7 @@ def test_official_prior(gla, tmp_path, shared_fixtures):
     r = gla("import", shared_fixtures / "gla-official" / "q.pt", "--kind", "prior", "-o", tmp_path / "q.h5")
     assert r.code == 0, r.err
     assert "summed to 0.804" in r.out
-    prior = store.read_prior(tmp_path / "q.h5")
+    prior = read_prior(tmp_path / "q.h5")
     assert prior.prior.shape == (1000,) and abs(prior.prior.sum() - 1) < 1e-12
     np.testing.assert_allclose(prior.prior * raw.sum(), raw, rtol=1e-12)
     assert prior.classnames[:2] == ["class_0", "class_1"] and prior.temperature == 1.0

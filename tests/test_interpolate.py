@@ -13,7 +13,9 @@ from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli.base.types import Head
 from glacli.core.interpolation import interpolate
-from glacli.io import store
+from glacli.io import paramfile
+from glacli.io.paramfile import read_head
+from glacli.io.rowfile import read_rows
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_alpha_0_and_1_give_the_inputs_features_exactly(gla, tiny_clip, pair, tm
         r = gla("extract", images, "-o", out, "--model", tiny_clip.config, "--pretrained", weights, "--device",
                 "cpu", "--workers", "0", "--dtype", "float32")
         assert r.code == 0, r.err
-        with store.read_rows(out, "features") as f:
+        with read_rows(out, "features") as f:
             return f.read()
 
     np.testing.assert_array_equal(features(tmp_path / "w_alpha0.safetensors", "a0"), features(zs, "zs"))
@@ -76,8 +78,8 @@ def test_checkpoints_whose_keys_differ_are_refused_naming_the_first(gla, pair, t
 
 
 def write_head(path, weight, bias, temperature, names, head_type="zeroshot"):
-    store.write_head(path, Head(weight=weight, bias=bias, classnames=names, head_type=head_type,
-                                temperature=temperature))
+    paramfile.write_head(path, Head(weight=weight, bias=bias, classnames=names, head_type=head_type,
+                                    temperature=temperature))
     return path
 
 
@@ -89,16 +91,16 @@ def test_heads_interpolate_their_logits(gla, tmp_path):
     zs = write_head(tmp_path / "zs.h5", w_zs, np.zeros(3, np.float32), 1.0, names)
     ft = write_head(tmp_path / "ft.h5", w_ft, b_ft, 1.0, names, "linear")
     assert gla("interpolate", zs, ft, "--alpha", "0,0.25,1", "-o", tmp_path / "h.h5").code == 0
-    quarter = store.read_head(tmp_path / "h_alpha0.25.h5")
+    quarter = read_head(tmp_path / "h_alpha0.25.h5")
     np.testing.assert_allclose(quarter.weight, 0.75 * w_zs.astype(np.float64) + 0.25 * w_ft, rtol=1e-6)
     np.testing.assert_allclose(quarter.bias, 0.25 * b_ft.astype(np.float64), rtol=1e-6)
     assert quarter.head_type == "wise-ft" and quarter.attrs["interpolated_alpha"] == 0.25
-    np.testing.assert_array_equal(store.read_head(tmp_path / "h_alpha0.h5").weight, w_zs)
-    np.testing.assert_array_equal(store.read_head(tmp_path / "h_alpha1.h5").bias, b_ft)
+    np.testing.assert_array_equal(read_head(tmp_path / "h_alpha0.h5").weight, w_zs)
+    np.testing.assert_array_equal(read_head(tmp_path / "h_alpha1.h5").bias, b_ft)
 
     calibrated = write_head(tmp_path / "cal.h5", w_ft, b_ft, 0.5, names, "linear")
     assert gla("interpolate", zs, calibrated, "--alpha", "0.4", "-o", tmp_path / "m.h5").code == 0
-    mixed = store.read_head(tmp_path / "m.h5")
+    mixed = read_head(tmp_path / "m.h5")
     x = rng.normal(size=(5, 8))
     want = 0.6 * (x @ w_zs.T) + 0.4 * (x @ w_ft.T + b_ft) / 0.5
     got = (x @ mixed.weight.T + mixed.bias) / mixed.temperature

@@ -26,7 +26,10 @@ from synth import biased_logits, classnames, write_features, write_logits_file
 
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Head, Prior
-from glacli.io import store
+from glacli.io.h5file import COMPLETE_ATTR, provenance_attrs, set_attrs, write_strings
+from glacli.io.outputs import atomic_output, writer_lock
+from glacli.io.paramfile import write_head, write_prior
+from glacli.io.rowfile import write_rows
 
 C = 4
 
@@ -38,15 +41,15 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     folder.mkdir()
     z, y, _ = biased_logits(20, C, seed=3)
     zs = write_logits_file(folder / "zs.h5", z, y, head_type="zeroshot")
-    store.write_prior(folder / "q.h5", Prior(prior=np.full(C, 1 / C), classnames=classnames(C), temperature=1.0,
-                                             method="nll"))
+    write_prior(folder / "q.h5", Prior(prior=np.full(C, 1 / C), classnames=classnames(C), temperature=1.0,
+                                       method="nll"))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     train = write_features(folder / "train.h5", x, np.arange(40) % C)
-    store.write_head(folder / "head.h5", Head(weight=rng.normal(size=(C, 8)).astype(np.float32),
-                                              bias=np.zeros(C, np.float32), classnames=classnames(C),
-                                              head_type="zeroshot"))
+    write_head(folder / "head.h5", Head(weight=rng.normal(size=(C, 8)).astype(np.float32),
+                                        bias=np.zeros(C, np.float32), classnames=classnames(C),
+                                        head_type="zeroshot"))
     np.save(folder / "z.npy", z)
     return {"zs": zs, "q": folder / "q.h5", "train": train, "head": folder / "head.h5", "npy": folder / "z.npy"}
 
@@ -180,7 +183,7 @@ def test_a_failing_clean_up_does_not_hide_the_first_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Path, "unlink", unlink)
     with pytest.raises(GlaInputError) as raised:
-        with store.atomic_output(out) as tmp:
+        with atomic_output(out) as tmp:
             raise OSError(errno.EROFS, "Read-only file system", str(tmp))
     assert str(raised.value) == f"{out}: cannot write (read-only file system)"
     monkeypatch.setattr(Path, "unlink", real_unlink)
@@ -214,7 +217,7 @@ def test_a_rerun_removes_the_temporaries_of_dead_writers_only(gla, inputs, tmp_p
 
 
 def test_the_temporary_names_its_writer(tmp_path):
-    with store.atomic_output(tmp_path / "a.json") as tmp:
+    with atomic_output(tmp_path / "a.json") as tmp:
         assert tmp.name.startswith(f".a.json.tmp-{socket.gethostname()}-{os.getpid()}-")
         assert tmp.suffix == ".json"
         tmp.write_text("{}")
@@ -229,12 +232,12 @@ def damaged_logits(path: Path) -> Path:
     HDF5 library's "Can't synchronously read data" (as a temporary of a killed writer can)."""
     z, y, _ = biased_logits(50, C, seed=4)
     with h5py.File(path, "w") as f:
-        store.set_attrs(f, {**store.provenance_attrs("logits"), "temperature": 1.0})
+        set_attrs(f, {**provenance_attrs("logits"), "temperature": 1.0})
         f.create_dataset("logits", data=z.astype(np.float32), chunks=(10, C), compression="gzip")
         f.create_dataset("labels", data=y)
-        store.write_strings(f, "ids", [f"r{i}" for i in range(len(y))])
-        store.write_strings(f, "classnames", classnames(C))
-        f.attrs[store.COMPLETE_ATTR] = True
+        write_strings(f, "ids", [f"r{i}" for i in range(len(y))])
+        write_strings(f, "classnames", classnames(C))
+        f.attrs[COMPLETE_ATTR] = True
         chunks = [f["logits"].id.get_chunk_info(i) for i in range(f["logits"].id.get_num_chunks())]
     with open(path, "r+b") as fh:
         for chunk in chunks:
@@ -246,8 +249,8 @@ def damaged_logits(path: Path) -> Path:
 def killed_writer_temporary(folder: Path) -> Path:
     """The hidden temporary a writer leaves when it is killed half-way (SIGKILL)."""
     code = ("import os, signal, numpy as np\n"
-            "from glacli.io import store\n"
-            "with store.write_rows('out.h5', 'features', n_rows=4000, n_cols=64, classnames=['a', 'b']) as sink:\n"
+            "from glacli.io.rowfile import write_rows\n"
+            "with write_rows('out.h5', 'features', n_rows=4000, n_cols=64, classnames=['a', 'b']) as sink:\n"
             "    sink.write(0, np.ones((2000, 64), np.float32), np.zeros(2000, np.int64), ['x'] * 2000)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     subprocess.run([sys.executable, "-c", code], cwd=folder, env=subprocess_env(), timeout=120)
@@ -285,7 +288,7 @@ def test_a_killed_writers_temporary_given_as_input_is_one_line(gla, tmp_path, ar
 
 def test_a_second_evaluate_writing_the_same_outputs_is_refused(gla, inputs, tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    with store.writer_lock(png):  # another run is writing r.png
+    with writer_lock(png):  # another run is writing r.png
         assert_one_line_error(gla("evaluate", inputs["zs"], "--json-out", out, "--plot", png),
                               str(png), "another gla run is writing this output", f"pid {os.getpid()}")
     assert leftovers(tmp_path) == ["in"]
@@ -296,9 +299,9 @@ def test_a_second_evaluate_writing_the_same_outputs_is_refused(gla, inputs, tmp_
 
 def test_the_writer_lock_is_dropped_when_its_holder_is_killed(tmp_path):
     out = tmp_path / "r.json"
-    code = ("import os, signal\nfrom glacli.io import store\n"
-            f"with store.writer_lock({str(out)!r}):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = ("import os, signal\nfrom glacli.io.outputs import writer_lock\n"
+            f"with writer_lock({str(out)!r}):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     subprocess.run([sys.executable, "-c", code], env=subprocess_env(), timeout=120)
-    with store.writer_lock(out):
+    with writer_lock(out):
         pass
     assert leftovers(tmp_path) == []

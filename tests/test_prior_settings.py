@@ -20,13 +20,15 @@ from synth import (
     write_logits_file,
 )
 
+from glacli.base.types import Head, Prior
 from glacli.core.prior import class_proportions, estimate_prior
 from glacli.core.prior.newton import regularised_inverse
-from glacli.io import store
+from glacli.io.paramfile import read_head, read_prior, write_head
+from glacli.io.rowfile import read_rows
 
 
 def read_logits(path):
-    with store.read_rows(path, "logits") as f:
+    with read_rows(path, "logits") as f:
         return f.read().astype(np.float64), f.attrs
 
 
@@ -51,7 +53,7 @@ def test_q_from_an_imbalanced_set_equals_q_from_a_balanced_one(gla, tmp_path):
     assert gla("estimate-prior", tmp_path / "bal.h5", "-o", tmp_path / "qb.h5", "-t", "1").code == 0
     r = gla("estimate-prior", tmp_path / "skew.h5", "-o", tmp_path / "qs.h5", "-t", "1", "--json")
     assert r.code == 0, r.err
-    log_bal, log_skew = (store.read_prior(tmp_path / n).log_prior for n in ("qb.h5", "qs.h5"))
+    log_bal, log_skew = (read_prior(tmp_path / n).log_prior for n in ("qb.h5", "qs.h5"))
     # q/f (what dividing out nothing gives) would be off by up to log 20 = 3.0; sampling error is ~0.1.
     assert np.abs(log_skew - log_bal).max() < 0.15
     assert np.abs(log_skew - np.log(q_true)).max() < 0.15
@@ -71,8 +73,8 @@ def test_a_target_file_means_the_same_proportions_as_the_labels(gla, tmp_path):
     assert gla("estimate-prior", tmp_path / "zs.h5", "-o", tmp_path / "a.h5", "-t", "1").code == 0
     assert gla("estimate-prior", tmp_path / "unlabelled.h5", "-o", tmp_path / "b.h5", "-t", "1",
                "--target", tmp_path / "f.json").code == 0
-    np.testing.assert_allclose(store.read_prior(tmp_path / "b.h5").log_prior,
-                               store.read_prior(tmp_path / "a.h5").log_prior, atol=1e-9)
+    np.testing.assert_allclose(read_prior(tmp_path / "b.h5").log_prior,
+                               read_prior(tmp_path / "a.h5").log_prior, atol=1e-9)
 
 
 def test_real_clip_cifar10_q_from_a_long_tailed_subset(gla, shared_fixtures, tmp_path):
@@ -92,14 +94,14 @@ def test_real_clip_cifar10_q_from_a_long_tailed_subset(gla, shared_fixtures, tmp
                               f - softmax(zs - b, axis=1).mean(0)),
                    np.zeros(10), jac=True, method="BFGS", options={"gtol": 1e-13, "maxiter": 10000})
     log_q_ref = ref.x + np.log(f)
-    np.testing.assert_allclose(store.read_prior(tmp_path / "q_skew_1.h5").prior,
+    np.testing.assert_allclose(read_prior(tmp_path / "q_skew_1.h5").prior,
                                np.exp(log_q_ref - logsumexp(log_q_ref)), atol=1e-4)
 
-    def debiased_top1(prior: store.Prior, log_f: np.ndarray | float = 0.0) -> float:
+    def debiased_top1(prior: Prior, log_f: np.ndarray | float = 0.0) -> float:
         adjusted = z[held_out] / prior.temperature - prior.log_prior + log_f
         return float((adjusted.argmax(1) == y[held_out]).mean())
 
-    skew, bal = (store.read_prior(tmp_path / f"q_{n}_nll.h5") for n in ("skew", "bal"))
+    skew, bal = (read_prior(tmp_path / f"q_{n}_nll.h5") for n in ("skew", "bal"))
     # measured: zero-shot 89.30, q/f (the estimate before this fix) 83.74, q 90.62, q from balanced rows 90.66
     assert abs(debiased_top1(skew) - debiased_top1(bal)) < 0.01
     assert debiased_top1(skew, np.log(f)) < debiased_top1(skew) - 0.03
@@ -139,9 +141,9 @@ def test_long_tailed_probe_plain_with_source_prior_comes_close_to_the_balanced_p
     weight = 30 * (means / np.linalg.norm(means, axis=1, keepdims=True)
                    + 0.6 * np.random.default_rng(0).normal(size=(n_classes, dim)) / np.sqrt(dim))
     q = np.random.default_rng(7).dirichlet(np.ones(n_classes))
-    store.write_head(tmp_path / "zs_head.h5", store.Head(weight=weight.astype(np.float32),
-                                                         bias=np.log(q).astype(np.float32), classnames=names,
-                                                         head_type="zeroshot"))
+    write_head(tmp_path / "zs_head.h5", Head(weight=weight.astype(np.float32),
+                                             bias=np.log(q).astype(np.float32), classnames=names,
+                                             head_type="zeroshot"))
     t = tmp_path
     for cmd in (("logits", t / "val.h5", t / "zs_head.h5", "-o", t / "zs_val.h5"),
                 ("logits", t / "test.h5", t / "zs_head.h5", "-o", t / "zs_test.h5"),
@@ -159,7 +161,7 @@ def test_long_tailed_probe_plain_with_source_prior_comes_close_to_the_balanced_p
     y = sets["test"][1]
     plain, balanced = (float((read_logits(t / f"gla_{k}.h5")[0].argmax(1) == y).mean()) for k in ("plain", "balanced"))
     # log pi_s subtracted unscaled, as before: (1/T_ft - 1) log pi_s left in, T_ft ~ 3 here
-    ft_temperature = store.read_head(t / "plain.h5").temperature
+    ft_temperature = read_head(t / "plain.h5").temperature
     log_pi = np.log(counts / counts.sum())
     unscaled = read_logits(t / "gla_plain.h5")[0] + log_pi / ft_temperature - log_pi
     before = float((unscaled.argmax(1) == y).mean())
@@ -178,13 +180,13 @@ def test_inputs_of_different_temperatures_are_pooled_at_the_raw_scale(gla, tmp_p
     assert gla("estimate-prior", tmp_path / "raw.h5", "-o", tmp_path / "q_raw.h5").code == 0
     r = gla("estimate-prior", tmp_path / "a.h5", tmp_path / "b.h5", "-o", tmp_path / "q.h5")
     assert r.code == 0 and "pooled at the raw scale" in r.err
-    raw, pooled = store.read_prior(tmp_path / "q_raw.h5"), store.read_prior(tmp_path / "q.h5")
+    raw, pooled = read_prior(tmp_path / "q_raw.h5"), read_prior(tmp_path / "q.h5")
     np.testing.assert_allclose(pooled.log_prior, raw.log_prior, atol=1e-5)
     assert pooled.temperature == pytest.approx(raw.temperature, rel=1e-6) and pooled.logits_temperature == 1.0
     # All inputs at one scale: kept there, and the file says which
     write_logits_file(tmp_path / "half.h5", z / 2.0, y, temperature=2.0)
     assert gla("estimate-prior", tmp_path / "half.h5", "-o", tmp_path / "q_half.h5").code == 0
-    half = store.read_prior(tmp_path / "q_half.h5")
+    half = read_prior(tmp_path / "q_half.h5")
     assert half.logits_temperature == 2.0 and half.temperature == pytest.approx(raw.temperature / 2, rel=1e-6)
 
 
@@ -207,13 +209,13 @@ def test_prior_names_its_zero_shot_head_and_combine_warns_on_another(gla, tmp_pa
     write_features(tmp_path / "f.h5", x, y)
     rng = np.random.default_rng(0)
     for name in ("head_a", "head_b"):
-        store.write_head(tmp_path / f"{name}.h5", store.Head(
+        write_head(tmp_path / f"{name}.h5", Head(
             weight=(20 * rng.normal(size=(5, x.shape[1]))).astype(np.float32), bias=np.zeros(5, np.float32),
             classnames=classnames(5), head_type="zeroshot", attrs={"model": "ViT-B-32", "templates": "simple"}))
         assert gla("logits", tmp_path / "f.h5", tmp_path / f"{name}.h5", "-o", tmp_path / f"zs_{name}.h5").code == 0
     assert gla("estimate-prior", tmp_path / "zs_head_a.h5", "-o", tmp_path / "q.h5", "-t", "1").code == 0
-    prior = store.read_prior(tmp_path / "q.h5")
-    assert prior.attrs["zeroshot_head_id"] == store.read_head(tmp_path / "head_a.h5").gla_id
+    prior = read_prior(tmp_path / "q.h5")
+    assert prior.attrs["zeroshot_head_id"] == read_head(tmp_path / "head_a.h5").gla_id
     assert prior.attrs["zeroshot_model"] == "ViT-B-32" and prior.attrs["zeroshot_templates"] == "simple"
     same = gla("combine", "--zeroshot", tmp_path / "zs_head_a.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "a.h5")
     other = gla("combine", "--zeroshot", tmp_path / "zs_head_b.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "b.h5")
@@ -231,7 +233,7 @@ def test_info_shows_kind_shape_scales_and_parents(gla, tmp_path):
     info = json.loads(r.out)
     assert info["kind"] == "prior" and info["shape"] == [3] and info["n_classes"] == 3
     assert info["attributes"]["logits_temperature"] == 2.0 and info["attributes"]["temperature"] == 1.0
-    assert info["attributes"]["parents"] == [store.read_rows(tmp_path / "zs.h5", "logits").gla_id]
+    assert info["attributes"]["parents"] == [read_rows(tmp_path / "zs.h5", "logits").gla_id]
     table = gla("info", tmp_path / "zs.h5")
     assert table.code == 0 and "logits" in table.out and "60 x 3" in table.out and "temperature" in table.out
     assert_one_line_error(gla("info", tmp_path / "missing.h5"), "missing.h5", "no such file")
@@ -246,7 +248,7 @@ def test_a_class_below_exp_minus_745_is_written_and_used_in_log_space(gla, tmp_p
     write_logits_file(tmp_path / "zs.h5", z, y)
     r = gla("estimate-prior", tmp_path / "zs.h5", "-o", tmp_path / "q.h5", "-t", "1")
     assert r.code == 0, r.err
-    prior = store.read_prior(tmp_path / "q.h5")
+    prior = read_prior(tmp_path / "q.h5")
     assert prior.prior[2] == 0.0 and prior.log_prior[2] < -9e5 and np.isfinite(prior.log_prior).all()
     assert prior.converged
     assert gla("combine", "--zeroshot", tmp_path / "zs.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "d.h5").code == 0
@@ -295,7 +297,7 @@ def test_stored_objective_is_the_mean_cross_entropy_and_the_gap_is_the_moment_ga
     z = read_logits(write_logits_file(tmp_path / "zs.h5", z, y))[0]  # the float32 values the solver sees
     for temperature in ("1", "nll"):
         assert gla("estimate-prior", tmp_path / "zs.h5", "-o", tmp_path / "q.h5", "-t", temperature).code == 0
-        prior = store.read_prior(tmp_path / "q.h5")
+        prior = read_prior(tmp_path / "q.h5")
         f = np.bincount(y, minlength=6) / len(y)
         s = z / prior.temperature - prior.log_prior + np.log(f)
         cross_entropy = -log_softmax(s, axis=1)[np.arange(len(y)), y].mean()

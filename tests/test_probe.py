@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
-from synth import DIM, N_CLASSES, class_features, classnames, write_features, write_logits
+from synth import DIM, N_CLASSES, class_features, classnames, write_features
 
-from glacli.io import store
+from glacli.base.types import Head
 from glacli.core.probe import (
     WD_GRID,
     ProbeData,
@@ -21,6 +21,8 @@ from glacli.core.probe import (
     search_penalty,
     wd_to_c,
 )
+from glacli.io.paramfile import read_head, write_head
+from glacli.io.rowfile import read_rows, write_logits
 
 
 def objective64(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray, wd: float) -> float:
@@ -150,7 +152,7 @@ def test_fit_command_matches_sklearn(tmp_path: Path, gla) -> None:
     r = gla("fit", train, "--wd", wd, "--float64", "--tol", "1e-9", "-o", tmp_path / "head.h5", "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
-    head = store.read_head(tmp_path / "head.h5")
+    head = read_head(tmp_path / "head.h5")
     sk = sklearn_fit(x, y, wd)
     ours = objective64(x, y, head.weight.astype(np.float64), head.bias.astype(np.float64), wd)
     theirs = objective64(x, y, sk.coef_, sk.intercept_, wd)
@@ -160,7 +162,7 @@ def test_fit_command_matches_sklearn(tmp_path: Path, gla) -> None:
     assert head.attrs["wd"] == wd and head.attrs["c_equivalent"] == pytest.approx(wd_to_c(wd, len(y)))
     assert head.attrs["iterations"] == report["iterations"] > 0
     assert head.attrs["model"] == "ViT-B-32" and head.attrs["pretrained"] == "synthetic"
-    with store.read_rows(train, "features") as f:
+    with read_rows(train, "features") as f:
         assert list(head.attrs["parents"]) == [f.gla_id]
     assert "val_accuracy" not in head.attrs
 
@@ -172,7 +174,7 @@ def test_fit_with_val_searches_calibrates_and_records(tmp_path: Path, gla) -> No
     r = gla("fit", train, "--val", val, "-o", tmp_path / "head.h5", "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
-    head = store.read_head(tmp_path / "head.h5")
+    head = read_head(tmp_path / "head.h5")
     path = report["path"]
     best = max(path, key=lambda p: (p["val_accuracy"], -p["val_nll"]))
     assert head.attrs["wd"] == report["wd"] == best["wd"]
@@ -190,7 +192,7 @@ def test_fit_with_val_searches_calibrates_and_records(tmp_path: Path, gla) -> No
     # The temperature is the NLL optimum: calibration lowers validation NLL, and nudging T does not help.
     assert val_nll(head.temperature) < val_nll(1.0)
     assert val_nll(head.temperature) <= min(val_nll(head.temperature * 1.05), val_nll(head.temperature / 1.05))
-    with store.read_rows(train, "features") as ft, store.read_rows(val, "features") as fv:
+    with read_rows(train, "features") as ft, read_rows(val, "features") as fv:
         assert list(head.attrs["parents"]) == [ft.gla_id, fv.gla_id]
     # The human-readable output has the search table and the summary.
     r = gla("fit", train, "--val", val, "-o", tmp_path / "head2.h5")
@@ -218,7 +220,7 @@ def test_balanced_loss_is_post_hoc_logit_adjustment(tmp_path: Path, gla) -> None
     for name, extra in (("plain", ()), ("balanced", ("--balanced",))):
         r = gla("fit", train, "--wd", "1e-3", "--float64", "--tol", "1e-9", *extra, "-o", tmp_path / f"{name}.h5")
         assert r.code == 0, r.err
-    plain, balanced = store.read_head(tmp_path / "plain.h5"), store.read_head(tmp_path / "balanced.h5")
+    plain, balanced = read_head(tmp_path / "plain.h5"), read_head(tmp_path / "balanced.h5")
     log_pi = np.log(np.bincount(y, minlength=N_CLASSES) / len(y))
     assert np.abs(balanced.weight - plain.weight).max() < 1e-4
     shift = balanced.bias - (plain.bias - log_pi)
@@ -227,7 +229,7 @@ def test_balanced_loss_is_post_hoc_logit_adjustment(tmp_path: Path, gla) -> None
     # On a balanced test set the balanced head has the higher mean per-class accuracy.
     xt, yt = class_features(2000, 0.5, seed=14)
 
-    def mean_per_class(head: store.Head) -> float:
+    def mean_per_class(head: Head) -> float:
         pred = (xt @ head.weight.T + head.bias).argmax(1)
         return float(np.mean([(pred[yt == k] == k).mean() for k in range(N_CLASSES)]))
 
@@ -292,14 +294,14 @@ def test_init_from_a_head_reaches_the_same_optimum(tmp_path: Path, gla) -> None:
     assert gla("fit", train, *common, "-o", tmp_path / "cold.h5").code == 0
     # A "zero-shot" head: the class means times a logit scale, with a temperature to divide by.
     rng = np.random.default_rng(0)
-    zs = store.Head(weight=rng.normal(size=(N_CLASSES, DIM)) * 50, bias=np.zeros(N_CLASSES),
-                    classnames=classnames(N_CLASSES), head_type="zeroshot", temperature=2.0)
-    store.write_head(tmp_path / "zs.h5", zs)
+    zs = Head(weight=rng.normal(size=(N_CLASSES, DIM)) * 50, bias=np.zeros(N_CLASSES),
+              classnames=classnames(N_CLASSES), head_type="zeroshot", temperature=2.0)
+    write_head(tmp_path / "zs.h5", zs)
     r = gla("fit", train, *common, "--init", tmp_path / "zs.h5", "-o", tmp_path / "warm.h5")
     assert r.code == 0, r.err
-    cold, warm = store.read_head(tmp_path / "cold.h5"), store.read_head(tmp_path / "warm.h5")
+    cold, warm = read_head(tmp_path / "cold.h5"), read_head(tmp_path / "warm.h5")
     assert np.abs(cold.weight - warm.weight).max() < 1e-4
-    assert list(warm.attrs["parents"])[-1] == store.read_head(tmp_path / "zs.h5").gla_id
+    assert list(warm.attrs["parents"])[-1] == read_head(tmp_path / "zs.h5").gla_id
     # Starting at the optimum itself (rounded to the float32 of the head file) costs few iterations.
     r = gla("fit", train, *common, "--init", tmp_path / "cold.h5", "-o", tmp_path / "again.h5", "--json")
     assert json.loads(r.out)["iterations"] < cold.attrs["iterations"] / 2
@@ -311,7 +313,7 @@ def test_streaming_from_disk_gives_the_same_head(tmp_path: Path, gla) -> None:
     common = ("--wd", "1e-3", "--float64", "--tol", "1e-9")
     assert gla("fit", train, *common, "-o", tmp_path / "memory.h5").code == 0
     assert gla("fit", train, *common, "--memory", "1e-9", "-o", tmp_path / "streamed.h5").code == 0
-    a, b = store.read_head(tmp_path / "memory.h5"), store.read_head(tmp_path / "streamed.h5")
+    a, b = read_head(tmp_path / "memory.h5"), read_head(tmp_path / "streamed.h5")
     assert np.abs(a.weight - b.weight).max() < 1e-5
 
 
@@ -355,8 +357,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
     write_logits(tmp_path / "logits.h5", x[:, :N_CLASSES], y, [str(i) for i in range(60)],
                  classnames(N_CLASSES))
     made["logits"] = tmp_path / "logits.h5"
-    store.write_head(tmp_path / "wide_head.h5", store.Head(np.zeros((N_CLASSES, DIM + 1)), np.zeros(N_CLASSES),
-                                                            classnames(N_CLASSES), "zeroshot"))
+    write_head(tmp_path / "wide_head.h5", Head(np.zeros((N_CLASSES, DIM + 1)), np.zeros(N_CLASSES),
+                                                classnames(N_CLASSES), "zeroshot"))
     made["wide_head"] = tmp_path / "wide_head.h5"
     made["out"] = tmp_path / "head.h5"
     made["out"].write_bytes(b"previous output")

@@ -16,7 +16,6 @@ from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli.base.errors import GlaInputError
 from glacli.cli.main import main
-from glacli.io import store
 from glacli.io.encoders.augment import CROP_SCALE, crop_box
 from glacli.io.extraction.views import image_of
 from glacli.core.prompt_learning import (
@@ -29,6 +28,8 @@ from glacli.core.prompt_learning import (
     sgd_step,
 )
 from glacli.base.types import Reporter
+from glacli.io.paramfile import read_head
+from glacli.io.rowfile import read_rows, write_features
 from glacli.services.fit_prompt import checkpoint_path, fit_prompt_head
 
 CLASSES = {"cat": 3, "dog": 3, "red_fox": 3}
@@ -54,7 +55,7 @@ def data(tmp_path_factory, tiny_clip):
 
 
 def read(path):
-    with store.read_rows(path, "features") as f:
+    with read_rows(path, "features") as f:
         return f.read(), f.labels, f.ids(), f.attrs
 
 
@@ -184,7 +185,7 @@ def test_epochs_0_is_the_zero_shot_head_of_the_same_template(gla, data, tiny_cli
     r = gla("fit", data / "plain.h5", "--method", "prompt", "--epochs", 0, "--template", template, "--learn", learn,
             *model_args(tiny_clip), "-o", tmp_path / "prompt.h5", "--json")
     assert r.code == 0, r.err
-    zs, prompt = store.read_head(tmp_path / "zs.h5"), store.read_head(tmp_path / "prompt.h5")
+    zs, prompt = read_head(tmp_path / "zs.h5"), read_head(tmp_path / "prompt.h5")
     np.testing.assert_allclose(prompt.weight, zs.weight, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(prompt.bias, np.zeros(3, np.float32))
     assert prompt.head_type == "prompt" and prompt.temperature == 1.0 and prompt.classnames == zs.classnames
@@ -200,8 +201,8 @@ def test_a_few_epochs_lower_the_training_loss(data, tiny_clip, tmp_path, learn, 
                              seed=2, **model)
     assert report["steps_per_epoch"] == 3 and report["n_images"] == 9 and report["views_per_image"] == 2
     assert [h["lr"] for h in report["history"][:2]] == [WARMUP_LR, lr]
-    before = mean_ce(store.read_head(tmp_path / "zs.h5"), features, labels)
-    after = mean_ce(store.read_head(tmp_path / "p.h5"), features, labels)
+    before = mean_ce(read_head(tmp_path / "zs.h5"), features, labels)
+    after = mean_ce(read_head(tmp_path / "p.h5"), features, labels)
     assert after < 0.9 * before, (before, after)
     assert not checkpoint_path(tmp_path / "p.h5").exists()
 
@@ -252,7 +253,7 @@ def test_a_fit_interrupted_mid_epoch_resumes_to_the_same_residuals(data, tiny_cl
     for key in ("residual", "momentum", "best"):
         torch.testing.assert_close(resumed[-1][key], whole[-1][key], rtol=0, atol=1e-6)
     assert [pytest.approx(h) for h in resumed[-1]["history"]] == whole[-1]["history"]
-    a, b = store.read_head(tmp_path / "whole.h5"), store.read_head(out)
+    a, b = read_head(tmp_path / "whole.h5"), read_head(out)
     np.testing.assert_allclose(b.weight, a.weight, rtol=0, atol=1e-5)
     assert b.temperature == pytest.approx(a.temperature, rel=1e-6) and b.attrs["best_epoch"] == a.attrs["best_epoch"]
     assert not checkpoint_path(out).exists()
@@ -262,8 +263,8 @@ def test_fit_refusals(gla, data, tiny_clip, tmp_path):
     out = tmp_path / "h.h5"
     features, labels, ids, _ = read(data / "plain.h5")
     text = tmp_path / "text.h5"
-    store.write_features(text, features, labels, ids, ["cat", "dog", "red fox"],
-                         attrs={"encoder": "sentence-transformers", "model": "/models/minilm", "pretrained": ""})
+    write_features(text, features, labels, ids, ["cat", "dog", "red fox"],
+                   attrs={"encoder": "sentence-transformers", "model": "/models/minilm", "pretrained": ""})
     r = gla("fit", text, "--method", "prompt", "-o", out)
     assert_one_line_error(r, str(text), "sentence-transformers backend", "prompt learning needs an open_clip model")
 

@@ -204,7 +204,7 @@ def test_repro_fewshot_all_and_one_dataset(workspace, made):
     assert all("±" in cells[0] for cells in report_rows(out / "oxfordpets" / "report-linear.md").values())
     assert (out / "oxfordpets" / "2shot" / "seed2" / "results-linear.json").exists()
     # each K-shot run drew K training and min(K, 4) validation images per class
-    from glacli.io.store import read_rows
+    from glacli.io.rowfile import read_rows
     with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "train.h5", "features") as f:
         assert np.bincount(f.labels).tolist() == [2, 2, 2]
     with read_rows(out / "oxfordpets" / "2shot" / "seed1" / "val.h5", "features") as f:
@@ -218,7 +218,8 @@ def test_repro_fewshot_with_the_prompt_head_keeps_its_results_apart(workspace, m
     made("prompt")
     out = model_dir(workspace, "fewshot") / "oxfordpets"
     assert list(report_rows(out / "report-prompt.md")) == ["zero-shot", "prompt", "GLA"]
-    from glacli.io.store import read_head, read_rows
+    from glacli.io.paramfile import read_head
+    from glacli.io.rowfile import read_rows
     run = out / "2shot" / "seed1"
     assert read_head(run / "prompt_head.h5").head_type == "prompt"
     with read_rows(run / "train_views.h5", "features") as views, read_rows(run / "train.h5", "features") as train:
@@ -233,7 +234,7 @@ def test_quickstart_clip(workspace, made):
     out = model_dir(workspace, "quickstart")
     rows = report_rows(out / "report.md")
     assert list(rows) == ["zero-shot", "zero-shot-debiased", "linear-probe", "ensemble", "GLA"]
-    from glacli.io.store import read_rows
+    from glacli.io.rowfile import read_rows
     with read_rows(out / "test.h5", "features") as f:
         assert f.ids()[:2] == ["CIFAR100/test/0", "CIFAR100/test/1"]
         assert f.classnames == ["apple", "aquarium fish", "baby"]

@@ -23,7 +23,7 @@ from test_shifts import write_objectnet
 from tiny_clip import tiny_clip_fixture, write_jpeg  # noqa: F401
 
 from glacli.io.imagenet_classes import imagenet_wnids, subset_indices
-from glacli.io.store import read_rows
+from glacli.io.rowfile import read_rows
 
 SETS = ["ImageNet", "ImageNet-A", "ImageNet-R", "ImageNet-Sketch", "ImageNet-V2", "ObjectNet"]
 METHODS = ["zero-shot", "zero-shot-debiased", "fine-tuned", "WiSE-FT", "ensemble", "GLA"]
@@ -94,7 +94,7 @@ def test_ft_head_import_reads_the_checkpoints_own_head(tiny_clip, tmp_path):
     """FT_HEAD=import: the head of a WiSE-FT-style pickled model, through the safe reader, by its make rule."""
     from test_checkpoints import ImageClassifier
 
-    from glacli.io.store import read_head
+    from glacli.io.paramfile import read_head
     model = ImageClassifier(perturbed(tiny_clip, seed=8), n_classes=1000)
     checkpoint = tmp_path / "checkpoint_10.pt"
     torch.save(model, checkpoint)

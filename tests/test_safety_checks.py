@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error
 from real import balanced_split, clip_cifar10, write_rows
-from synth import class_features, classnames, write_combine_inputs, write_features, write_logits, write_logits_file
+from synth import class_features, classnames, write_combine_inputs, write_features, write_logits_file
 from synth import read_logits as read
 
-from glacli.io import store
+from glacli.base.types import Prior
+from glacli.io import rowfile
+from glacli.io.h5file import open_h5
+from glacli.io.paramfile import read_prior, write_prior
+from glacli.io.rowfile import read_rows, write_logits
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ def test_an_output_of_combine_is_refused_as_zeroshot_input(gla, files):
 @pytest.mark.parametrize("made", ["debiased_zeroshot", "gla", "ensemble"])
 def test_an_output_of_combine_is_refused_as_finetuned_input(gla, files, made):
     zs = read(files / "zs.h5")[0]
-    with store.read_rows(files / "zs.h5", "logits") as f:
+    with read_rows(files / "zs.h5", "logits") as f:
         labels = f.labels
     write_logits_file(files / "made.h5", zs, labels, combine_method=made)
     r = gla("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "--finetuned", files / "made.h5",
@@ -81,7 +85,7 @@ def test_a_prior_of_another_model_is_refused_unless_forced(gla, shared_fixtures,
     """CLIP's q on SigLIP logits (both files record their model, as gla logits does)."""
     est, test, labels = cifar_pair(shared_fixtures, tmp_path, "ViT-B-16-SigLIP", "webli")
     assert gla("estimate-prior", est, "-o", tmp_path / "q.h5").code == 0
-    q = store.read_prior(tmp_path / "q.h5")
+    q = read_prior(tmp_path / "q.h5")
     assert (q.attrs["zeroshot_model"], q.attrs["zeroshot_pretrained"], q.attrs["zeroshot_head_id"]) == \
         ("ViT-B-32", "openai", "clip-head")
     combine = ("combine", "--zeroshot", test, "--prior", tmp_path / "q.h5", "-o", tmp_path / "out.h5")
@@ -97,7 +101,7 @@ def test_a_prior_of_another_model_is_refused_unless_forced(gla, shared_fixtures,
 def test_logits_that_record_no_model_are_said_to_be_unchecked(gla, shared_fixtures, tmp_path):
     est, test, _ = cifar_pair(shared_fixtures, tmp_path, "ViT-B-32", "openai")
     assert gla("estimate-prior", est, "-o", tmp_path / "q.h5").code == 0
-    with store.read_rows(test, "logits") as f:   # as imported from another tool: no model recorded
+    with read_rows(test, "logits") as f:   # as imported from another tool: no model recorded
         write_logits_file(tmp_path / "imported.h5", f.read(), f.labels, names=f.classnames, ids=f.ids())
     r = gla("combine", "--zeroshot", tmp_path / "imported.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "o.h5")
     assert r.code == 0 and len(warnings_in(r.err, "records no model, so nothing checks")) == 1, r.err
@@ -145,7 +149,7 @@ def test_rows_q_was_estimated_on_are_counted_by_combine_and_evaluate(gla, shared
     leaky = np.sort(np.concatenate([test_rows[:2000], est_rows[:123]]))
     write_rows(tmp_path / "leaky.h5", z, y, names, leaky)
     assert gla("estimate-prior", tmp_path / "est.h5", "-o", tmp_path / "q.h5").code == 0
-    with store.open_h5(tmp_path / "q.h5") as f:
+    with open_h5(tmp_path / "q.h5") as f:
         assert f[fitted_ids.DATASET].shape == (500,) and f[fitted_ids.DATASET].dtype == np.uint64
 
     r = gla("combine", "--zeroshot", tmp_path / "leaky.h5", "--prior", tmp_path / "q.h5", "-o", tmp_path / "d.h5")
@@ -180,15 +184,15 @@ def test_rows_a_head_was_fitted_or_validated_on_are_counted(gla, tmp_path):
 
     x, y = class_features(300, 2.0, seed=0)
     write_features(tmp_path / "all.h5", x, y)
-    with store.read_rows(tmp_path / "all.h5", "features") as f:
+    with read_rows(tmp_path / "all.h5", "features") as f:
         ids = f.ids()
     names = classnames(5)
     attrs = {"model": "ViT-B-32", "pretrained": "synthetic"}
     for name, rows in (("train", slice(0, 100)), ("val", slice(100, 150)), ("test", slice(150, 300))):
-        store.write_features(tmp_path / f"{name}.h5", x[rows], y[rows], ids[rows], names, attrs=attrs,
-                             dtype=np.float32)
+        rowfile.write_features(tmp_path / f"{name}.h5", x[rows], y[rows], ids[rows], names, attrs=attrs,
+                               dtype=np.float32)
     assert gla("fit", tmp_path / "train.h5", "--val", tmp_path / "val.h5", "-o", tmp_path / "head.h5").code == 0
-    with store.open_h5(tmp_path / "head.h5") as f:
+    with open_h5(tmp_path / "head.h5") as f:
         assert f[fitted_ids.DATASET].shape == (150,)
     r = gla("logits", tmp_path / "all.h5", tmp_path / "head.h5", "-o", tmp_path / "all_logits.h5")
     assert r.code == 0 and len(warnings_in(r.err, "150 of the 300 rows")) == 1, r.err
@@ -200,8 +204,8 @@ def test_rows_a_head_was_fitted_or_validated_on_are_counted(gla, tmp_path):
     assert not warnings_in(gla("evaluate", tmp_path / "test_logits.h5").err, "were used")
 
     write_logits_file(tmp_path / "zs.h5", np.zeros((300, 5)), y, ids=ids)
-    store.write_prior(tmp_path / "q.h5", store.Prior(prior=np.full(5, 0.2), classnames=names, temperature=1.0,
-                                                     method="fixed"))
+    write_prior(tmp_path / "q.h5", Prior(prior=np.full(5, 0.2), classnames=names, temperature=1.0,
+                                         method="fixed"))
     r = gla("combine", "--zeroshot", tmp_path / "zs.h5", "--prior", tmp_path / "q.h5", "--finetuned",
             tmp_path / "all_logits.h5", "-o", tmp_path / "gla.h5")
     assert r.code == 0 and len(warnings_in(r.err, "150 of the 300 rows")) == 1, r.err
@@ -215,7 +219,7 @@ def test_rows_a_head_was_fitted_or_validated_on_are_counted(gla, tmp_path):
                                         ({"head_type": "linear"}, "uncalibrated 'linear' head")])
 def test_an_uncalibrated_finetuned_file_is_warned_about_until_calibrated(gla, files, attrs, why):
     ft, _ = read(files / "ft.h5")
-    with store.read_rows(files / "ft.h5", "logits") as f:
+    with read_rows(files / "ft.h5", "logits") as f:
         labels = f.labels
     write_logits_file(files / "raw.h5", ft, labels, **attrs)
     combine = ("combine", "--zeroshot", files / "zs.h5", "--prior", files / "q.h5", "-o", files / "out.h5",

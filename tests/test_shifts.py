@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_one_line_error
+from synth import write_logits_file
 from tiny_clip import tiny_clip_fixture, write_jpeg  # noqa: F401
 
 from glacli.core.projection import group_layout, project_labels, project_logits
-from glacli.io import store
 from glacli.io.imagenet_classes import imagenet_wnids, read_objectnet_mapping, subset_indices
+from glacli.io.rowfile import read_rows
 from glacli.io.sources import open_source
 from glacli.io.sources.torchvision_datasets import clip_imagenet_classnames
 
@@ -85,7 +86,7 @@ def test_each_layout_extracts_with_imagenet_labels(gla, tiny_clip, shift_folders
     r = gla("extract", f"{name}:{root}", "-o", out, "--model", tiny_clip.config, "--pretrained",
             tiny_clip.checkpoint, "--device", "cpu", "--workers", "0", "--dtype", "float32")
     assert r.code == 0, r.err
-    with store.read_rows(out, "features") as f:
+    with read_rows(out, "features") as f:
         assert f.classnames == clip_imagenet_classnames()
         assert dict(zip(f.ids(), f.labels.tolist())) == expected
         assert f.attrs["source_kind"] == name and f.attrs["label_space"] == "imagenet-1k"
@@ -148,11 +149,9 @@ def synthetic_logits(n: int = 40, c: int = 1000, labels: np.ndarray | None = Non
     return logits, labels if labels is not None else rng.integers(0, c, n)
 
 
-def write_logits(path: Path, logits: np.ndarray, labels: np.ndarray, attrs: dict | None = None) -> Path:
-    store.write_logits(path, logits, labels, [f"img{k}" for k in range(len(logits))],
-                       clip_imagenet_classnames()[:logits.shape[1]],
-                       attrs={"temperature": 2.0, "head_type": "zeroshot", **(attrs or {})})
-    return path
+def write_logits(path: Path, logits: np.ndarray, labels: np.ndarray) -> Path:
+    return write_logits_file(path, logits, labels, clip_imagenet_classnames()[:logits.shape[1]],
+                             [f"img{k}" for k in range(len(logits))], temperature=2.0, head_type="zeroshot")
 
 
 def test_core_projection_equals_a_hand_computation():
@@ -185,7 +184,7 @@ def test_project_onto_a_200_class_subset(gla, tmp_path, subset):
     r = gla("project", source, "--onto", subset, "-o", tmp_path / "out.h5", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["n_classes"] == 200
-    with store.read_rows(tmp_path / "out.h5", "logits") as f:
+    with read_rows(tmp_path / "out.h5", "logits") as f:
         values, got_labels, names, attrs = f.read(), f.labels, f.classnames, f.attrs
     hand = np.array([[row[c] for c in keep] for row in logits])
     np.testing.assert_array_equal(values, hand)
@@ -202,7 +201,7 @@ def test_project_onto_objectnet_takes_the_maximum_over_its_classes(gla, tmp_path
     mappings = shift_folders["objectnet"][0] / "mappings"
     r = gla("project", source, "--onto", "objectnet", "--mappings", mappings, "-o", tmp_path / "out.h5")
     assert r.code == 0, r.err
-    with store.read_rows(tmp_path / "out.h5", "logits") as f:
+    with read_rows(tmp_path / "out.h5", "logits") as f:
         values, got_labels, names = f.read(), f.labels, f.classnames
     hand = np.array([[max(row[ANALOG_CLOCK], row[DIGITAL_CLOCK]), row[BANANA]] for row in logits])
     np.testing.assert_array_equal(values, hand)
@@ -216,12 +215,12 @@ def test_project_onto_a_file_of_classes(gla, tmp_path):
     source = write_logits(tmp_path / "in.h5", logits, labels)
     (tmp_path / "subset.txt").write_text(f"{names[900]}\n{names[5]}\n{names[7]}\n")
     assert gla("project", source, "--onto", tmp_path / "subset.txt", "-o", tmp_path / "a.h5").code == 0
-    with store.read_rows(tmp_path / "a.h5", "logits") as f:
+    with read_rows(tmp_path / "a.h5", "logits") as f:
         np.testing.assert_array_equal(f.read(), logits[:, [900, 5, 7]])
         assert f.labels.tolist() == [1, 2, 1, 0, 2, 1]
     (tmp_path / "groups.json").write_text(json.dumps({"odd": [names[5], 7], "big": [900]}))
     assert gla("project", source, "--onto", tmp_path / "groups.json", "-o", tmp_path / "b.h5").code == 0
-    with store.read_rows(tmp_path / "b.h5", "logits") as f:
+    with read_rows(tmp_path / "b.h5", "logits") as f:
         np.testing.assert_array_equal(f.read(), np.stack([logits[:, [5, 7]].max(1), logits[:, 900]], 1))
         assert f.labels.tolist() == [0, 0, 0, 1, 0, 0] and f.classnames == ["odd", "big"]
 

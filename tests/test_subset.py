@@ -13,8 +13,10 @@ from synth import classnames, write_logits_file
 from tiny_clip import tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli.base import chunking
+from glacli.base.types import Prior
 from glacli.core.subset import NotEnoughRows, few_shot_split, shot_keys
-from glacli.io import store
+from glacli.io.paramfile import write_prior
+from glacli.io.rowfile import read_rows, write_features
 
 COUNTS = [12, 9, 20, 7]
 
@@ -112,8 +114,8 @@ def features_file(tmp_path: Path) -> Path:
     x = np.random.default_rng(0).normal(size=(labels.size, 8))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     path = tmp_path / "feats.h5"
-    store.write_features(path, x, labels, [f"img/{i:04d}.jpg" for i in range(labels.size)], classnames(4),
-                         attrs={"model": "ViT-B-32", "pretrained": "openai", "source": "data/train"})
+    write_features(path, x, labels, [f"img/{i:04d}.jpg" for i in range(labels.size)], classnames(4),
+                   attrs={"model": "ViT-B-32", "pretrained": "openai", "source": "data/train"})
     return path
 
 
@@ -124,7 +126,7 @@ def small_windows(monkeypatch):
 
 
 def read_all(path: Path, kind: str = "features"):
-    with store.read_rows(path, kind) as f:
+    with read_rows(path, kind) as f:
         values = f.read(dtype=np.float64), f.labels.copy(), f.ids(), f.classnames, f.attrs
     with h5py.File(path, "r") as h5:
         return (*values, h5[kind].dtype)
@@ -166,7 +168,7 @@ def test_subset_of_logits_and_json_report(gla, tmp_path):
     report = json.loads(r.out)
     assert report["splits"] == [{"split": "train", "file": str(tmp_path / "t.h5"), "rows": 8,
                                  "min_per_class": 2, "max_per_class": 2}]
-    with store.read_rows(tmp_path / "t.h5", "logits") as f:
+    with read_rows(tmp_path / "t.h5", "logits") as f:
         assert f.temperature == 1.5 and f.attrs["head_type"] == "zeroshot" and f.n_rows == 8
 
 
@@ -204,7 +206,7 @@ def test_unlabelled_or_missing_input(gla, tmp_path):
                           "u.h5", "without labels", "class-balanced")
     assert_one_line_error(gla("subset", tmp_path / "nope.h5", "--shots", 1, "--seed", 0, "-o", tmp_path / "o.h5"),
                           "nope.h5", "no such file")
-    store.write_prior(tmp_path / "q.h5", store.Prior(np.array([0.5, 0.5]), ["a", "b"], 1.0, "x"))
+    write_prior(tmp_path / "q.h5", Prior(np.array([0.5, 0.5]), ["a", "b"], 1.0, "x"))
     assert_one_line_error(gla("subset", tmp_path / "q.h5", "--shots", 1, "--seed", 0, "-o", tmp_path / "o.h5"),
                           "q.h5", "is a 'prior' file")
     assert not (tmp_path / "o.h5").exists()
@@ -240,8 +242,8 @@ def test_too_few_rows_are_refused_alike_by_extract_and_subset(gla, tmp_path):
     images = tmp_path / "imgs"
     write_image_folder(images, {"cat": 5, "dog": 4})
     x = np.random.default_rng(0).normal(size=(9, 4))
-    store.write_features(tmp_path / "full.h5", x / np.linalg.norm(x, axis=1, keepdims=True),
-                         np.array([0] * 5 + [1] * 4), [f"x{i}" for i in range(9)], ["cat", "dog"])
+    write_features(tmp_path / "full.h5", x / np.linalg.norm(x, axis=1, keepdims=True),
+                   np.array([0] * 5 + [1] * 4), [f"x{i}" for i in range(9)], ["cat", "dog"])
     message = "class 1 ('dog') has 4 rows, fewer than --shots 5; use --allow-fewer to take what there is"
     r = gla("subset", tmp_path / "full.h5", "--shots", 5, "--seed", 0, "-o", tmp_path / "sub.h5")
     assert_one_line_error(r, "full.h5", message)

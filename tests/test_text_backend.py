@@ -18,8 +18,9 @@ import pytest
 from conftest import assert_one_line_error
 
 from glacli.io import sources
-from glacli.io import store
 from glacli.io.encoders.base import TextLoader
+from glacli.io.paramfile import read_head
+from glacli.io.rowfile import read_rows
 from glacli.io.templates import load_templates
 
 pytest.importorskip("sentence_transformers", reason="the text backend needs sentence-transformers (gla[text])")
@@ -117,7 +118,7 @@ def test_extract_on_a_text_folder_equals_the_library_encode(gla, tiny_sbert, tex
             "--workers", "1", "--batch-size", "3", "--commit-every", "3", "--dtype", "float32", "--json")
     assert r.code == 0, r.err
     ids, labels, texts = folder_expectation(text_folder)
-    with store.read_rows(out, "features") as f:
+    with read_rows(out, "features") as f:
         features, got_ids, got_labels = f.read(), f.ids(0, f.n_rows), f.labels
         assert f.classnames == ["business news", "sport", "tech"]
         assert f.attrs["encoder"] == "sentence-transformers"
@@ -145,7 +146,7 @@ def test_extract_on_text_manifests_reads_the_text_column(gla, tiny_sbert, tmp_pa
     r = gla("extract", csv_file, "-o", out, *BACKEND, "--model", tiny_sbert, "--device", "cpu", "--workers", "0",
             "--dtype", "float32")
     assert r.code == 0, r.err
-    with store.read_rows(out, "features") as f:
+    with read_rows(out, "features") as f:
         assert list(f.ids(0, f.n_rows)) == ["a1", "b2", "c3", "d4"]
         assert f.classnames == ["business", "sport", "tech"]
         assert f.labels.tolist() == [1, 0, 2, -1]
@@ -156,7 +157,7 @@ def test_extract_on_text_manifests_reads_the_text_column(gla, tiny_sbert, tmp_pa
     r = gla("extract", tsv_file, "-o", out, *BACKEND, "--model", tiny_sbert, "--device", "cpu", "--workers", "0",
             "--classnames", names)
     assert r.code == 0, r.err
-    with store.read_rows(out, "features") as f:
+    with read_rows(out, "features") as f:
         assert list(f.ids(0, f.n_rows)) == ["0", "1"]
         assert f.classnames == ["tech", "sport"] and f.labels.tolist() == [1, 0]
         np.testing.assert_allclose(f.read(), reference[[0, 2]], atol=2e-3)  # float16 by default
@@ -179,14 +180,14 @@ def test_zeroshot_head_is_the_mean_of_normalised_prompt_embeddings_times_100(gla
     r = gla("zeroshot", "--encoder", "sentence-transformers", "--model", tiny_sbert, "--device", "cpu",
             "--like", features, "--templates", "news", "-o", head_file, "--json")
     assert r.code == 0, r.err
-    head = store.read_head(head_file)
+    head = read_head(head_file)
     _, templates = load_templates("news")
     assert templates == ["news about {}.", "a news article about {}.", "this is {} news."]
     expected = reference_head(tiny_sbert, head.classnames, templates, 100.0)
     np.testing.assert_allclose(head.weight, expected, rtol=1e-5, atol=1e-5)
     assert head.classnames == ["business news", "sport", "tech"] and head.head_type == "zeroshot"
     assert head.attrs["logit_scale"] == 100.0 and head.attrs["encoder"] == "sentence-transformers"
-    with store.read_rows(features, "features") as f:
+    with read_rows(features, "features") as f:
         assert head.attrs["parents"] == [f.gla_id]
         logits = f.read().astype(np.float64) @ head.weight.T.astype(np.float64)
         doc = st_encode(tiny_sbert, folder_expectation(text_folder)[2])
@@ -198,7 +199,7 @@ def test_zeroshot_head_is_the_mean_of_normalised_prompt_embeddings_times_100(gla
             "--templates", file_templates, "--logit-scale", "30", "-o", head_file)
     assert r.code == 0, r.err
     expected = reference_head(tiny_sbert, ["business news", "sport", "tech"], ["{}"], 30.0)
-    np.testing.assert_allclose(store.read_head(head_file).weight, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(read_head(head_file).weight, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_kind_mismatches_and_bad_options_are_one_line_errors(gla, tiny_sbert, text_folder, tmp_path, monkeypatch):
@@ -278,12 +279,12 @@ def test_minilm_on_bbc_news_matches_the_library_and_classifies_zero_shot(gla, mi
     for path in sorted(bbc_sample.rglob("*.txt")):
         ids.append(path.relative_to(bbc_sample).as_posix())
         texts.append(path.read_bytes().decode("utf-8", errors="replace"))
-    with store.read_rows(features, "features") as f:
+    with read_rows(features, "features") as f:
         x, labels = f.read().astype(np.float64), f.labels
         assert list(f.ids(0, f.n_rows)) == ids and f.n_cols == 384
         assert f.classnames == ["business", "entertainment", "politics", "sports", "tech"]
     np.testing.assert_allclose(x, st_encode(minilm, texts), atol=1e-5)
-    head = store.read_head(head_file)
+    head = read_head(head_file)
     _, templates = load_templates("news")
     np.testing.assert_allclose(head.weight, reference_head(minilm, head.classnames, templates, 100.0),
                                rtol=1e-5, atol=1e-4)

@@ -15,8 +15,8 @@ import pytest
 from conftest import assert_one_line_error
 from tiny_clip import tiny_clip_fixture, write_jpeg  # noqa: F401
 
+from glacli.io.rowfile import read_rows
 from glacli.io.sources import open_source, read_bytes
-from glacli.io.store import read_rows
 
 CIFAR_CLASSES = ["air_plane", "bird", "cat"]
 

@@ -8,7 +8,8 @@ from conftest import assert_one_line_error
 from tiny_clip import LOGIT_SCALE, tiny_clip_fixture, write_image_folder  # noqa: F401
 
 from glacli.core import zeroshot
-from glacli.io import store
+from glacli.io.paramfile import read_head
+from glacli.io.rowfile import read_rows
 from glacli.io.templates import load_templates, template_set_names
 
 CLASSNAMES = ["tabby cat", "golden retriever", "red fox"]
@@ -38,7 +39,7 @@ def test_head_equals_the_open_clip_zero_shot_classifier(gla, tiny_clip, tmp_path
     out = tmp_path / "head.h5"
     r = gla("zeroshot", *model_args(tiny_clip), "--classnames", names, "--templates", templates, "-o", out, "--json")
     assert r.code == 0, r.err
-    head = store.read_head(out)
+    head = read_head(out)
     _, template_list = load_templates(templates)
     expected = open_clip_reference(tiny_clip, CLASSNAMES, template_list)
     np.testing.assert_allclose(head.weight, expected, rtol=1e-5, atol=1e-5)
@@ -58,9 +59,9 @@ def test_like_takes_classnames_and_records_the_features_file_as_parent(gla, tiny
     out = tmp_path / "head.h5"
     r = gla("zeroshot", *model_args(tiny_clip), "--like", features, "--templates", "simple", "-o", out)
     assert r.code == 0, r.err
-    head = store.read_head(out)
+    head = read_head(out)
     assert head.classnames == ["owl", "red fox"]
-    with store.read_rows(features, "features") as f:
+    with read_rows(features, "features") as f:
         assert head.attrs["parents"] == [f.gla_id]
         logits = f.read() @ head.weight.T
     assert np.abs(logits).max() <= LOGIT_SCALE * 1.001

@@ -1,7 +1,7 @@
 """Every input check of gla, once, with one message per problem.
 
 Commands and services call these first, before any file is written or any model is loaded, and
-the readers of :mod:`glacli.io.store` and :mod:`glacli.io.formats` call them on what a file holds. A
+the readers of :mod:`glacli.io.rowfile`, :mod:`glacli.io.paramfile` and :mod:`glacli.io.formats` call them on what a file holds. A
 failed check is a :class:`~glacli.base.errors.GlaInputError`: one line naming the file (or option) and
 what is wrong, the same words wherever the problem is found. Pure: numpy and the standard
 library only.

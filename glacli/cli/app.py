@@ -37,6 +37,7 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
 from glacli.base.validation import require_positive
 from glacli.io.encoders import BACKENDS
+from glacli.io.outputs import check_output_path, write_text_atomic
 
 app = typer.Typer(
     name="gla",
@@ -126,8 +127,6 @@ def _check_output(value: Path | None) -> Path | None:
     other or from an input are compared by the service, which knows their roles.)"""
     if value is None or str(value) == "-":
         return value
-    from glacli.io.store import check_output_path  # h5py only when a command runs, not for the help
-
     check_output_path(value)
     return value
 
@@ -175,8 +174,6 @@ def emit_json(payload: Any, json_output: bool, json_out: Path | None) -> bool:
     """The JSON convention of every command: ``--json-out FILE`` writes the result as JSON (atomically),
     ``--json`` prints it on stdout instead of the human-readable summary. True when it was printed."""
     if json_out is not None:
-        from glacli.io.store import write_text_atomic  # h5py only when a command runs
-
         write_text_atomic(json_out, json.dumps(payload, indent=2, default=_json_default) + "\n")
         say(f"wrote {json_out}")
     if json_output:

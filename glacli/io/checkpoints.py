@@ -137,10 +137,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
-    """Write a state dict as ``.safetensors``, atomically (through the store's temporary-name rename)."""
+    """Write a state dict as ``.safetensors``, atomically (through :func:`glacli.io.outputs.atomic_output`)."""
     from safetensors.torch import save_file
 
-    from glacli.io.store import atomic_output
+    from glacli.io.outputs import atomic_output
     with atomic_output(path) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
 

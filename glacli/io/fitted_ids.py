@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glacli.io import store
+from glacli.io.h5file import open_h5
+from glacli.io.rowfile import RowFile
 
 DATASET = "fitted_id_hashes"
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -70,7 +71,7 @@ def unit_projection(values: np.ndarray) -> np.ndarray:
     return np.where(constant[:, None], 0.0, projected / norm[:, None])
 
 
-def hash_rows(files: Iterable[store.RowFile]) -> np.ndarray:
+def hash_rows(files: Iterable[RowFile]) -> np.ndarray:
     """The sorted distinct row hashes of every row of ``files``, read in blocks."""
     parts = [row_hashes(chunk.ids, chunk.values) for rows in files for chunk in rows.iter_chunks(with_ids=True)]
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
@@ -78,12 +79,12 @@ def hash_rows(files: Iterable[store.RowFile]) -> np.ndarray:
 
 def read_hashes(path: str | Path) -> np.ndarray | None:
     """The ``fitted_id_hashes`` of a prior or head file; None where it records none (older files, imports)."""
-    with store.open_h5(path) as f:
+    with open_h5(path) as f:
         ds = f.get(DATASET)
         return None if ds is None else np.asarray(ds[()], dtype=np.uint64)
 
 
-def count_fitted(rows: store.RowFile, hashes: np.ndarray | None) -> int:
+def count_fitted(rows: RowFile, hashes: np.ndarray | None) -> int:
     """How many rows of ``rows`` have their hash among ``hashes`` (sorted); 0 without hashes."""
     if hashes is None or len(hashes) == 0:
         return 0

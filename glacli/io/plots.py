@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from glacli.base.types import Reliability
-from glacli.io import store
+from glacli.io.outputs import atomic_output
 
 SMOOTHING_FRACTION = 0.05
 
@@ -45,7 +45,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save_png(fig: Any, path: str | Path) -> None:
-    with store.atomic_output(path) as tmp:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
 

@@ -15,9 +15,11 @@
     subset.py       subset_file                    class-balanced few-shot splits
     interchange.py  import_file, export_file       foreign formats <-> gla files
     info.py         describe_file                  what a gla file is and where it came from
+    interpolate.py  interpolate_files              WiSE-FT between two checkpoints or two head files
+    project.py      project_file                   logits restricted or max-merged onto a set's classes
 
-A service validates its inputs first (glacli.base.validation), reads and writes through the store and
-the formats, calls the math, and returns plain data; it talks to the user only through a
+A service validates its inputs first (glacli.base.validation), reads and writes through the gla file kinds
+(glacli.io.rowfile, glacli.io.paramfile) and the formats, calls the math, and returns plain data; it talks to the user only through a
 :class:`glacli.base.types.Reporter`. Nothing here imports typer or rich. This package imports no
 service itself, so a command loads only its own (``gla combine`` never imports torch).
 """

@@ -25,8 +25,12 @@ from glacli.base.types import Prior, Reporter
 from glacli.base.validation import check_same_classnames, require_choice, require_every_class
 from glacli.core.combine import log_label_frequencies, zeroshot_divisor
 from glacli.io import formats
-from glacli.io import fitted_ids, store
+from glacli.io import fitted_ids
+from glacli.io.crossfile import check_same_rows
 from glacli.io.formats.proportions import check_proportions, read_pretraining_prior, read_target_distribution
+from glacli.io.h5file import file_kind
+from glacli.io.paramfile import read_prior
+from glacli.io.rowfile import RowFile, read_rows, write_rows
 
 METHODS = ("gla", "ensemble")
 DEFAULT_ALPHA = 0.5
@@ -57,8 +61,8 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
     notes: list[tuple[str, str]] = []
     held = _held(notes)  # notes wait until every check has passed, so that a refusal stays one line
     with contextlib.ExitStack() as stack:
-        zs = stack.enter_context(store.read_rows(zeroshot, "logits"))
-        ft = stack.enter_context(store.read_rows(finetuned, "logits")) if finetuned else None
+        zs = stack.enter_context(read_rows(zeroshot, "logits"))
+        ft = stack.enter_context(read_rows(finetuned, "logits")) if finetuned else None
         _check_not_combined(zs, ft)
         parents = [zs.gla_id]
         divisor, q, prior_fitted = 1.0, None, None
@@ -72,7 +76,7 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
             divisor = float(zs_temperature)
         if ft is not None:
             check_same_classnames(ft.classnames, finetuned, zs.classnames, zeroshot)
-            store.check_same_rows(ft, zs)
+            check_same_rows(ft, zs)
             parents.append(ft.gla_id)
             _warn_leaks_and_calibration(ft, method, held)
         log_pi_s = None
@@ -103,8 +107,8 @@ def combine_files(zeroshot: Path, output: Path, *, prior: Path | None = None, fi
         pi_s, pi_t = (None if log_pi is None else np.exp(log_pi) for log_pi in (log_pi_s, log_pi_t))
         for kind, note in notes:
             getattr(reporter, kind)(note)
-        with store.write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
-                              attrs=attrs, parents=parents) as sink:
+        with write_rows(output, "logits", n_rows=zs.n_rows, n_cols=zs.n_cols, classnames=zs.classnames,
+                        attrs=attrs, parents=parents) as sink:
             reporter.start(f"combine ({name})", zs.n_rows)
             for chunk in zs.iter_chunks(chunking.io_rows(zs.n_cols), with_ids=True):
                 ft_block = ft.read(chunk.start, chunk.stop) if ft is not None else None
@@ -122,7 +126,7 @@ def _held(notes: list[tuple[str, str]]) -> Reporter:
                     warning=lambda text: notes.append(("warning", text)))
 
 
-def _check_not_combined(zs: store.RowFile, ft: store.RowFile | None) -> None:
+def _check_not_combined(zs: RowFile, ft: RowFile | None) -> None:
     """Refuse an output of ``combine`` (or one calibrated afterwards) given as an input: it already holds
     ``-log q`` (and maybe the fine-tuned model), and a second pass would remove or add them twice."""
     method = zs.attrs.get("combine_method")
@@ -136,7 +140,7 @@ def _check_not_combined(zs: store.RowFile, ft: store.RowFile | None) -> None:
                             "logits: it already holds the zero-shot model; give the probe's logits", ft.path)
 
 
-def _check_same_model(q: Prior, prior_path: Path, zs: store.RowFile, allow_other_model: bool,
+def _check_same_model(q: Prior, prior_path: Path, zs: RowFile, allow_other_model: bool,
                       reporter: Reporter) -> None:
     """Refuse a q estimated on logits of another model (architecture or weights), where both files record
     it: q is that model's bias. ``--allow-other-model`` turns the refusal into a warning."""
@@ -154,7 +158,7 @@ def _check_same_model(q: Prior, prior_path: Path, zs: store.RowFile, allow_other
     reporter.warning(f"{zs.path} {what}; used anyway (--allow-other-model)")
 
 
-def _warn_leaks_and_calibration(ft: store.RowFile, method: str, reporter: Reporter) -> None:
+def _warn_leaks_and_calibration(ft: RowFile, method: str, reporter: Reporter) -> None:
     """Fine-tuned logits on rows their head was fitted on, or left at temperature 1 by a fit or an import
     of probabilities that nothing calibrated: GLA adds them to the calibrated zero-shot model as they are."""
     fitted = int(ft.attrs.get(HEAD_FITTED, 0))
@@ -195,7 +199,7 @@ def _check_options(method: str, prior: Path | None, finetuned: Path | None, sour
         raise GlaInputError("--source-prior needs --finetuned: without it the output is the debiased zero-shot model")
 
 
-def _prior_scale(q: Prior, prior_path: Path, zs: store.RowFile, reporter: Reporter) -> float:
+def _prior_scale(q: Prior, prior_path: Path, zs: RowFile, reporter: Reporter) -> float:
     """The divisor that brings the stored zero-shot values to ``raw / (t_q T_zs)``; says so when the
     scales differ, and warns when the logits come from another zero-shot head than q's."""
     divisor = zeroshot_divisor(q.temperature, q.logits_temperature, zs.temperature)
@@ -216,15 +220,15 @@ def _log_source_prior(source: str, classnames: list[str]) -> tuple[np.ndarray, s
     n = len(classnames)
     if source == "uniform":
         return np.full(n, -np.log(n)), ""
-    kind = store.file_kind(source)
+    kind = file_kind(source)
     if kind == "prior":
-        pi = store.read_prior(source)
+        pi = read_prior(source)
         check_same_classnames(pi.classnames, source, classnames, "the zero-shot logits")
         return pi.log_prior, pi.gla_id
     if kind != "features":
         raise GlaInputError(f"is a '{kind}' file; --source-prior takes uniform, a features file or a prior file",
                             source)
-    with store.read_rows(source, "features") as train:
+    with read_rows(source, "features") as train:
         check_same_classnames(train.classnames, source, classnames, "the zero-shot logits")
         labels = train.require_labels("for --source-prior")
         require_every_class(labels, classnames, source,
@@ -239,7 +243,7 @@ def _log_target_prior(target: str, classnames: list[str]) -> tuple[np.ndarray | 
         return None, ""
     path = Path(target)
     if path.suffix.lower() in (".h5", ".hdf5"):
-        kind = store.file_kind(path)
+        kind = file_kind(path)
         if kind != "prior":
             raise GlaInputError(f"is a '{kind}' file; --target-prior takes uniform, a prior file from "
                                 "gla estimate-target, or class proportions (.json, .npy, .csv)", path)

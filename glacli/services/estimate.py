@@ -27,7 +27,6 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior, PriorEstimate, Reporter
 from glacli.core.calibration import T_MIN
 from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions
-from glacli.io import fitted_ids, store
 from glacli.base.validation import (
     check_same_classnames,
     labels_complete,
@@ -36,6 +35,10 @@ from glacli.base.validation import (
     require_labels,
     require_positive,
 )
+from glacli.io import fitted_ids
+from glacli.io.outputs import check_output_path
+from glacli.io.paramfile import write_prior
+from glacli.io.rowfile import RowFile, read_rows
 
 TEMPERATURE_METHODS = ("nll", "confidence")
 TARGETS = ("labels", "uniform")
@@ -56,7 +59,7 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
     ``target`` gives the class proportions of the estimation set: ``labels``, ``uniform`` or a file.
     """
     _check_options(temperature, target, tol, max_iter, memory_gib, show)
-    store.check_output_path(output)
+    check_output_path(output)
     compute = compute_device(device)
     with contextlib.ExitStack() as files:
         rows = _open_pooled(logits, files, compute, reporter)
@@ -84,7 +87,7 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
     attrs = {"target": target if target in TARGETS else str(Path(target)),
              "objective": fit.objective, "temperature_gradient": fit.temperature_gradient,
              "n_rows": rows.n_rows, "source": rows.path, **rows.head_attrs}
-    store.write_prior(output, Prior(
+    write_prior(output, Prior(
         prior=np.exp(fit.log_prior), log_prior=fit.log_prior, classnames=rows.classnames,
         temperature=fit.temperature, method=method, converged=fit.converged, max_moment_gap=fit.max_moment_gap,
         iterations=fit.iterations, logits_temperature=rows.temperature, attrs=attrs), rows.parents,
@@ -137,7 +140,7 @@ class _PooledRows:
     """One or more open logits files, streamed block by block on every pass of the solver."""
 
     path: str
-    files: list[store.RowFile]
+    files: list[RowFile]
     scales: list[float]
     """What each file's values are multiplied by (1, or its temperature to pool at the raw scale)."""
     labels: np.ndarray
@@ -169,7 +172,7 @@ def _open_pooled(paths: Sequence[Path], files: contextlib.ExitStack, device: str
     """Every input, at one scale: their common temperature, or the raw scale where they differ."""
     opened, heads = [], []
     for path in paths:
-        logits_file = files.enter_context(store.read_rows(path, "logits"))
+        logits_file = files.enter_context(read_rows(path, "logits"))
         if logits_file.attrs.get("head_type", "zeroshot") != "zeroshot":
             reporter.warning(f"{path} comes from a '{logits_file.attrs['head_type']}' head; "
                              "q describes the model whose logits you give")

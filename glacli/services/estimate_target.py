@@ -19,7 +19,6 @@ import numpy as np
 
 from glacli import api
 from glacli.base.errors import GlaInputError
-from glacli.io import store
 from glacli.core.label_shift import (
     DEFAULT_CONCENTRATION,
     DEFAULT_TOL,
@@ -36,6 +35,9 @@ from glacli.base.validation import (
     require_every_class,
     require_positive,
 )
+from glacli.io.outputs import check_output_path
+from glacli.io.paramfile import write_prior
+from glacli.io.rowfile import RowFile, read_rows
 
 METHODS = TARGET_METHODS
 DEFAULT_MEMORY_GIB = 4.0
@@ -68,9 +70,9 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
     require_positive(tol, "--tol")
     require_count(max_iter, "--max-iter")
     memory_bytes = require_positive(memory_gib, "--memory") * 2**30
-    store.check_output_path(output)
+    check_output_path(output)
     with contextlib.ExitStack() as files:
-        rows = files.enter_context(store.read_rows(logits, "logits"))
+        rows = files.enter_context(read_rows(logits, "logits"))
         if rows.n_rows < rows.n_classes:
             raise GlaInputError(f"has {rows.n_rows} rows for {rows.n_classes} classes: too few to estimate "
                                 "their proportions", logits)
@@ -84,7 +86,7 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
             estimate = api.estimate_target(_scored(rows, scores, memory_bytes, reporter), concentration=concentration,
                                            tol=tol, max_iter=max_iter, memory_gib=memory_gib)
         else:
-            estimate, bbse_val_accuracy = _bbse(rows, files.enter_context(store.read_rows(val, "logits")), scores)
+            estimate, bbse_val_accuracy = _bbse(rows, files.enter_context(read_rows(val, "logits")), scores)
             val_accuracy = bbse_val_accuracy if val_accuracy is None else val_accuracy
         if not estimate.converged:
             reporter.warning(f"MLLS stopped after {estimate.iterations} iterations with KKT gap "
@@ -95,7 +97,7 @@ def estimate_target_file(logits: Path, output: Path, *, method: str = "mlls", va
                  "log_likelihood": estimate.log_likelihood,
                  "calibrated_on": calibration["path"] if calibration else None,
                  "confusion_set": str(val) if val is not None else None}
-        store.write_prior(output, Prior(
+        write_prior(output, Prior(
             prior=np.exp(estimate.log_prior), log_prior=estimate.log_prior, classnames=rows.classnames,
             temperature=1.0, method=estimate.method, converged=estimate.converged,
             max_moment_gap=estimate.kkt_gap, iterations=estimate.iterations,
@@ -144,11 +146,11 @@ def _mean_per_class(predictions: np.ndarray, labels: np.ndarray, n_classes: int)
     return float((right[present] / counts[present]).mean())
 
 
-def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> tuple[Scores, dict[str, Any] | None]:
+def _scores(rows: RowFile, calibrate: Path | None, reporter: Reporter) -> tuple[Scores, dict[str, Any] | None]:
     """The map from stored logits to uniform-prior scores: identity, or BCTS fitted on ``calibrate``."""
     if calibrate is None:
         return (lambda values: values), None
-    with store.read_rows(calibrate, "logits") as val:
+    with read_rows(calibrate, "logits") as val:
         check_same_classnames(val.classnames, calibrate, rows.classnames, rows.path)
         labels = val.require_labels("for --calibrate")
         require_every_class(labels, val.classnames, calibrate, "BCTS fits one bias per class")
@@ -176,7 +178,7 @@ def _scores(rows: store.RowFile, calibrate: Path | None, reporter: Reporter) -> 
                         "val_mean_per_class": _mean_per_class(predictions, labels, len(log_q))}
 
 
-def _scored(rows: store.RowFile, scores: Scores, memory_bytes: float = math.inf,
+def _scored(rows: RowFile, scores: Scores, memory_bytes: float = math.inf,
             reporter: Reporter = Reporter()) -> LogitSource:
     """The file's uniform-prior scores, block by block on every pass: MLLS holds their
     probabilities when float64 fits ``memory_bytes``, else every pass reads the file again."""
@@ -186,7 +188,7 @@ def _scored(rows: store.RowFile, scores: Scores, memory_bytes: float = math.inf,
     return LogitSource(lambda: (scores(chunk.values) for chunk in rows.iter_chunks()), rows.n_rows, rows.n_classes)
 
 
-def _bbse(rows: store.RowFile, val: store.RowFile, scores: Scores) -> tuple[TargetEstimate, float]:
+def _bbse(rows: RowFile, val: RowFile, scores: Scores) -> tuple[TargetEstimate, float]:
     """BBSE from the hard predictions of the test rows and the labelled validation rows; also the mean
     per-class accuracy of those validation predictions."""
     check_same_classnames(val.classnames, val.path, rows.classnames, rows.path)

@@ -3,7 +3,7 @@
 This module owns the results JSON (schema ``gla-evaluate``, documented in docs/evaluate.md): it
 writes it (:func:`evaluate_files`, :func:`dumps`) and reads it back for ``gla report``
 (:func:`read_records`), so writer and reader cannot drift. The metrics are computed by
-:mod:`glacli.core.metrics` while the rows stream from the store; with a bootstrap, the per-row values
+:mod:`glacli.core.metrics` while the rows stream from the file; with a bootstrap, the per-row values
 kept on the way are resampled by :mod:`glacli.core.bootstrap` (the logits are read once).
 
 Version 2 names the top-k metric ``top{k}`` (``top5`` whenever there are 5 classes or more, as in
@@ -32,9 +32,11 @@ from glacli.base.validation import check_same_classnames, require_count
 from glacli.core import bootstrap
 from glacli.core import metrics
 from glacli.core.report import METHOD_KEY
-from glacli.io import store
+from glacli.io.crossfile import check_same_rows
 from glacli.io.formats.proportions import read_pretraining_prior, read_target_distribution
+from glacli.io.outputs import check_outputs, write_text_atomic, writer_lock
 from glacli.io.plots import GroupBars, evaluation_figure
+from glacli.io.rowfile import RowFile, read_rows
 
 SCHEMA = "gla-evaluate"
 SCHEMA_VERSION = 2
@@ -77,8 +79,8 @@ def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path
     _check_resampling(resampling, names)
     _check_shots(shots)
     compute = compute_device(device)
-    store.check_outputs(json_path, plot)
-    with store.writer_lock(json_path, plot):
+    check_outputs(json_path, plot)
+    with writer_lock(json_path, plot):
         return _evaluate(logits, names, tag_values, prior, train, target_prior, compute, resampling, shots,
                          json_path, plot, reporter)
 
@@ -87,13 +89,13 @@ def _evaluate(logits: list[Path], names: list[str], tag_values: dict[str, Any], 
               train: Path | None, target_prior: Path | None, compute: Any, resampling: BootstrapOptions,
               shots: ShotThresholds, json_path: Path | None, plot: Path | None, reporter: Reporter) -> Evaluation:
     with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(store.read_rows(path, "logits")) for path in logits]
+        files = [stack.enter_context(read_rows(path, "logits")) for path in logits]
         for f in files:
             f.require_labels("to evaluate")
         first = files[0]
         for f in files[1:]:
             check_same_classnames(f.classnames, f.path, first.classnames, first.path)
-            store.check_same_rows(f, first)
+            check_same_rows(f, first)
         groups, prior_info, train_info = _groups(prior, train, first, shots)
         target_info = _target_prior(target_prior, first)
         results, rows = _measure(files, compute, resampling.resamples > 0, reporter)
@@ -109,7 +111,7 @@ def _evaluate(logits: list[Path], names: list[str], tag_values: dict[str, Any], 
         for warning in document["warnings"]:
             reporter.warning(warning)
     if json_path is not None:
-        store.write_text_atomic(json_path, dumps(document))
+        write_text_atomic(json_path, dumps(document))
         reporter.message(f"wrote {json_path}")
     if plot is not None:
         order, label = _plot_order(prior_info, train_info, first.n_classes)
@@ -123,7 +125,7 @@ LEAK_ATTRS = {"head_fitted_rows": "fit its head", "prior_fitted_rows": "estimate
 """Attributes of a logits file (``gla logits``, ``gla combine``) counting rows a fit has seen."""
 
 
-def _leakage(files: list[store.RowFile]) -> list[str]:
+def _leakage(files: list[RowFile]) -> list[str]:
     """One line per file whose rows include rows its head or its q was fitted on."""
     warnings = []
     for f in files:
@@ -212,7 +214,7 @@ def _names(paths: list[Path], names: list[str]) -> list[str]:
     return names
 
 
-def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFile, shots: ShotThresholds
+def _groups(prior_path: Path | None, train_path: Path | None, first: RowFile, shots: ShotThresholds
             ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None, dict[str, Any] | None]:
     groups: dict[str, np.ndarray] = {}
     prior_info = train_info = None
@@ -222,7 +224,7 @@ def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFi
         groups.update(metrics.prior_groups(prior.prior))
         prior_info = {"path": str(prior_path), "gla_id": prior.gla_id, "q": prior.prior}
     if train_path is not None:
-        with store.read_rows(train_path, "features") as train:
+        with read_rows(train_path, "features") as train:
             labels = train.require_labels("to count training images per class")
             check_same_classnames(train.classnames, train.path, first.classnames, first.path)
             counts = metrics.class_counts(labels, first.n_classes)
@@ -232,7 +234,7 @@ def _groups(prior_path: Path | None, train_path: Path | None, first: store.RowFi
     return groups, prior_info, train_info
 
 
-def _target_prior(path: Path | None, first: store.RowFile) -> dict[str, Any] | None:
+def _target_prior(path: Path | None, first: RowFile) -> dict[str, Any] | None:
     """An estimated test label distribution against the label proportions of the evaluated rows."""
     if path is None:
         return None
@@ -244,7 +246,7 @@ def _target_prior(path: Path | None, first: store.RowFile) -> dict[str, Any] | N
             "estimate": estimate.prior, "true": true, "l1": float(error.sum()), "max_abs_error": float(error.max())}
 
 
-def _measure(files: list[store.RowFile], device: str, keep_rows: bool, reporter: Reporter
+def _measure(files: list[RowFile], device: str, keep_rows: bool, reporter: Reporter
              ) -> tuple[list[Metrics], list[metrics.RowValues]]:
     """The metrics of every file, and with ``keep_rows`` the per-row values the bootstrap resamples."""
     device_type = device.split(":")[0]
@@ -302,7 +304,7 @@ def _bootstrap_info(options: BootstrapOptions) -> dict[str, Any] | None:
             "baseline": options.baseline}
 
 
-def _document(files: list[store.RowFile], names: list[str], results: list[Metrics], summaries: list[dict[str, float]],
+def _document(files: list[RowFile], names: list[str], results: list[Metrics], summaries: list[dict[str, float]],
               groups: dict[str, np.ndarray], tags: dict[str, Any], inputs: dict[str, dict[str, Any] | None],
               resampled: list[dict[str, Any]] | None, resampling: BootstrapOptions) -> dict[str, Any]:
     """The results document of one run (schema in docs/evaluate.md)."""

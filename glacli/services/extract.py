@@ -15,11 +15,12 @@ from glacli.base.types import Reporter
 from glacli.base.validation import renamed_classnames_note, require_choice, require_count
 from glacli.io import extraction
 from glacli.io import sources
-from glacli.io import store
 from glacli.io.encoders import AUTOCAST_CHOICES, BACKENDS, encoder_class, load_encoder
 from glacli.io.encoders.base import Encoder
 from glacli.io.encoders.prompts import PromptTemplate, parse_label_words
 from glacli.io.extraction.distributed import init_distributed
+from glacli.io.outputs import check_output_path
+from glacli.io.rowfile import read_rows
 
 
 def check_backend(backend: str, pretrained: str | None) -> type[Encoder]:
@@ -88,7 +89,7 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
         raise GlaInputError(f"--augment-views applies to images; the {backend} backend reads {input_kind}s")
     if rows_of is not None and shots is not None:
         raise GlaInputError("give --shots or --rows-of, not both")
-    store.check_output_path(output)
+    check_output_path(output)
     wanted = None if rows_of is None else _ids_of(rows_of)
     dist = init_distributed(device)
     try:
@@ -128,7 +129,7 @@ def extract(source: str, output: Path, *, model: str, pretrained: str | None, ba
 
 def _ids_of(path: Path) -> list[str]:
     """The image ids a features file lists (``--rows-of``); a file of augmented views is refused."""
-    with store.read_rows(path, "features") as f:
+    with read_rows(path, "features") as f:
         if f.attrs.get("augment_views"):
             raise GlaInputError("--rows-of: holds augmented views; give the features file of the images", path)
         return f.ids()

@@ -23,7 +23,9 @@ from glacli.core.anchor import AnchorFit, fit_anchor
 from glacli.core.calibration import T_MAX, T_MIN
 from glacli.core.heads import head_tensors
 from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
-from glacli.io import fitted_ids, store
+from glacli.io import fitted_ids
+from glacli.io.paramfile import read_head, write_head
+from glacli.io.rowfile import RowFile, read_rows
 from glacli.services.fit_defaults import DEFAULT_MEMORY_GIB
 from glacli.base.validation import (
     check_head_fits,
@@ -64,17 +66,17 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
                             max_iter=max_iter, tol=tol, search_tol=max(tol, SolverOptions.search_tol))
     load_start = time.perf_counter()
     with contextlib.ExitStack() as files:
-        train_file = files.enter_context(store.read_rows(train, "features"))
+        train_file = files.enter_context(read_rows(train, "features"))
         train_labels = train_file.require_labels("to fit a probe")
         require_every_class(train_labels, train_file.classnames, train_file.path, "a linear probe needs every class")
         parents = [train_file.gla_id]
         zero_shot = None
         if anchor is not None:
-            zero_shot = store.read_head(anchor)
+            zero_shot = read_head(anchor)
             check_anchor(zero_shot, anchor, train_file, reporter)
         val_data, val_file = None, None
         if val is not None:
-            val_file = files.enter_context(store.read_rows(val, "features"))
+            val_file = files.enter_context(read_rows(val, "features"))
             check_same_classnames(val_file.classnames, val_file.path, train_file.classnames, train_file.path)
             check_same_dimension(val_file.n_cols, val_file.path, train_file.n_cols, train_file.path)
             val_file.require_labels("to choose the penalty and the temperature")
@@ -82,7 +84,7 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
             parents.append(val_file.gla_id)
         start = None
         if init is not None:
-            head = store.read_head(init)
+            head = read_head(init)
             check_head_fits(head, init, train_file.classnames, train_file.n_cols, train_file.path)
             weight, bias = head_tensors(head, dtype=torch.float64)
             start = (weight / head.temperature, bias / head.temperature)
@@ -106,10 +108,10 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
             attrs["val_nll"] = result.val_nll
         if anchor_fit is not None:
             attrs.update(anchor_attrs(anchor_fit, zero_shot.gla_id, anchor))
-        store.write_head(output, Head(weight=result.weight, bias=result.bias, classnames=train_file.classnames,
-                                      head_type="linear" if anchor_fit is None else "anchored",
-                                      temperature=result.temperature, attrs=attrs), parents,
-                         datasets={fitted_ids.DATASET: fitted_ids.hash_rows(
+        write_head(output, Head(weight=result.weight, bias=result.bias, classnames=train_file.classnames,
+                                head_type="linear" if anchor_fit is None else "anchored",
+                                temperature=result.temperature, attrs=attrs), parents,
+                   datasets={fitted_ids.DATASET: fitted_ids.hash_rows(
                              [train_file] + ([val_file] if val_file is not None else []))})
         report = _report(result, train_file, output, balanced, torch_device)
     report["seconds"] = {"load": fit_start - load_start, "fit": fit_seconds}
@@ -118,7 +120,7 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
     return report
 
 
-def check_anchor(head: Head, path: Path, train: store.RowFile, reporter: Reporter) -> None:
+def check_anchor(head: Head, path: Path, train: RowFile, reporter: Reporter) -> None:
     """Refuse an anchor that is not a zero-shot head (the method anchors at the zero-shot model) or
     belongs to other features (classes, dimension, encoder, model); warn when only the recorded
     ``pretrained`` differs (a tag and a path may name the same weights)."""
@@ -186,7 +188,7 @@ def hold_on_device(n_bytes: float, memory_bytes: float, device: torch.device) ->
     return True
 
 
-def probe_data(rows: store.RowFile, options: SolverOptions, memory_bytes: float) -> ProbeData:
+def probe_data(rows: RowFile, options: SolverOptions, memory_bytes: float) -> ProbeData:
     """The rows in memory on the compute device when they fit (:func:`hold_on_device`), else streamed from disk."""
     labels = torch.from_numpy(rows.labels)
     itemsize = torch.finfo(options.dtype).bits // 8
@@ -237,7 +239,7 @@ def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options:
     return result
 
 
-def _report(result: ProbeResult, train_file: store.RowFile, output: Path, balanced: bool,
+def _report(result: ProbeResult, train_file: RowFile, output: Path, balanced: bool,
             device: torch.device) -> dict[str, Any]:
     return {
         "output": str(output), "wd": result.wd, "c_equivalent": wd_to_c(result.wd, train_file.n_rows),

@@ -25,7 +25,6 @@ import torch
 from glacli.base.devices import resolve_device
 from glacli.base.errors import GlaInputError, one_line
 from glacli.core.calibration import T_MAX, T_MIN, fit_temperature_nll
-from glacli.io import store
 from glacli.io.encoders import load_encoder
 from glacli.io.encoders.prompt_tower import LEARN_CHOICES, PromptTower
 from glacli.io.extraction.views import image_of
@@ -44,6 +43,9 @@ from glacli.core.prompt_learning import (
     train_prompts,
 )
 from glacli.base.types import PROMPT_PLACEHOLDER, Head, Reporter
+from glacli.io.outputs import atomic_output, check_output_path
+from glacli.io.paramfile import write_head
+from glacli.io.rowfile import read_rows
 from glacli.io.templates import load_templates
 from glacli.services.fit_defaults import DEFAULT_EPOCHS, DEFAULT_LEARN, DEFAULT_TEMPLATE
 from glacli.base.validation import (
@@ -91,11 +93,11 @@ def fit_prompt_head(train: Path, output: Path, *, val: Path | None = None, templ
     if batch_size is not None:
         require_count(batch_size, "--batch-size")
     seed = 0 if seed is None else seed
-    store.check_output_path(output)
+    check_output_path(output)
     torch_device = resolve_device(device)
 
     load_start = time.perf_counter()
-    with store.read_rows(train, "features") as f:
+    with read_rows(train, "features") as f:
         labels = f.require_labels("to learn prompts")
         require_every_class(labels, f.classnames, f.path, "prompt learning needs every class")
         arch, weights = _model_of(f.attrs, f.path, model, pretrained)
@@ -104,7 +106,7 @@ def fit_prompt_head(train: Path, output: Path, *, val: Path | None = None, templ
         features = torch.from_numpy(f.read())
     val_rows = None
     if val is not None:
-        with store.read_rows(val, "features") as v:
+        with read_rows(val, "features") as v:
             check_same_classnames(v.classnames, v.path, classnames, train)
             check_same_dimension(v.n_cols, v.path, dim, train)
             val_rows = (torch.from_numpy(v.read()).to(torch_device),
@@ -167,9 +169,9 @@ def fit_prompt_head(train: Path, output: Path, *, val: Path | None = None, templ
              "n_rows": len(labels), "n_images": len(counts), "train": str(train)}
     attrs.update({k: v for k, v in (("val_accuracy", val_accuracy), ("val_nll", val_nll), ("train_loss", last_loss))
                   if v is not None})
-    store.write_head(output, Head(weight=weight.cpu().numpy().astype(np.float32),
-                                  bias=np.zeros(len(classnames), np.float32), classnames=list(classnames),
-                                  head_type="prompt", temperature=temperature, attrs=attrs), parents)
+    write_head(output, Head(weight=weight.cpu().numpy().astype(np.float32),
+                            bias=np.zeros(len(classnames), np.float32), classnames=list(classnames),
+                            head_type="prompt", temperature=temperature, attrs=attrs), parents)
     checkpoint.unlink(missing_ok=True)
     warnings = []
     if val_rows is not None and not T_MIN * 1.0001 < temperature < T_MAX / 1.0001:
@@ -232,7 +234,7 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any], device: torch.devi
 
 def _save_checkpoint(path: Path, fingerprint: dict[str, Any], state: PromptState) -> None:
     """Write the state atomically (synced, then renamed over the previous checkpoint)."""
-    with store.atomic_output(path) as tmp, open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         torch.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state.to_dict()}, f)
         f.flush()
         os.fsync(f.fileno())

@@ -23,7 +23,7 @@ from glacli.base import chunking
 from glacli.base.errors import GlaInputError
 from glacli.base.types import HEAD_TYPES, ExportReport, Head, ImportReport, Prior, Reporter
 from glacli.io import formats
-from glacli.io import store
+from glacli.io.crossfile import check_same_labels
 from glacli.io.formats import npy
 from glacli.io.formats.base import ReadOptions, RowSource, positional_classnames
 from glacli.io.formats.classnames import read_classnames
@@ -39,6 +39,10 @@ from glacli.base.validation import (
     require_positive,
     require_positive_entries,
 )
+from glacli.io.h5file import PROVENANCE_ATTRS, file_kind
+from glacli.io.outputs import check_output_path
+from glacli.io.paramfile import read_head, read_prior, write_head, write_prior
+from glacli.io.rowfile import RowFile, write_rows
 
 IMPORT_KINDS = ("logits", "features", "prior", "head")
 TINY = float(np.finfo(np.float32).tiny)
@@ -109,7 +113,7 @@ def import_file(path: str | Path, kind: str, output: str | Path, *, options: Rea
                               **({"--classnames-key": options.classnames_key} if kind == "prior" else {})}.items():
             if value is not None:
                 raise GlaInputError(f"{option} does not apply to a {kind}")
-        store.check_output_path(output)
+        check_output_path(output)
         if kind == "head":
             return _import_head(Path(path), output, options, classnames_file, head)
         return _import_prior(Path(path), output, options.key, classnames_file, temperature)
@@ -125,8 +129,8 @@ def import_file(path: str | Path, kind: str, output: str | Path, *, options: Rea
         raise GlaInputError(f"{' and '.join(given)} both say where the ids come from; give one")
     if ids_range is not None:
         require_count(ids_range, "--ids-range", minimum=0)
-    store.check_output_path(output)
-    with contextlib.nullcontext() if ids_from is None else store.RowFile(ids_from) as like:
+    check_output_path(output)
+    with contextlib.nullcontext() if ids_from is None else RowFile(ids_from) as like:
         return _import_rows(Path(path), kind, output, options, classnames_file, labels_file,
                             _ValueRule(probabilities, logits_anyway), _RowIds(like, ids_range), reporter)
 
@@ -146,7 +150,7 @@ class _RowIds:
     """Where the ids of imported rows come from when not from the file: a gla file of the same rows
     (``like``), or a range of integers from ``start``."""
 
-    like: store.RowFile | None = None
+    like: RowFile | None = None
     start: int | None = None
 
     def describe(self, src: RowSource) -> str:
@@ -169,7 +173,7 @@ class _RowIds:
         if src.n_rows != self.like.n_rows:
             raise GlaInputError(f"has {src.n_rows} rows but {self.like.path} (--ids-from) has {self.like.n_rows}; "
                                 "its ids fit only the same rows in the same order", src.path)
-        store.check_same_labels(labels, labels_from, self.like.labels, self.like.path)
+        check_same_labels(labels, labels_from, self.like.labels, self.like.path)
         both = int(((labels >= 0) & (self.like.labels >= 0)).sum())
         report.notes.append(f"took the ids of {self.like.path}: labels agree on all {both} rows labelled in both"
                             if both else f"took the ids of {self.like.path}: no row is labelled in both files, so "
@@ -208,8 +212,8 @@ def _import_rows(path: Path, kind: str, output: str | Path, options: ReadOptions
     zeros, norm_gap = 0, 0.0
     parents = [row_ids.like.gla_id] if row_ids.like is not None else []
     clock.begin(f"import {path.name}", src.n_rows)
-    with store.write_rows(output, kind, n_rows=src.n_rows, n_cols=src.n_cols, classnames=names,
-                          attrs=attrs, parents=parents, dtype=stored) as sink:
+    with write_rows(output, kind, n_rows=src.n_rows, n_cols=src.n_cols, classnames=names,
+                    attrs=attrs, parents=parents, dtype=stored) as sink:
         for start, values, ids in src.chunks(chunking.io_rows(src.n_cols, 8)):
             require_finite(values, kind, path, start)
             if order is not None:
@@ -266,7 +270,7 @@ class _DelayedProgress:
 
 
 def _row_classnames(src: RowSource, kind: str, labels: np.ndarray, names_given: list[str] | None,
-                    classnames_file: str | Path | None, like: store.RowFile | None, report: ImportReport
+                    classnames_file: str | Path | None, like: RowFile | None, report: ImportReport
                     ) -> tuple[list[str], np.ndarray | None]:
     """The class names, and the order to take the file's columns in (None: as they are).
 
@@ -371,8 +375,8 @@ def _import_prior(path: Path, output: str | Path, key: str | None, classnames_fi
         report.notes.append(f"normalised the prior to sum to 1 (it summed to {total:.6g})")
     if temperature is None:
         temperature = require_positive(attrs.get("temperature", 1.0), "temperature", path)
-    kept = {k: v for k, v in attrs.items() if k not in store.PROVENANCE_ATTRS and k not in PRIOR_STATUS_ATTRS}
-    store.write_prior(output, Prior(
+    kept = {k: v for k, v in attrs.items() if k not in PROVENANCE_ATTRS and k not in PRIOR_STATUS_ATTRS}
+    write_prior(output, Prior(
         prior=values / total, classnames=names, temperature=temperature,
         method=str(attrs.get("method", "imported")), converged=bool(attrs.get("converged", True)),
         max_moment_gap=float(attrs.get("max_moment_gap", 0.0)), iterations=int(attrs.get("iterations", 0)),
@@ -434,8 +438,8 @@ def _import_head(path: Path, output: str | Path, options: ReadOptions, classname
                              "normalize_rows": bool(opts.normalize_rows)}
     if scale is not None:
         attrs["logit_scale"] = scale
-    store.write_head(output, Head(weight=weight.astype(np.float32), bias=bias.astype(np.float32), classnames=names,
-                                  head_type=head_type, temperature=temperature, attrs=attrs))
+    write_head(output, Head(weight=weight.astype(np.float32), bias=bias.astype(np.float32), classnames=names,
+                            head_type=head_type, temperature=temperature, attrs=attrs))
     report.head_type = head_type
     return report
 
@@ -458,7 +462,7 @@ def export_file(path: str | Path, output: str | Path, fmt: str | None = None,
     output = Path(output)
     if not to_stream and fmt is not None and output.suffix.lower() != f".{fmt}":
         raise GlaInputError(f"--format {fmt} does not match the extension of the output", output)
-    kind = store.file_kind(path)
+    kind = file_kind(path)
     suffix = f".{fmt}" if fmt is not None else output.suffix.lower()
     writers = formats.WRITERS[kind]
     if suffix not in writers:
@@ -480,10 +484,10 @@ def export_file(path: str | Path, output: str | Path, fmt: str | None = None,
 
 def _export(path: Path, kind: str, writer: Any, output: Path) -> ExportReport:
     if kind == "prior":
-        prior = store.read_prior(path)
+        prior = read_prior(path)
         return ExportReport(str(path), str(output), kind, prior.prior.shape, writer(prior, output))
     if kind == "head":
-        head = store.read_head(path)
+        head = read_head(path)
         return ExportReport(str(path), str(output), kind, head.weight.shape, writer(head, output))
-    with store.RowFile(path, (kind,)) as src:
+    with RowFile(path, (kind,)) as src:
         return ExportReport(str(path), str(output), kind, (src.n_rows, src.n_cols), writer(src, output))

@@ -21,8 +21,10 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Head, Reporter
 from glacli.base.validation import check_same_classnames, check_same_dimension
 from glacli.core.interpolation import check_alphas, interpolate
-from glacli.io import store
 from glacli.io.checkpoints import CHECKPOINT_SUFFIXES, Checkpoint, read_checkpoint, write_safetensors
+from glacli.io.h5file import file_kind
+from glacli.io.outputs import check_output_path
+from glacli.io.paramfile import read_head, write_head
 
 HEAD_SUFFIXES = (".h5", ".hdf5")
 
@@ -52,7 +54,7 @@ def interpolate_files(zero_shot: Path, fine_tuned: Path, alphas: list[float], ou
         raise GlaInputError(f"the interpolation of two {kinds[0]}s is written as {wanted_suffix}", output)
     paths = output_paths(output, alphas)
     for path in paths:
-        store.check_output_path(path)
+        check_output_path(path)
     if kinds[0] == "checkpoint":
         _interpolate_checkpoints(zero_shot, fine_tuned, alphas, paths, model, reporter)
     else:
@@ -68,7 +70,7 @@ def _kind(path: Path, model: str | None) -> str:
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         return "checkpoint"
     if path.suffix.lower() in HEAD_SUFFIXES:
-        kind = store.file_kind(path)
+        kind = file_kind(path)
         if kind != "head":
             raise GlaInputError(f"is a {kind} file; interpolate takes head files or checkpoints", path)
         return "head file"
@@ -119,7 +121,7 @@ def _interpolate_checkpoints(zero_shot: Path, fine_tuned: Path, alphas: list[flo
 
 
 def _interpolate_heads(zero_shot: Path, fine_tuned: Path, alphas: list[float], paths: list[Path]) -> None:
-    zs, ft = store.read_head(zero_shot), store.read_head(fine_tuned)
+    zs, ft = read_head(zero_shot), read_head(fine_tuned)
     check_same_classnames(ft.classnames, fine_tuned, zs.classnames, zero_shot)
     check_same_dimension(ft.weight.shape[1], fine_tuned, zs.weight.shape[1], zero_shot)
     same_scale = zs.temperature == ft.temperature
@@ -134,4 +136,4 @@ def _interpolate_heads(zero_shot: Path, fine_tuned: Path, alphas: list[float], p
                     bias=interpolate(biases[0], biases[1], alpha).astype(np.float32),
                     classnames=list(zs.classnames), head_type="wise-ft",
                     temperature=zs.temperature if same_scale else 1.0, attrs=attrs)
-        store.write_head(path, head, parents=[zs.gla_id, ft.gla_id])
+        write_head(path, head, parents=[zs.gla_id, ft.gla_id])

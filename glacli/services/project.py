@@ -16,9 +16,11 @@ from glacli.base import chunking
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
 from glacli.core.projection import group_layout, project_labels, project_logits
-from glacli.io import store
 from glacli.io.formats.classnames import read_classnames
+from glacli.io.h5file import PROVENANCE_ATTRS
 from glacli.io.imagenet_classes import N_IMAGENET_CLASSES, SUBSETS, read_objectnet_mapping, subset_indices
+from glacli.io.outputs import check_output_path
+from glacli.io.rowfile import read_rows, write_rows
 
 NAMED_TARGETS = (*SUBSETS, "objectnet")
 """``--onto`` names; anything else is a file of classes."""
@@ -32,8 +34,8 @@ def project_file(source: Path, onto: str, output: Path, *, mappings: Path | None
         raise GlaInputError("--onto objectnet needs --mappings: ObjectNet's mappings/ folder")
     if onto != "objectnet" and mappings is not None:
         raise GlaInputError("--mappings applies with --onto objectnet only")
-    store.check_output_path(output)
-    with store.read_rows(source, "logits") as rows:
+    check_output_path(output)
+    with read_rows(source, "logits") as rows:
         if "projected_onto" in rows.attrs:
             raise GlaInputError(f"already projected onto {rows.attrs['projected_onto']}; project the "
                                 f"{N_IMAGENET_CLASSES}-class logits", source)
@@ -48,12 +50,12 @@ def project_file(source: Path, onto: str, output: Path, *, mappings: Path | None
             k = int(np.argmax(outside))
             raise GlaInputError(f"row {k} is labelled {rows.classnames[rows.labels[k]]!r}, a class outside "
                                 f"{onto}'s (is this file of that set?)", source)
-        attrs = {k: v for k, v in rows.attrs.items() if k not in store.PROVENANCE_ATTRS}
+        attrs = {k: v for k, v in rows.attrs.items() if k not in PROVENANCE_ATTRS}
         attrs.update(projected_onto=onto, projected_from_classes=rows.n_classes,
                      projection="max over groups" if len(starts) < len(order) else "subset")
         step = chunking.compute_rows(4 * (rows.n_classes + len(names)))
-        with store.write_rows(output, "logits", n_rows=rows.n_rows, n_cols=len(names), classnames=names,
-                              attrs=attrs, parents=[rows.gla_id]) as sink:
+        with write_rows(output, "logits", n_rows=rows.n_rows, n_cols=len(names), classnames=names,
+                        attrs=attrs, parents=[rows.gla_id]) as sink:
             reporter.start("project", rows.n_rows)
             for chunk in rows.iter_chunks(step, with_ids=True):
                 sink.write(chunk.start, project_logits(chunk.values, order, starts), labels[chunk.start:chunk.stop],

@@ -8,7 +8,7 @@ import numpy as np
 from glacli.base.types import Reporter
 from glacli.core import report
 from glacli.core.metrics import metric_info
-from glacli.io import store
+from glacli.io.outputs import check_output_path, write_text_atomic
 from glacli.io.plots import Series, setting_figure
 from glacli.services.evaluate import load_document, read_records
 
@@ -22,15 +22,15 @@ def report_files(results: list[Path], output: Path, *, plot: Path | None = None,
     """Pool the results of ``results`` into a table of ``metric`` (rows x cols, mean ± std over the
     rest), and with ``baseline`` a table of the paired differences to it; write them to ``output``
     as Markdown, and the first as a figure to ``plot``."""
-    store.check_output_path(output)
+    check_output_path(output)
     if plot is not None:
-        store.check_output_path(plot)
+        check_output_path(plot)
     records = [record for path in results for record in read_records(load_document(path), str(path))]
     if cols is None and any(DEFAULT_COLS in r.keys for r in records):
         cols = DEFAULT_COLS
     table = report.aggregate(records, metric, rows, cols)
     difference = report.differences(records, metric, baseline, rows, cols) if baseline is not None else None
-    store.write_text_atomic(output, report.to_markdown(table, [str(p) for p in results], difference))
+    write_text_atomic(output, report.to_markdown(table, [str(p) for p in results], difference))
     if plot is not None:
         _plot(table, plot)
     reporter.message(f"wrote {output}" + (f" and {plot}" if plot else ""))

@@ -16,7 +16,8 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Reporter
 from glacli.base.validation import require_count
 from glacli.core.subset import NotEnoughRows, few_shot_split, shot_keys
-from glacli.io import store
+from glacli.io.h5file import PROVENANCE_ATTRS
+from glacli.io.rowfile import RowFile, write_rows
 
 
 def subset_file(source: Path, output: Path, *, shots: int, seed: int, val_shots: int = 0,
@@ -31,7 +32,7 @@ def subset_file(source: Path, output: Path, *, shots: int, seed: int, val_shots:
     outputs = {split: path for split, path in {"train": output, "val": val_out, "rest": rest_out}.items()
                if path is not None}
     _check_distinct(source, outputs)
-    with store.RowFile(source) as src:
+    with RowFile(source) as src:
         if src.attrs.get("augment_views"):
             raise GlaInputError(f"holds {src.attrs['augment_views']} augmented views of each image, and subset draws "
                                 "rows: it would split an image's views. Draw the split from the plain features, "
@@ -47,7 +48,7 @@ def subset_file(source: Path, output: Path, *, shots: int, seed: int, val_shots:
     return {"source": str(source), "shots": shots, "val_shots": val_shots, "seed": seed, "splits": splits}
 
 
-def _keys(src: store.RowFile, seed: int) -> np.ndarray:
+def _keys(src: RowFile, seed: int) -> np.ndarray:
     """The rows' seeded keys, from the ids read window by window (memory stays bounded)."""
     window = chunking.io_rows(src.n_cols)
     return np.concatenate([shot_keys(src.ids(start, min(start + window, src.n_rows)), seed)
@@ -63,18 +64,18 @@ def _check_distinct(source: Path, outputs: dict[str, Path]) -> None:
         seen[resolved] = f"the {name} output"
 
 
-def _write_splits(src: store.RowFile, rows: dict[str, np.ndarray], outputs: dict[str, Path],
+def _write_splits(src: RowFile, rows: dict[str, np.ndarray], outputs: dict[str, Path],
                   protocol: dict[str, int], reporter: Reporter) -> None:
     """Stream the selected rows into one file per split in a single pass over the input.
 
     Windows of the input holding no selected row are skipped; within a window only the span
     from its first to its last selected row is read. All outputs appear together or not at all.
     """
-    attrs = {k: v for k, v in src.attrs.items() if k not in store.PROVENANCE_ATTRS}
+    attrs = {k: v for k, v in src.attrs.items() if k not in PROVENANCE_ATTRS}
     window = chunking.io_rows(src.n_cols)
     dtype = src.dtype
     with contextlib.ExitStack() as stack:
-        sinks = {name: stack.enter_context(store.write_rows(
+        sinks = {name: stack.enter_context(write_rows(
                      path, src.kind, n_rows=len(rows[name]), n_cols=src.n_cols, classnames=src.classnames,
                      attrs={**attrs, **protocol, "split": name}, parents=[src.gla_id], dtype=dtype))
                  for name, path in outputs.items()}

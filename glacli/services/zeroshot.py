@@ -16,10 +16,12 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Head, Reporter
 from glacli.base.validation import prompt_classnames, renamed_classnames_note
 from glacli.core.zeroshot import zeroshot_weights
-from glacli.io import store
 from glacli.io.encoders import load_encoder
 from glacli.io.encoders.prompts import PromptTemplate, parse_label_words
 from glacli.io.formats.classnames import read_classnames
+from glacli.io.outputs import check_output_path
+from glacli.io.paramfile import write_head
+from glacli.io.rowfile import read_rows
 from glacli.io.templates import load_templates
 from glacli.services.extract import PromptOptions, check_backend, check_prompt_options
 
@@ -41,11 +43,11 @@ def zeroshot_head(output: Path, *, model: str, pretrained: str | None, backend: 
         return label_word_head(output, model=model, backend=backend, classnames=classnames, like=like,
                                templates=templates, logit_scale=logit_scale, device=device, prompt=prompt,
                                reporter=reporter)
-    store.check_output_path(output)
+    check_output_path(output)
     template_name, template_list = load_templates(templates or DEFAULT_TEMPLATES)
     parents: list[str] = []
     if like is not None:
-        with store.read_rows(like, "features") as features:
+        with read_rows(like, "features") as features:
             names, recorded, parents = features.classnames, features.attrs, [features.gla_id]
         if not names:
             raise GlaInputError("has no class names to build a head for", like)
@@ -66,8 +68,8 @@ def zeroshot_head(output: Path, *, model: str, pretrained: str | None, backend: 
     weight = zeroshot_weights(encoder.encode_text, prompt_classnames(names), template_list, scale,
                               lambda n: reporter.advance(n))
     attrs = {**described, "templates": template_name, "n_templates": len(template_list), "logit_scale": scale}
-    store.write_head(output, Head(weight=weight.numpy().astype(np.float32), bias=np.zeros(len(names), np.float32),
-                                  classnames=list(names), head_type="zeroshot", temperature=1.0, attrs=attrs), parents)
+    write_head(output, Head(weight=weight.numpy().astype(np.float32), bias=np.zeros(len(names), np.float32),
+                            classnames=list(names), head_type="zeroshot", temperature=1.0, attrs=attrs), parents)
     return {"output": str(output), "classes": len(names), "dim": int(weight.shape[1]),
             "templates": template_name, "n_templates": len(template_list), "logit_scale": round(scale, 4)}
 
@@ -87,11 +89,11 @@ def label_word_head(output: Path, *, model: str, backend: str, classnames: Path 
                             f"of the label words; see --label-words)")
     if logit_scale is not None:
         raise GlaInputError(f"--logit-scale does not apply to the {backend} backend (the LM head sets the scale)")
-    store.check_output_path(output)
+    check_output_path(output)
     parents: list[str] = []
     recorded: dict[str, Any] = {}
     if like is not None:
-        with store.read_rows(like, "features") as features:
+        with read_rows(like, "features") as features:
             names, recorded, parents = features.classnames, features.attrs, [features.gla_id]
         if not names:
             raise GlaInputError("has no class names to build a head for", like)
@@ -121,7 +123,7 @@ def label_word_head(output: Path, *, model: str, backend: str, classnames: Path 
     pieces = encoder.tokenizer.convert_ids_to_tokens(tokens)
     attrs = {**described, "label_words": head_words, "label_tokens": [int(t) for t in tokens],
              "label_token_pieces": [str(p) for p in pieces], "logit_scale": 1.0}
-    store.write_head(output, Head(weight=weight.numpy().astype(np.float32), bias=bias.numpy().astype(np.float32),
-                                  classnames=list(names), head_type="zeroshot", temperature=1.0, attrs=attrs), parents)
+    write_head(output, Head(weight=weight.numpy().astype(np.float32), bias=bias.numpy().astype(np.float32),
+                            classnames=list(names), head_type="zeroshot", temperature=1.0, attrs=attrs), parents)
     return {"output": str(output), "classes": len(names), "dim": int(weight.shape[1]),
             "label_words": head_words, "label_tokens": [str(p) for p in pieces]}

@@ -5,8 +5,8 @@ small file (written to a temporary name, synced, then renamed) in a hidden ``.NA
 folder beside the output, next to a ``state.json`` that records what is being extracted.
 A killed run (even SIGKILL) loses at most the chunk in flight: the same command lists the
 committed chunks, says "resuming from row K of N" and encodes only the rest. When every chunk
-is there, the chunks are merged into the output through the store, which writes it atomically
-and marks it complete last; then the parts folder is removed.
+is there, the chunks are merged into the output (:mod:`glacli.io.h5file` writes it atomically
+and marks it complete last); then the parts folder is removed.
 
 One extraction at a time writes an output: rank 0 holds an exclusive ``flock`` on a hidden
 ``.NAME.lock`` beside it for the whole run (:func:`output_lock`), so a second run into the same
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from glacli.base.errors import GlaInputError
-from glacli.io import locks, store
+from glacli.io import locks
 from glacli.io.encoders.base import DecodeError, Encoder
 from glacli.io.extraction.distributed import Distributed
 from glacli.io.extraction.parts import (
@@ -53,6 +53,8 @@ from glacli.io.extraction.parts import (
 from glacli.base.types import ExtractResult, Locator, Reporter, Rows
 from glacli.base.validation import feature_dtype, require_count
 from glacli.io.extraction.views import expand_views, view_seeds
+from glacli.io.h5file import get_attrs, open_h5
+from glacli.io.outputs import check_output_path
 from glacli.io.sources import read_bytes
 
 
@@ -160,12 +162,12 @@ def _extract(rows: Rows, encoder: Encoder, output: Path, options: ExtractOptions
     error: GlaInputError | None = None
     if dist.is_main:
         try:
-            store.check_output_path(output)
+            check_output_path(output)
             lock.enter_context(output_lock(output))
             if existing_output_is_done(output, fingerprint, options.overwrite):
                 result.already_complete = True
-                with store.open_h5(output) as f:
-                    done = store.get_attrs(f)
+                with open_h5(output) as f:
+                    done = get_attrs(f)
                 result.n_rows, result.n_skipped = int(done.get("n_images", 0)), int(done.get("n_skipped", 0))
             else:
                 state = open_parts(output, parts, fingerprint, len(rows), chunk_rows, encoder.dim, options.overwrite)

@@ -2,7 +2,8 @@
 
 Each finished chunk is its own small ``.npz`` (written to a temporary name, synced, then renamed),
 next to a ``state.json`` that records what is being extracted, so a killed run resumes where it
-stopped. When every chunk is there they are merged into the output through the store.
+stopped. When every chunk is there they are merged into the output features file through
+:class:`glacli.io.rowfile.RowSink`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import numpy as np
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Rows
 from glacli.base.validation import feature_dtype
-from glacli.io import store
+from glacli.io.h5file import COMPLETE_ATTR, atomic_h5, get_attrs, open_h5, write_strings
+from glacli.io.outputs import atomic_output, write_text_atomic
+from glacli.io.rowfile import RowSink
 
 STATE_FILE = "state.json"
 FINGERPRINT_KEYS = ("encoder", "model", "pretrained", "checkpoint_sha256", "source", "source_kind", "split", "root",
@@ -50,7 +53,7 @@ class ChunkBuffer:
 
     def commit(self, parts: Path) -> None:
         """Write the chunk under a temporary name, sync it, and rename it into place (atomic)."""
-        with store.atomic_output(parts / chunk_name(self.index)) as tmp, open(tmp, "wb") as f:
+        with atomic_output(parts / chunk_name(self.index)) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=self.features[self.ok], ok=self.ok)
             f.flush()
             os.fsync(f.fileno())
@@ -73,11 +76,11 @@ def existing_output_is_done(output: Path, fingerprint: dict[str, Any], overwrite
     if not output.exists() or overwrite:
         return False
     try:
-        with store.open_h5(output) as f:
-            attrs = store.get_attrs(f)
+        with open_h5(output) as f:
+            attrs = get_attrs(f)
     except GlaInputError:
         attrs = {}
-    complete = attrs.get("gla_kind") == "features" and bool(attrs.get(store.COMPLETE_ATTR))
+    complete = attrs.get("gla_kind") == "features" and bool(attrs.get(COMPLETE_ATTR))
     differs = _differences(fingerprint, attrs)
     if complete and not differs:
         return True
@@ -118,7 +121,7 @@ def open_parts(output: Path, parts: Path, fingerprint: dict[str, Any], n_rows: i
                                 f"({(differs or ['row count'])[0]}); use --overwrite to discard it", output)
         shutil.rmtree(parts)
     parts.mkdir()
-    store.write_text_atomic(state_path, json.dumps(state, indent=1))
+    write_text_atomic(state_path, json.dumps(state, indent=1))
     return state
 
 
@@ -135,9 +138,9 @@ def merge(parts: Path, output: Path, rows: Rows, n_chunks: int, chunk_rows: int,
         raise GlaInputError("no image could be read", attrs.get("source"))
     dim = int(json.loads((parts / STATE_FILE).read_text())["dim"])
     attrs = {**attrs, "n_images": n_ok, "n_skipped": len(skipped)}
-    with store.atomic_h5(output, "features", (), attrs) as f:
-        store.write_strings(f, "classnames", rows.classnames)
-        sink = store.RowSink(f, "features", n_ok, dim, feature_dtype(attrs["dtype"]))
+    with atomic_h5(output, "features", (), attrs) as f:
+        write_strings(f, "classnames", rows.classnames)
+        sink = RowSink(f, "features", n_ok, dim, feature_dtype(attrs["dtype"]))
         position = 0
         for c in range(n_chunks):
             start = chunk_bounds(c, chunk_rows, len(rows))[0]
@@ -147,5 +150,5 @@ def merge(parts: Path, output: Path, rows: Rows, n_chunks: int, chunk_rows: int,
             if len(kept):
                 sink.write(position, values, rows.labels[kept], [rows.ids[i] for i in kept])
                 position += len(kept)
-        store.write_strings(f, "skipped", [rows.ids[i] for i in skipped])
+        write_strings(f, "skipped", [rows.ids[i] for i in skipped])
     return n_ok, len(skipped)

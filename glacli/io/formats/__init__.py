@@ -48,7 +48,7 @@ WRITERS: dict[str, dict[str, Callable[[Any, Path], list[str]]]] = {
     "features": {".npy": npy.write_rows, ".npz": npy.write_rows_archive, ".csv": delimited.write_rows},
     "head": {".npz": npy.write_head, ".pt": pt.write_head},
 }
-"""gla kind -> suffix -> writer of what the store read (a Prior, a RowFile or a Head); returns the
+"""gla kind -> suffix -> writer of what the gla file readers read (a Prior, a RowFile or a Head); returns the
 names of what it wrote."""
 
 

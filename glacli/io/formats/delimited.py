@@ -19,7 +19,8 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior
 from glacli.base.validation import check_classnames
 from glacli.io.formats.base import Chunks, ReadOptions, RowSource, positional_classnames
-from glacli.io.store import RowFile, atomic_output
+from glacli.io.outputs import atomic_output
+from glacli.io.rowfile import RowFile
 
 LABEL_COLUMNS = ("label", "labels", "target", "target-0", "targets", "ground_truth", "y")
 ID_COLUMNS = ("id", "ids", "instance_id", "sample_id", "image_id", "path", "filename")

@@ -9,7 +9,7 @@ import numpy as np
 
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior
-from glacli.io.store import atomic_output
+from glacli.io.outputs import atomic_output
 
 
 def read_prior(path: Path, key: str | None) -> tuple[list[str] | None, Any, dict[str, Any]]:

@@ -27,7 +27,8 @@ from glacli.io.formats.base import (
     require_file,
 )
 from glacli.base.types import Head, Prior
-from glacli.io.store import RowFile, atomic_output
+from glacli.io.outputs import atomic_output
+from glacli.io.rowfile import RowFile
 
 
 def load_npy(path: Path) -> np.ndarray:

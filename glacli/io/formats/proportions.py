@@ -22,14 +22,14 @@ from glacli.base.errors import GlaInputError
 from glacli.base.types import Prior
 from glacli.base.validation import check_same_classnames, require_finite, require_positive_entries
 from glacli.core.label_shift import TARGET_METHODS
-from glacli.io import store
+from glacli.io.paramfile import read_prior
 
 Proportions = tuple[np.ndarray, list[str] | None]
 """(values, the class names the file gives or None)."""
 
 
 def _from_prior_file(path: Path) -> Proportions:
-    prior = store.read_prior(path)
+    prior = read_prior(path)
     return prior.prior, prior.classnames
 
 
@@ -84,7 +84,7 @@ def check_proportions(values: np.ndarray, names: Sequence[str] | None, path: Pat
 
 def read_pretraining_prior(path: Path) -> Prior:
     """A prior file holding a pre-training ``q`` (``--prior``); a test label distribution is refused."""
-    prior = store.read_prior(path)
+    prior = read_prior(path)
     if prior.method in TARGET_METHODS:
         raise GlaInputError(f"holds a test label distribution (method {prior.method}, from gla estimate-target), "
                             "not a pre-training prior q: give it to --target-prior", path)
@@ -93,7 +93,7 @@ def read_pretraining_prior(path: Path) -> Prior:
 
 def read_target_distribution(path: Path) -> Prior:
     """A prior file holding a test label distribution ``pi_t`` (``--target-prior``); a ``q`` is refused."""
-    prior = store.read_prior(path)
+    prior = read_prior(path)
     if prior.method not in TARGET_METHODS:
         raise GlaInputError(f"holds a pre-training prior q (method {prior.method}), not a test label "
                             "distribution: give it to --prior, and estimate pi_t with gla estimate-target", path)

@@ -14,7 +14,7 @@ from typing import Any
 from glacli.base.errors import GlaInputError, one_line
 from glacli.base.types import Head
 from glacli.io.formats.base import VALUE_KEYS, ReadOptions, RowSource, array_rows, entry_classnames, pick
-from glacli.io.store import atomic_output
+from glacli.io.outputs import atomic_output
 
 
 def load_entries(path: Path) -> dict[str, Any]:

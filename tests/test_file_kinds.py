@@ -7,8 +7,12 @@ import pytest
 from synth import classnames, write_logits_file
 
 from glacli.base.errors import GlaInputError
+from glacli.base.types import Head, Prior
 from glacli.base.validation import check_same_classnames
-from glacli.io import store
+from glacli.io.crossfile import check_same_rows
+from glacli.io.h5file import COMPLETE_ATTR
+from glacli.io.paramfile import read_head, read_prior, write_head, write_prior
+from glacli.io.rowfile import read_rows, write_rows
 
 
 def test_logits_round_trip_keeps_values_labels_ids_and_provenance(tmp_path):
@@ -16,7 +20,7 @@ def test_logits_round_trip_keeps_values_labels_ids_and_provenance(tmp_path):
     logits = rng.normal(size=(7, 3)).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 2, -1])
     path = write_logits_file(tmp_path / "z.h5", logits, labels, head_type="zeroshot")
-    with store.read_rows(path, "logits") as f:
+    with read_rows(path, "logits") as f:
         np.testing.assert_array_equal(f.read(), logits)
         np.testing.assert_array_equal(f.labels, labels)
         assert f.ids() == [f"img/{i:06d}.jpg" for i in range(7)]
@@ -31,17 +35,17 @@ def test_logits_round_trip_keeps_values_labels_ids_and_provenance(tmp_path):
 
 
 def test_prior_and_head_round_trip_with_parents(tmp_path):
-    prior = store.Prior(prior=np.array([0.2, 0.3, 0.5]), classnames=["a", "b", "c"], temperature=0.7,
-                        method="nll", converged=True, max_moment_gap=1e-9, iterations=4)
-    store.write_prior(tmp_path / "q.h5", prior, parents=["abc", ""])
-    back = store.read_prior(tmp_path / "q.h5")
+    prior = Prior(prior=np.array([0.2, 0.3, 0.5]), classnames=["a", "b", "c"], temperature=0.7,
+                  method="nll", converged=True, max_moment_gap=1e-9, iterations=4)
+    write_prior(tmp_path / "q.h5", prior, parents=["abc", ""])
+    back = read_prior(tmp_path / "q.h5")
     np.testing.assert_array_equal(back.prior, prior.prior)
     assert (back.temperature, back.method, back.iterations) == (0.7, "nll", 4)
     assert back.attrs["parents"] == ["abc"]
-    head = store.Head(weight=np.eye(3, 4), bias=np.zeros(3), classnames=["a", "b", "c"], head_type="linear",
-                      temperature=2.0, attrs={"model": "ViT-B-32"})
-    store.write_head(tmp_path / "h.h5", head, parents=[back.gla_id])
-    h = store.read_head(tmp_path / "h.h5")
+    head = Head(weight=np.eye(3, 4), bias=np.zeros(3), classnames=["a", "b", "c"], head_type="linear",
+                temperature=2.0, attrs={"model": "ViT-B-32"})
+    write_head(tmp_path / "h.h5", head, parents=[back.gla_id])
+    h = read_head(tmp_path / "h.h5")
     np.testing.assert_array_equal(h.weight, np.eye(3, 4, dtype=np.float32))
     assert h.head_type == "linear" and h.temperature == 2.0 and h.attrs["model"] == "ViT-B-32"
     assert h.attrs["parents"] == [back.gla_id]
@@ -51,7 +55,7 @@ def test_failed_write_leaves_existing_file_untouched_and_no_temporary(tmp_path):
     path = write_logits_file(tmp_path / "z.h5", np.zeros((2, 2)), np.array([0, 1]))
     before = path.read_bytes()
     with pytest.raises(RuntimeError):
-        with store.write_rows(path, "logits", n_rows=4, n_cols=2, classnames=["a", "b"]) as sink:
+        with write_rows(path, "logits", n_rows=4, n_cols=2, classnames=["a", "b"]) as sink:
             sink.write(0, np.ones((2, 2)), np.array([0, 1]), ["x", "y"])
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.h5"]
@@ -60,9 +64,9 @@ def test_failed_write_leaves_existing_file_untouched_and_no_temporary(tmp_path):
 def test_incomplete_file_is_refused(tmp_path):
     path = write_logits_file(tmp_path / "z.h5", np.zeros((2, 2)), np.array([0, 1]))
     with h5py.File(path, "a") as f:
-        f.attrs[store.COMPLETE_ATTR] = False
+        f.attrs[COMPLETE_ATTR] = False
     with pytest.raises(GlaInputError, match="incomplete"):
-        store.read_rows(path, "logits")
+        read_rows(path, "logits")
 
 
 @pytest.mark.parametrize("corrupt, message", [
@@ -77,7 +81,7 @@ def test_reader_names_the_problem(tmp_path, corrupt, message):
     with h5py.File(path, "a") as f:
         corrupt(f)
     with pytest.raises(GlaInputError, match=message) as info:
-        store.read_rows(path, "logits")
+        read_rows(path, "logits")
     assert str(path) in str(info.value)
 
 
@@ -85,7 +89,7 @@ def test_non_finite_values_are_refused_when_read(tmp_path):
     logits = np.zeros((5, 2))
     logits[3, 1] = np.nan
     path = write_logits_file(tmp_path / "z.h5", logits, np.zeros(5, np.int64))
-    with store.read_rows(path, "logits") as f, pytest.raises(GlaInputError, match="first at row 3"):
+    with read_rows(path, "logits") as f, pytest.raises(GlaInputError, match="first at row 3"):
         f.read()
 
 
@@ -93,10 +97,10 @@ def test_rows_must_match_across_files(tmp_path):
     a = write_logits_file(tmp_path / "a.h5", np.zeros((3, 2)), np.array([0, 1, 0]))
     b = write_logits_file(tmp_path / "b.h5", np.zeros((3, 2)), np.array([0, 1, 0]), ids=["x", "y", "q"])
     c = write_logits_file(tmp_path / "c.h5", np.zeros((3, 2)), np.array([0, 1, 1]))
-    with store.read_rows(a, "logits") as fa, store.read_rows(b, "logits") as fb, store.read_rows(c, "logits") as fc:
+    with read_rows(a, "logits") as fa, read_rows(b, "logits") as fb, read_rows(c, "logits") as fc:
         with pytest.raises(GlaInputError, match="ids disagree .* row 0"):
-            store.check_same_rows(fb, fa)
+            check_same_rows(fb, fa)
         with pytest.raises(GlaInputError, match="labels disagree .* row 2"):
-            store.check_same_rows(fc, fa)
+            check_same_rows(fc, fa)
     with pytest.raises(GlaInputError, match="class 1: 'b' vs 'c'"):
         check_same_classnames(["a", "b"], "x.h5", ["a", "c"], "y.h5")
