@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from synth import biased_logits, write_logits_file
 
 from glacli.cli.main import main
 
@@ -44,6 +46,18 @@ def shared_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
         pytest.skip(f"real CLIP outputs not available: {SHARED_FIXTURES} is absent")
     return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory) -> dict[str, Path]:
+    """A labelled logits file, its prior, an evaluate result and the logits as ``.npy``."""
+    folder = tmp_path_factory.mktemp("small")
+    z, y, _ = biased_logits(30, 4, seed=22)
+    logits = write_logits_file(folder / "zs.h5", z, y)
+    assert main(["estimate-prior", str(logits), "-o", str(folder / "q.h5"), "--device", "cpu"]) == 0
+    assert main(["evaluate", str(logits), "--json-out", str(folder / "r.json"), "--device", "cpu"]) == 0
+    np.save(folder / "z.npy", z)
+    return {"dir": folder, "zs": logits, "q": folder / "q.h5", "r": folder / "r.json", "npy": folder / "z.npy"}
 
 
 def assert_one_line_error(run: Run, *fragments: str) -> None:

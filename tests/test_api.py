@@ -1,19 +1,17 @@
 """The Python API (``import glacli as gla``): each function equals the command on the same data, equals
-a float64 reference on synthetic data, refuses bad input with the CLI's one-line messages, and
-importing the package loads no torch, typer or rich."""
+a float64 reference on synthetic data, and refuses bad input with the CLI's one-line messages (what
+importing the package loads: tests/test_architecture.py)."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, subprocess_env
+from conftest import ROOT
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, logsumexp
 from sklearn.linear_model import LogisticRegression
@@ -74,15 +72,6 @@ def nll_reference(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- the package
-
-
-def test_import_loads_no_torch_typer_or_rich_and_the_api_neither():
-    code = ("import sys, glacli as gla\nbefore = sorted(m for m in ('torch', 'typer', 'rich', 'h5py', 'glacli.api') "
-            "if m in sys.modules)\ngla.estimate_prior, gla.combine, gla.evaluate, gla.load\n"
-            "after = sorted(m for m in ('torch', 'typer', 'rich', 'click') if m in sys.modules)\nprint(before, after)")
-    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "[] []"
 
 
 def test_all_names_are_exported_documented_and_nothing_else():

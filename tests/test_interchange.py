@@ -659,27 +659,6 @@ def test_a_foreign_file_where_a_gla_file_is_expected_says_convert_it(gla, tmp_pa
         assert_one_line_error(gla(*args), "not an HDF5 file (convert it with `gla import`)")
 
 
-def run_python(code: str) -> str:
-    import subprocess
-    import sys
-
-    from conftest import subprocess_env
-    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()[-1]
-
-
-def test_torch_is_imported_only_for_pt_files(tmp_path):
-    np.save(tmp_path / "q.npy", np.array([0.25, 0.75]))
-    torch.save({"q": torch.tensor([0.25, 0.75])}, tmp_path / "q.pt")
-    template = ("import sys; from glacli.cli.main import main; "
-                "assert main(['import', {src!r}, '--kind', 'prior', '-o', {out!r}]) == 0; "
-                "print('torch' in sys.modules)")
-    assert run_python(template.format(src=str(tmp_path / "q.npy"), out=str(tmp_path / "a.h5"))) == "False"
-    assert run_python(template.format(src=str(tmp_path / "q.pt"), out=str(tmp_path / "b.h5"))) == "True"
-
-
 class RecordingReporter(interchange.Reporter):
     def __init__(self) -> None:
         self.events: list[tuple] = []
