@@ -60,6 +60,20 @@ def small_files(tmp_path_factory) -> dict[str, Path]:
     return {"dir": folder, "zs": logits, "q": folder / "q.h5", "r": folder / "r.json", "npy": folder / "z.npy"}
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures ``--plot`` saves (each still written to its PNG), so a test can read the data drawn."""
+    from glacli.io import plots
+    figures, save = [], plots._save_png
+
+    def keep(fig, path):
+        figures.append(fig)
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save_png", keep)
+    return figures
+
+
 def assert_one_line_error(run: Run, *fragments: str) -> None:
     """A user error: exit 2, one line on stderr naming what is wrong, no traceback."""
     assert run.code == 2, (run.code, run.err)

@@ -196,7 +196,6 @@ def test_anchor_temperature_is_the_nll_optimum_on_the_training_rows() -> None:
     for anchor in fits:  # streamed in chunks of 7 rows or held whole: the same optimum
         assert anchor.fitted
         assert anchor.t_zs == pytest.approx(expected, rel=1e-6)
-        assert anchor.t_zs == pytest.approx(expected, rel=1e-6)
         assert anchor.temperature == pytest.approx(head_temperature * expected, rel=1e-6)
         assert np.allclose(anchor.weight.numpy(), weight / anchor.temperature, rtol=1e-12)
         assert np.allclose(anchor.bias.numpy(), bias / anchor.temperature, rtol=1e-12)

@@ -136,20 +136,6 @@ def test_top_k_is_named_by_its_k_below_five_classes(gla, tmp_path):
     assert "| three | 100.00 |" in (tmp_path / "rep.md").read_text()
 
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """The figures ``--plot`` saves (each still written to its PNG), so a test can read the data drawn."""
-    from glacli.io import plots
-    figures, save = [], plots._save_png
-
-    def keep(fig, path):
-        figures.append(fig)
-        save(fig, path)
-
-    monkeypatch.setattr(plots, "_save_png", keep)
-    return figures
-
-
 def smoothed(values: np.ndarray, window: int) -> np.ndarray:
     """A centred moving average, truncated at the ends, computed point by point (the reference)."""
     half_low, half_high = (window - 1) // 2, window // 2

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from synth import DIM, N_CLASSES, class_features, classnames, write_features
 
 from glacli.base.types import Head
@@ -131,13 +132,19 @@ def test_search_picks_validation_optimum_of_its_grid() -> None:
     points = search.points
     assert {p.stage for p in points} == {"coarse", "refine"}
     best = search.chosen
-    assert best in points and search.best.wd == best.wd
-    # Independently: scikit-learn at each evaluated penalty reproduces the validation accuracies
-    # (up to one near-tie row), so the chosen penalty is the validation optimum of the grid.
-    sk_accuracy = {p.wd: sklearn_fit(x, y, p.wd).score(xv, yv) for p in points}
+    assert search.best.wd == best.wd  # the fit returned is the chosen point's
+    # Independently: scikit-learn at each evaluated penalty reproduces the validation accuracy (up to
+    # one near-tie row) and NLL each point records; on those numbers the chosen penalty is the most
+    # accurate of the grid, and the lowest in NLL of the points as accurate as it.
+    fits = {p.wd: sklearn_fit(x, y, p.wd) for p in points}
+    sk_accuracy = {wd: fit.score(xv, yv) for wd, fit in fits.items()}
+    sk_nll = {wd: log_loss(yv, fit.predict_proba(xv), labels=range(N_CLASSES)) for wd, fit in fits.items()}
     for p in points:
         assert abs(sk_accuracy[p.wd] - p.val_accuracy) <= 1 / len(yv) + 1e-12
+        assert p.val_nll == pytest.approx(sk_nll[p.wd], rel=1e-6)
     assert sk_accuracy[best.wd] >= max(sk_accuracy.values()) - 1 / len(yv) - 1e-12
+    as_accurate = [p.wd for p in points if p.val_accuracy == best.val_accuracy]
+    assert sk_nll[best.wd] <= min(sk_nll[wd] for wd in as_accurate) * (1 + 1e-6)
     # The finer search ends with the chosen penalty's neighbours evaluated an eighth of a decade away.
     log_wd = np.log10([p.wd for p in points])
     gaps = np.abs(log_wd - np.log10(best.wd))

@@ -84,8 +84,9 @@ def test_rows_and_cols_are_any_key_and_columns_sort_numerically(tmp_path):
     assert report.aggregate(records, "top1", "method", None).cells[("m", report.NO_COLUMN)].n == 3
 
 
-def test_end_to_end_from_evaluate(gla, tmp_path):
-    """evaluate --json per seed, then report: the cell is the mean/std of the evaluate top-1s."""
+def test_end_to_end_from_evaluate(gla, tmp_path, drawn):
+    """evaluate --json per seed, then report: the cell and the plotted point are the mean/std of the
+    evaluate top-1s."""
     top1s = []
     for seed in (1, 2):
         z, y, _ = biased_logits(20, 6, seed=seed)
@@ -101,14 +102,31 @@ def test_end_to_end_from_evaluate(gla, tmp_path):
     assert f"| zero-shot | {expected} |" in (tmp_path / "rep.md").read_text()
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert not list(tmp_path.glob(".*tmp-*"))
+    (ax,) = drawn[0].axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8"] and ax.get_xlabel() == "shots"
+    (series,) = ax.containers  # one method: its points, caps and error bars
+    line, _, (bars,) = series.lines
+    np.testing.assert_allclose(line.get_ydata(), [100 * np.mean(top1s)], rtol=1e-12)
+    (bar,) = bars.get_segments()  # mean -/+ one sample std
+    np.testing.assert_allclose(bar[:, 1], 100 * (np.mean(top1s) + np.array([-1, 1]) * np.std(top1s, ddof=1)),
+                               rtol=1e-12)
 
 
-def test_plot_with_categorical_columns(gla, tmp_path):
-    paths = [write_doc(tmp_path / f"{d}.json", {"data": d}, {"GLA": {"top1": 0.5}}) for d in ("bbc", "imagenet")]
+def test_plot_with_categorical_columns(gla, tmp_path, drawn):
+    """Text settings are placed at equal spacing, labelled by their values."""
+    top1 = {"bbc": 0.5, "imagenet": 0.25}
+    paths = [write_doc(tmp_path / f"{d}.json", {"data": d}, {"GLA": {"top1": v}}) for d, v in top1.items()]
     png = tmp_path / "p.png"
     r = gla("report", *paths, "-o", tmp_path / "r.md", "--cols", "data", "--plot", png)
     assert r.code == 0, r.err
     assert png.read_bytes()[:8] == PNG_MAGIC
+    (ax,) = drawn[0].axes
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    assert sorted(names) == ["bbc", "imagenet"] and list(ax.get_xticks()) == [0.0, 1.0]
+    (series,) = ax.containers
+    line = series.lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), [0.0, 1.0])
+    np.testing.assert_allclose(line.get_ydata(), [100 * top1[name] for name in names], rtol=1e-12)
 
 
 # ------------------------------------------------------------------ paired differences to a baseline
