@@ -29,7 +29,6 @@ from glacli.base.types import Head, Prior
 from glacli.io.h5file import COMPLETE_ATTR, provenance_attrs, set_attrs, write_strings
 from glacli.io.outputs import atomic_output, writer_lock
 from glacli.io.paramfile import write_head, write_prior
-from glacli.io.rowfile import write_rows
 
 C = 4
 
