@@ -137,7 +137,7 @@ def _profile(objective: Objective, z_sub: np.ndarray, y_sub: np.ndarray, dtypes:
     lo, hi, iterations, run, h_beta_b = 1.0 / T_MAX, 1.0 / T_MIN, 0, None, None
     while True:
         inner.max_iter = max(1, max_iter - iterations)
-        run = inner.solve(beta, b, dtypes[:1], None if run is None else run.inverse)  # the inverse carries over
+        run = inner.solve(beta, b, dtypes[:1], *((None, None) if run is None else (run.inverse, run.diag)))
         b, iterations = run.point.b, iterations + run.iterations + 1
         if h_beta_b is None or math.isnan(run.start.mean_z):  # phi', H_beta_b and phi'' from one more pass
             at = objective.evaluate(beta, b, dtypes[0], False, curvature=True)
