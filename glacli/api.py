@@ -16,7 +16,6 @@ pre-training label prior, ``T`` a temperature.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from glacli import __version__
 from glacli.base import chunking
 from glacli.base.errors import GlaInputError
-from glacli.base.types import Head, Prior, PriorEstimate
+from glacli.base.types import Head, Prior, PriorEstimate, Reporter
 from glacli.base.validation import (
     check_classnames,
     require_choice,
@@ -58,8 +56,6 @@ __all__ = [
 TEMPERATURE_METHODS = ("nll", "confidence")
 TARGETS = ("labels", "uniform")
 COMBINE_METHODS = ("gla", "ensemble")
-RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION = "gla-evaluate", 2
-"""The results document :func:`evaluate` returns: the one ``gla evaluate --json`` writes (docs/evaluate.md)."""
 
 
 # --------------------------------------------------------------------------- records
@@ -589,25 +585,40 @@ def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None,
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = None, bootstrap: int = 0,
-             baseline: str | None = None, seed: int = 0, confidence: float = 0.95,
-             classnames: Sequence[str] | None = None) -> dict[str, Any]:
+def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = None, train_counts: Any = None,
+             many_shot_above: int | None = None, few_shot_below: int | None = None, target_prior: Any = None,
+             bootstrap: int = 0, baseline: str | None = None, seed: int = 0, confidence: float = 0.95,
+             stratified: bool = True, classnames: Sequence[str] | None = None, tags: Mapping[str, Any] | None = None,
+             label_shift: bool = False, device: str = "cpu", progress: Reporter | None = None) -> dict[str, Any]:
     """Metrics of several models on the same labelled rows: the results document of ``gla evaluate --json``.
 
     Per model: top-1 and top-k accuracy (k = 5, at most C), mean per-class accuracy, NLL of
-    ``softmax(z)``, ECE (15 equal-width bins), and with ``prior`` the accuracy of the head / medium /
-    tail thirds of classes ranked by ``q``. With ``bootstrap = B`` the rows are resampled ``B`` times
-    (stratified by class, seeded): each metric gets a percentile interval at ``confidence`` (``ci``),
-    and with ``baseline`` each other model gets its paired difference to it (``vs_baseline``).
+    ``softmax(z)``, ECE (15 equal-width bins), with ``prior`` the accuracy of the head / medium /
+    tail thirds of classes ranked by ``q``, and with ``train_counts`` the many / medium / few-shot
+    accuracies. With ``bootstrap = B`` the rows are resampled ``B`` times (seeded): each metric gets
+    a percentile interval at ``confidence`` (``ci``), and with ``baseline`` each other model gets its
+    paired difference to it (``vs_baseline``). Under label shift (``target_prior`` given, or
+    ``label_shift``) a model whose top-1 rises over the baseline (else the first model) while its
+    mean per-class accuracy falls below chance + 1 pp is flagged in ``warnings``.
 
     Parameters:
-        logits_by_name: name -> [N, C] logits (numpy or torch), the same rows in the same order.
+        logits_by_name: name -> [N, C] logits (numpy, torch, or a
+            :class:`glacli.core.prior.LogitSource` streaming them), the same rows in the same order.
         labels: [N] class indices.
         prior: ``q`` for the head / medium / tail groups (a :class:`PriorFit`, a :class:`Prior` record
             or [C] probabilities).
-        bootstrap: resamples (0: none); seed, confidence: theirs.
+        train_counts: [C] training rows per class, for the many / medium / few-shot groups (more than
+            ``many_shot_above`` rows, default 100; fewer than ``few_shot_below``, default 20).
+        target_prior: [C] an estimated test label distribution (a :class:`TargetFit`, a
+            :class:`Prior` record or probabilities): its L1 and max error against the label proportions.
+        bootstrap: resamples (0: none); seed, confidence: theirs; stratified: resample within each
+            class (class counts fixed) or from all rows.
         baseline: the name the paired differences are taken against (needs ``bootstrap``).
         classnames: [C] names recorded in the document (default ``"0"..``).
+        tags: the run's settings recorded in the document (``gla report`` pools by them).
+        label_shift: whether the models were adapted to a test label distribution.
+        device: ``"cpu"`` (numpy; no torch), ``"cuda"``, ``"auto"``: where the metrics are computed.
+        progress: told the rows evaluated and the resamples drawn (the commands' progress bar).
 
     Returns:
         The results document (schema ``gla-evaluate``, docs/evaluate.md) as plain JSON values:
@@ -615,17 +626,20 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
     """
     from glacli.core import bootstrap as _bootstrap  # the metrics load with the first evaluation (start-up)
     from glacli.core import metrics as _metrics
+    from glacli.io import results_json
 
     if not isinstance(logits_by_name, Mapping) or not logits_by_name:
         raise GlaInputError("logits_by_name: expected a dict of name -> logits with at least one entry")
+    progress = progress or Reporter()
     names = [str(name) for name in logits_by_name]
-    arrays = [_matrix(values, f"logits_by_name[{name!r}]", keep_tensor=True) for name, values in zip(
-        names, logits_by_name.values())]
-    n, c = arrays[0].shape
-    for name, array in zip(names, arrays):
-        if tuple(array.shape) != (n, c):
-            raise GlaInputError(f"has shape {tuple(array.shape)} but {names[0]!r} has {(n, c)}",
-                                f"logits_by_name[{name!r}]")
+    sources = [values if isinstance(values, LogitSource) else _matrix(values, f"logits_by_name[{name!r}]",
+                                                                       keep_tensor=True)
+               for name, values in zip(names, logits_by_name.values())]
+    shapes = [(s.n_rows, s.n_classes) if isinstance(s, LogitSource) else tuple(s.shape) for s in sources]
+    n, c = shapes[0]
+    for name, shape in zip(names, shapes):
+        if shape != (n, c):
+            raise GlaInputError(f"has shape {shape} but {names[0]!r} has {(n, c)}", f"logits_by_name[{name!r}]")
     y = _labels(labels, n, c, "labels", "to evaluate")
     require_count(bootstrap, "bootstrap", minimum=0)
     require_count(seed, "seed", minimum=0)
@@ -640,26 +654,38 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
     if len(names_c) != c:
         raise GlaInputError(f"has {len(names_c)} names for {c} classes", "classnames")
     groups: dict[str, np.ndarray] = {}
-    prior_info = None
+    inputs: dict[str, dict[str, Any] | None] = {"prior": None, "train": None, "target_prior": None}
     if prior is not None:
-        q = np.exp(_prior_parts(prior, c, "prior").log_prior)
-        groups = _metrics.prior_groups(q)
-        prior_info = {"path": None, "gla_id": getattr(prior, "gla_id", "") if isinstance(prior, Prior) else "",
-                      "q": q}
-    results, rows = [], []
-    for array in arrays:
-        accumulator = _metrics.MetricAccumulator(c, keep_rows=bootstrap > 0)
-        step = chunking.compute_rows(8 * c)
-        for start in range(0, n, step):
-            accumulator.update(array[start:start + step], y[start:start + step])
-        results.append(accumulator.result())
-        if bootstrap:
-            rows.append(accumulator.rows())
+        q = _probabilities(prior, c, "prior", "q")
+        groups.update(_metrics.prior_groups(q))
+        inputs["prior"] = {"path": None, "gla_id": _gla_id(prior), "q": q}
+    if train_counts is not None:
+        counts = _counts(train_counts, c, "train_counts")
+        many = require_count(_metrics.MANY_SHOT_ABOVE if many_shot_above is None else many_shot_above,
+                             "many_shot_above", minimum=0)
+        few = require_count(_metrics.FEW_SHOT_BELOW if few_shot_below is None else few_shot_below,
+                            "few_shot_below", minimum=0)
+        if few > many:
+            raise GlaInputError(f"few_shot_below ({few}) must not exceed many_shot_above ({many}): a class would "
+                                "be both many-shot and few-shot")
+        groups.update(_metrics.shot_groups(counts, many, few))
+        inputs["train"] = {"path": None, "gla_id": "", "counts": counts, "many_shot_above": many,
+                           "few_shot_below": few}
+    if target_prior is not None:
+        estimate = _probabilities(target_prior, c, "target_prior", "pi")
+        true = _metrics.class_counts(y, c) / n
+        error = np.abs(estimate - true)
+        inputs["target_prior"] = {"path": None, "gla_id": _gla_id(target_prior),
+                                  "method": getattr(target_prior, "method", None), "estimate": estimate,
+                                  "true": true, "l1": float(error.sum()), "max_abs_error": float(error.max())}
+    results, rows = _measure(sources, y, c, bootstrap > 0, device, progress)
     summaries = [_metrics.summarise(r, groups) for r in results]
     resampled = None
     if bootstrap:
+        progress.start("bootstrap resamples", bootstrap)
         draws = _bootstrap.resampled_metrics(rows, y, c, results[0].k, len(results[0].reliability.count), groups,
-                                             bootstrap, seed, True, chunking.compute_rows(6 * 8 * n))
+                                             bootstrap, seed, stratified, chunking.compute_rows(6 * 8 * n),
+                                             progress.advance)
         resampled = [{"ci": _bootstrap.intervals(d, confidence)} for d in draws]
         if baseline is not None:
             base = names.index(baseline)
@@ -668,43 +694,88 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
                     paired = _bootstrap.paired_intervals(draws[i], draws[base], confidence)
                     entry["vs_baseline"] = {key: {"difference": summaries[i][key] - summaries[base][key],
                                                   "ci": paired[key]} for key in summaries[i]}
-    rules = _metrics.group_rules()
-    document = {
-        "schema": RESULTS_SCHEMA, "schema_version": RESULTS_SCHEMA_VERSION, "gla_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tags": {}, "n_samples": n, "n_classes": c, "classnames": names_c, "top_k": results[0].k,
-        "ece_bins": len(results[0].reliability.count),
-        "prior": prior_info, "train": None, "target_prior": None,
-        "bootstrap": None if not bootstrap else {
-            "resamples": bootstrap, "seed": seed, "confidence": confidence, "sampling": "stratified",
-            "interval": "percentile", "baseline": baseline},
-        "groups": {name: {"rule": rules[name], "classes": classes} for name, classes in groups.items()},
-        "results": [{
-            "name": name, "path": None, "gla_id": "", "parents": [], "temperature": 1.0, "metrics": summary,
-            **(resampled[i] if resampled else {}),
-            "per_class": {"accuracy": r.class_accuracy, "correct": r.class_correct, "count": r.class_count},
-            "reliability": {"edges": r.reliability.edges, "count": r.reliability.count,
-                            "confidence": r.reliability.confidence, "accuracy": r.reliability.accuracy},
-        } for i, (name, r, summary) in enumerate(zip(names, results, summaries))],
-        "label_shift": False, "warnings": [],  # arrays carry no target prior nor record of fitted rows
-    }
-    return json_values(document)
+    shifted = label_shift or target_prior is not None
+    return results_json.build_document(
+        names, results, summaries, resampled, classnames=names_c, groups=groups, tags=dict(tags or {}),
+        inputs=inputs, label_shift=shifted,
+        bootstrap=None if not bootstrap else {
+            "resamples": bootstrap, "seed": seed, "confidence": confidence,
+            "sampling": "stratified" if stratified else "plain", "interval": "percentile", "baseline": baseline},
+        warnings=_majority_flags(names, summaries, c, baseline) if shifted else [])
 
 
-def json_values(value: Any) -> Any:
-    """JSON values: arrays become lists, NaN (an empty group or bin) None, as in the written document
-    (``gla evaluate --json-out`` writes through this too)."""
-    if isinstance(value, dict):
-        return {k: json_values(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_values(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_values(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _probabilities(prior: Any, n_classes: int, what: str, role: str) -> np.ndarray:
+    """[C] probabilities of a prior (a record's own, else ``exp`` of its checked log)."""
+    log_prior = _prior_parts(prior, n_classes, what, role).log_prior
+    return np.asarray(prior.prior, dtype=np.float64) if isinstance(prior, (PriorFit, Prior, TargetFit)) \
+        else np.exp(log_prior)
+
+
+def _gla_id(record: Any) -> str:
+    return record.gla_id if isinstance(record, Prior) else ""
+
+
+def _counts(values: Any, n_classes: int, what: str) -> np.ndarray:
+    """[C] non-negative integer counts."""
+    array = require_numeric(_numpy(values), what, what)
+    if array.shape != (n_classes,):
+        raise GlaInputError(f"expected {n_classes} counts, one per class, got shape {array.shape}", what)
+    if not np.array_equal(array, np.round(array)) or (array < 0).any():
+        raise GlaInputError("expected non-negative integer counts", what)
+    return array.astype(np.int64)
+
+
+def _measure(sources: list[Any], labels: np.ndarray, n_classes: int, keep_rows: bool, device: str,
+             progress: Reporter) -> tuple[list[Any], list[Any]]:
+    """The metrics of every model in one pass over its rows, and with ``keep_rows`` the per-row
+    values the bootstrap resamples."""
+    from glacli.base.devices import compute_device
+    from glacli.core.metrics import MetricAccumulator
+
+    compute = compute_device(device)
+    move = _mover(compute)
+    step = chunking.compute_rows(8 * n_classes, compute.split(":")[0])
+    progress.start("evaluating", len(labels) * len(sources))
+    results, rows = [], []
+    for source in sources:
+        accumulator = MetricAccumulator(n_classes, keep_rows=keep_rows)
+        blocks = source.blocks() if isinstance(source, LogitSource) else (
+            source[start:start + step] for start in range(0, len(labels), step))
+        start = 0
+        for block in blocks:
+            stop = start + len(block)
+            accumulator.update(move(block), move(labels[start:stop]))
+            progress.advance(stop - start)
+            start = stop
+        if start != len(labels):
+            raise GlaInputError(f"a source streamed {start} rows but says it has {len(labels)}")
+        results.append(accumulator.result())
+        if keep_rows:
+            rows.append(accumulator.rows())
+    return results, rows
+
+
+def _mover(device: str) -> Any:
+    """How a block reaches ``device`` (torch is imported only for a GPU)."""
+    if device == "cpu":
+        return lambda block: block
+    import torch
+
+    return lambda block: (block if _is_tensor(block) else torch.from_numpy(np.ascontiguousarray(block))).to(device)
+
+
+def _majority_flags(names: list[str], summaries: list[dict[str, float]], n_classes: int,
+                    baseline: str | None) -> list[str]:
+    """Under label shift top-1 rewards predicting the frequent classes: flag a model whose top-1 rises
+    over the baseline (else the first) while its mean per-class accuracy falls below chance (1/C) + 1 pp,
+    i.e. it no longer tells the classes apart."""
+    base = names.index(baseline) if baseline in names else 0
+    floor = 1.0 / n_classes + 0.01
+    return [f"{name}: top-1 rises over {names[base]} ({100 * summary['top1'] - 100 * summaries[base]['top1']:+.2f} "
+            f"pp) while mean per-class accuracy is {100 * summary['mean_per_class']:.2f}%, below chance + 1 pp "
+            f"({100 * floor:.2f}%): it gains by predicting the frequent classes (docs/label-shift.md)"
+            for i, (name, summary) in enumerate(zip(names, summaries))
+            if i != base and summary["top1"] > summaries[base]["top1"] and summary["mean_per_class"] < floor]
 
 
 # --------------------------------------------------------------------------- files

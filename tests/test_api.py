@@ -398,6 +398,42 @@ def test_evaluate_gives_the_commands_document(gla_cli, data, tmp_path):
     assert low < metrics["top1"] < high
 
 
+def test_evaluate_json_out_is_the_api_document_with_the_files_filled_in(gla_cli, data, tmp_path):
+    """``gla evaluate --json-out`` is ``gla.evaluate``'s dict on the same rows: every group (q, shots),
+    the target prior's error, the plain bootstrap and the tags; only where each input came from differs."""
+    z, y, _ = data
+    fit = gla.estimate_prior(z, y)
+    debiased = gla.debias(z, fit)
+    train_y = np.repeat(np.arange(C), [150, 120, 60, 30, 10, 5])
+    pi_t = np.bincount(y, minlength=C) / len(y) * 0.9 + 0.1 / C
+    write_logits_file(tmp_path / "zs.h5", z, y)
+    write_logits_file(tmp_path / "deb.h5", debiased, y)
+    write_features(tmp_path / "train.h5", np.random.default_rng(0).normal(size=(len(train_y), 4)), train_y,
+                   classnames(C))
+    gla.save(gla.Prior(None, classnames(C), fit.temperature, "nll", log_prior=fit.log_prior), tmp_path / "q.h5")
+    gla.save(gla.Prior(pi_t, classnames(C), 1.0, "mlls"), tmp_path / "pi_t.h5")
+    r = gla_cli("evaluate", tmp_path / "zs.h5", tmp_path / "deb.h5", "--name", "zs", "--name", "deb",
+                "--prior", tmp_path / "q.h5", "--train", tmp_path / "train.h5", "--many-shot-above", 100,
+                "--few-shot-below", 20, "--target-prior", tmp_path / "pi_t.h5", "--bootstrap", 200, "--plain",
+                "--baseline", "deb", "--tag", "shots=16", "--device", "cpu", "--json-out", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    cli = json.loads((tmp_path / "r.json").read_text())
+    target = gla.load(tmp_path / "pi_t.h5")
+    ours = gla.evaluate({"zs": z, "deb": debiased}, y, prior=gla.load(tmp_path / "q.h5"),
+                        train_counts=np.bincount(train_y, minlength=C), target_prior=target, bootstrap=200,
+                        stratified=False, baseline="deb", classnames=classnames(C), tags={"shots": 16})
+    assert {"q_head", "many_shot", "few_shot"} <= set(ours["groups"]) and ours["target_prior"]["l1"] > 0
+    for key, file in (("prior", "q.h5"), ("train", "train.h5"), ("target_prior", "pi_t.h5")):
+        assert cli[key].pop("path") == str(tmp_path / file) and ours[key].pop("path") is None
+    assert ours["target_prior"]["gla_id"] == target.gla_id != ""  # a loaded record keeps its id
+    assert cli["train"].pop("gla_id") and ours["train"].pop("gla_id") == ""  # counts carry none
+    for mine, theirs, name in zip(ours["results"], cli["results"], ("zs", "deb")):
+        assert theirs.pop("path") == str(tmp_path / f"{name}.h5") and theirs.pop("gla_id") and \
+            mine.pop("path") is None and mine.pop("gla_id") == ""
+    cli.pop("created"), ours.pop("created")
+    assert ours == cli
+
+
 def test_evaluate_refuses_a_baseline_without_bootstrap_and_mismatched_rows(data):
     z, y, _ = data
     with pytest.raises(gla.GlaInputError, match="give bootstrap=N too"):
