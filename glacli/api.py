@@ -17,16 +17,16 @@ pre-training label prior, ``T`` a temperature.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from glacli.base import chunking
 from glacli.base.errors import GlaInputError
-from glacli.base.types import Head, Prior, PriorEstimate, Reporter
+from glacli.base.types import Head, PathPoint, Prior, PriorEstimate, ProbeResult, Reporter
 from glacli.base.validation import (
     check_classnames,
     require_choice,
@@ -46,6 +46,9 @@ from glacli.core.label_shift import DEFAULT_CONCENTRATION, TARGET_METHODS, bbse,
 from glacli.core.label_shift import TargetEstimate as TargetFit
 from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions
 from glacli.core.prior import estimate_prior as _solve_prior
+
+if TYPE_CHECKING:  # torch: only when a probe is fitted
+    from glacli.core.anchor import AnchorFit
 
 __all__ = [
     "GlaInputError", "Head", "Prior", "PriorFit", "RowRecord", "TargetFit",
@@ -502,8 +505,11 @@ def _source(logits: Any, what: str) -> LogitSource:
 
 
 def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None, anchor: Head | None = None,
-              wd: float | None = None, balanced: bool = False, classnames: Sequence[str] | None = None,
-              max_iter: int = 1000, tol: float = 1e-4, device: str = "cpu", float64: bool = False) -> Head:
+              init: Head | None = None, wd: float | None = None, balanced: bool = False,
+              classnames: Sequence[str] | None = None, max_iter: int = 1000, tol: float = 1e-4, device: str = "cpu",
+              float64: bool = False, on_fit: Callable[[PathPoint], None] | None = None,
+              on_evaluation: Callable[[float], None] | None = None,
+              on_result: Callable[[ProbeResult, AnchorFit | None], None] | None = None) -> Head:
     """A linear-probe head: multinomial logistic regression on frozen features.
 
     Minimises ``(1/N) sum_i CE(W x_i + b + a, y_i) + (wd / 2) ||W - W_a||^2`` by L-BFGS, with ``a = 0``
@@ -512,33 +518,26 @@ def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None,
     finer search) and the temperature calibrated on it by NLL; else ``wd`` is used and ``T = 1``.
 
     Parameters:
-        features: [N, D] features (numpy or torch).
+        features: [N, D] features (numpy or torch), or a :class:`glacli.core.probe.ProbeData` streaming
+            them (with these labels) from a file larger than memory.
         labels: [N] class indices; every class needs a row.
-        val: ``(features [M, D], labels [M])``: the validation rows.
+        val: ``(features [M, D], labels [M])``: the validation rows (features as above).
         anchor: a zero-shot :class:`Head` to anchor the penalty at (CLAP's anchored probe).
+        init: a :class:`Head` [C, D] to start from (its logits' scale: weight and bias / temperature).
         wd: a fixed penalty (needed without ``val``).
         balanced: train with the logit-adjusted (balanced) loss.
         classnames: [C] class names (default: the anchor's, else ``"0"..``).
         max_iter, tol: L-BFGS's limit and relative tolerance.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``; float64: solve in float64.
+        on_fit: told each penalty the search fits (a ``PathPoint``: wd, validation scores).
+        on_evaluation: told the loss at each L-BFGS function evaluation (progress).
+        on_result: told the solver's whole record (the penalty path, the uncalibrated validation NLL)
+            and the anchor's fit (None without ``anchor``).
 
     Returns:
         :class:`Head` (``weight`` [C, D], ``bias`` [C], ``temperature``); ``head.logits(x)`` gives
         ``(x W^T + b) / T``. ``attrs`` records the penalty, iterations and validation scores.
     """
-    x = _matrix(features, "features", keep_tensor=True)
-    n_classes = (len(classnames) if classnames is not None else anchor.weight.shape[0] if anchor is not None
-                 else int(_numpy(labels).max()) + 1 if len(_numpy(labels)) else 0)
-    names = check_classnames(classnames, "classnames") if classnames is not None else (
-        list(anchor.classnames) if anchor is not None else _names(n_classes))
-    y = _labels(labels, x.shape[0], n_classes, "labels", "to fit a probe")
-    require_every_class(y, names, "labels", "a linear probe needs every class")
-    if wd is None and val is None:
-        raise GlaInputError("give val to choose the penalty on a validation set, or wd to fix it")
-    if wd is not None:
-        wd = require_positive(wd, "wd")
-    require_count(max_iter, "max_iter")
-    require_positive(tol, "tol")
     import torch  # the probe's solver is torch
 
     from glacli.base.devices import resolve_device
@@ -546,40 +545,71 @@ def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None,
     from glacli.core.heads import head_tensors
     from glacli.core.probe import ProbeData, SolverOptions, train_probe
 
+    x = features if isinstance(features, ProbeData) else _matrix(features, "features", keep_tensor=True)
+    n_rows, n_dims = (x.n_rows, x.n_features) if isinstance(x, ProbeData) else tuple(x.shape)
+    n_classes = (len(classnames) if classnames is not None else anchor.weight.shape[0] if anchor is not None
+                 else int(_numpy(labels).max()) + 1 if len(_numpy(labels)) else 0)
+    names = check_classnames(classnames, "classnames") if classnames is not None else (
+        list(anchor.classnames) if anchor is not None else _names(n_classes))
+    y = _labels(labels, n_rows, n_classes, "labels", "to fit a probe")
+    require_every_class(y, names, "labels", "a linear probe needs every class")
+    if wd is None and val is None:
+        raise GlaInputError("give val to choose the penalty on a validation set, or wd to fix it")
+    if wd is not None:
+        wd = require_positive(wd, "wd")
+    require_count(max_iter, "max_iter")
+    require_positive(tol, "tol")
+    if anchor is not None and anchor.head_type != "zeroshot":
+        raise GlaInputError(f"is a {anchor.head_type!r} head; anchor takes a zero-shot head", "anchor")
+    for head, what in ((anchor, "anchor"), (init, "init")):
+        if head is not None and head.weight.shape != (n_classes, n_dims):
+            raise GlaInputError(f"has shape {head.weight.shape} but the features need ({n_classes}, {n_dims})", what)
+    val_x = val_y = None
+    if val is not None:
+        val_x = val[0] if isinstance(val[0], ProbeData) else _matrix(val[0], "val features", keep_tensor=True)
+        val_rows, val_dims = (val_x.n_rows, val_x.n_features) if isinstance(val_x, ProbeData) else tuple(val_x.shape)
+        if val_dims != n_dims:
+            raise GlaInputError(f"has {val_dims}-dimensional features but features has {n_dims}", "val features")
+        val_y = _labels(val[1], val_rows, n_classes, "val labels", "to choose the penalty and the temperature")
     options = SolverOptions(device=resolve_device(device), dtype=torch.float64 if float64 else torch.float32,
                             max_iter=max_iter, tol=tol, search_tol=max(tol, SolverOptions.search_tol))
-
-    def data(values: Any, targets: np.ndarray) -> ProbeData:
-        tensor = torch.as_tensor(values).to(options.device, options.dtype)
-        return ProbeData.from_tensors(tensor, torch.from_numpy(targets), n_classes)
-
-    train_data = data(x, y)
-    val_data = None
-    if val is not None:
-        val_x = _matrix(val[0], "val features", keep_tensor=True)
-        if val_x.shape[1] != x.shape[1]:
-            raise GlaInputError(f"has {val_x.shape[1]}-dimensional features but features has {x.shape[1]}",
-                                "val features")
-        val_data = data(val_x, _labels(val[1], val_x.shape[0], n_classes, "val labels",
-                                       "to choose the penalty and the temperature"))
-    pair, anchor_fit = None, None
+    train_data = _probe_data(x, y, n_classes, options)
+    val_data = None if val_x is None else _probe_data(val_x, val_y, n_classes, options)
+    start = None
+    if init is not None:
+        weight, bias = head_tensors(init, dtype=torch.float64)
+        start = (weight / init.temperature, bias / init.temperature)
+    anchor_fit = None
     if anchor is not None:
-        if anchor.head_type != "zeroshot":
-            raise GlaInputError(f"is a {anchor.head_type!r} head; anchor takes a zero-shot head", "anchor")
-        if anchor.weight.shape != (n_classes, x.shape[1]):
-            raise GlaInputError(f"has shape {anchor.weight.shape} but the features need ({n_classes}, {x.shape[1]})",
-                                "anchor")
         anchor_fit = fit_anchor(train_data, *head_tensors(anchor, dtype=torch.float64), anchor.temperature, options)
-        pair = (anchor_fit.weight, anchor_fit.bias)
-    result = train_probe(train_data, val=val_data, wd=wd, options=options, anchor=pair, balanced=balanced)
+    result = train_probe(train_data, val=val_data, wd=wd, options=options, init=start,
+                         anchor=None if anchor_fit is None else (anchor_fit.weight, anchor_fit.bias),
+                         balanced=balanced, on_fit=on_fit, on_evaluation=on_evaluation)
+    if on_result is not None:
+        on_result(result, anchor_fit)
     attrs = {"wd": result.wd, "iterations": result.iterations, "final_loss": result.final_loss,
-             "converged": result.converged, "balanced": balanced, "n_rows": int(x.shape[0])}
+             "converged": result.converged, "balanced": balanced, "n_rows": n_rows}
     if result.val_accuracy is not None:
         attrs.update(val_accuracy=result.val_accuracy, val_nll=result.val_nll)
     if anchor_fit is not None:
         attrs.update(anchor_temperature=anchor_fit.temperature, anchor_t_zs=anchor_fit.t_zs)
     return Head(result.weight, result.bias, names, "linear" if anchor_fit is None else "anchored",
                 result.temperature, attrs)
+
+
+def _probe_data(features: Any, labels: np.ndarray, n_classes: int, options: Any) -> Any:
+    """The rows as the solver takes them: a ``ProbeData`` as given (its labels must be ``labels``),
+    a checked array held on the compute device."""
+    import torch
+
+    from glacli.core.probe import ProbeData
+
+    if isinstance(features, ProbeData):
+        if not np.array_equal(features.labels.cpu().numpy(), labels):
+            raise GlaInputError("the streamed rows hold other labels than those given", "labels")
+        return features
+    tensor = torch.as_tensor(features).to(options.device, options.dtype)
+    return ProbeData.from_tensors(tensor, torch.from_numpy(labels), n_classes)
 
 
 # --------------------------------------------------------------------------- evaluation

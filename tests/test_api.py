@@ -339,6 +339,27 @@ def test_fit_probe_equals_the_command_and_scikit_learn(gla_cli, tmp_path):
     assert (searched.logits(xv).argmax(1) == written.logits(xv).argmax(1)).mean() > 0.99
 
 
+def test_gla_fit_writes_the_head_gla_fit_probe_returns(gla_cli, tmp_path):
+    """The command is the API plus files: the penalty search, the balanced loss and the calibrated
+    temperature give the same head (to 1e-6) and the same recorded fit, held in memory or streamed."""
+    x, y = class_features(90, 0.6, seed=4)
+    xv, yv = class_features(60, 0.6, seed=5)
+    write_features(tmp_path / "train.h5", x, y)
+    write_features(tmp_path / "val.h5", xv, yv)
+    head = gla.fit_probe(x, y, val=(xv, yv), balanced=True, classnames=classnames(5))
+    for memory in ("16", "1e-9"):  # GiB: held, then streamed from disk on every pass
+        assert gla_cli("fit", tmp_path / "train.h5", "--val", tmp_path / "val.h5", "--balanced", "--device", "cpu",
+                       "--memory", memory, "-o", tmp_path / f"{memory}.h5").code == 0
+        written = gla.load(tmp_path / f"{memory}.h5")
+        assert written.head_type == head.head_type == "linear" and written.classnames == head.classnames
+        np.testing.assert_allclose(written.weight, head.weight, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(written.bias, head.bias, rtol=0, atol=1e-6)
+        assert written.temperature == pytest.approx(head.temperature, rel=1e-6)
+        for key, value in head.attrs.items():
+            exact = key in ("wd", "n_rows", "balanced", "iterations", "converged")
+            assert written.attrs[key] == (value if exact else pytest.approx(value, rel=1e-5)), key
+
+
 def test_the_anchored_probe_equals_the_command(gla_cli, tmp_path):
     x, y = class_features(100, 1.0, seed=2)
     write_features(tmp_path / "train.h5", x, y)
