@@ -1,15 +1,16 @@
 """The Python API of gla: Generalized Logit Adjustment on arrays (``import glacli as gla``).
 
 Arrays in (numpy; torch tensors where noted), arrays and small records out; no files except
-:func:`load` and :func:`save`, no printing, and torch is imported only by :func:`fit_probe` or
-when a tensor is passed. Every input is checked first, with the messages the command line gives
+:func:`load` and :func:`save`, no printing, and torch is imported only by :func:`fit_probe`, when
+a GPU is asked for or when a tensor is passed. Every input is checked first, with the messages the command line gives
 (a :class:`~glacli.base.errors.GlaInputError`, a ``ValueError``, naming the argument at fault).
 
-The commands' services call these same functions, adding only files, progress and printing:
-``gla estimate-prior`` calls :func:`estimate_prior`, ``gla combine`` :func:`combine` on each block
-of rows, ``gla calibrate`` :func:`fit_temperature`, ``gla estimate-target`` :func:`estimate_prior`
-for its BCTS calibration. docs/api.md is the guide, docs/architecture.md says where each function
-lives.
+The commands' services call these same functions, adding only files, streaming, progress and
+printing: ``gla estimate-prior`` calls :func:`estimate_prior`, ``gla combine`` :func:`combine` on
+each block of rows, ``gla calibrate`` :func:`fit_temperature`, ``gla estimate-target``
+:func:`estimate_target` (and :func:`estimate_prior` for its BCTS calibration), ``gla fit``
+:func:`fit_probe` and ``gla evaluate`` :func:`evaluate`. docs/api.md is the guide,
+docs/architecture.md says where each function lives.
 
 Notation: ``N`` rows, ``C`` classes, ``D`` feature dimensions; ``z`` zero-shot logits, ``q`` the
 pre-training label prior, ``T`` a temperature.
