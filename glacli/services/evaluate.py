@@ -96,10 +96,11 @@ def _evaluate(logits: list[Path], names: list[str], tag_values: dict[str, Any], 
             confidence=resampling.confidence, stratified=resampling.stratified, classnames=first.classnames,
             tags=tag_values, label_shift=any(f.attrs.get("target_prior", "uniform") != "uniform" for f in files),
             device=compute, progress=reporter)
-        for key, path, gla_id in (("prior", prior, q.gla_id if q else ""), ("train", train, train_id),
-                                  ("target_prior", target_prior, target.gla_id if target else "")):
-            if path is not None:
-                document[key].update(path=str(path), gla_id=gla_id)
+        for key, path in (("prior", prior), ("train", train), ("target_prior", target_prior)):
+            if path is not None:  # the records' ids came along; the counts carry none
+                document[key]["path"] = str(path)
+        if train is not None:
+            document["train"]["gla_id"] = train_id
         for result, f in zip(document["results"], files):
             result.update(path=f.path, gla_id=f.gla_id, parents=list(f.attrs.get("parents", [])),
                           temperature=f.temperature)
