@@ -443,7 +443,10 @@ def test_evaluate_json_out_is_the_api_document_with_the_files_filled_in(gla_cli,
     ours = gla.evaluate({"zs": z, "deb": debiased}, y, prior=gla.load(tmp_path / "q.h5"),
                         train_counts=np.bincount(train_y, minlength=C), target_prior=target, bootstrap=200,
                         stratified=False, baseline="deb", classnames=classnames(C), tags={"shots": 16})
-    assert {"q_head", "many_shot", "few_shot"} <= set(ours["groups"]) and ours["target_prior"]["l1"] > 0
+    assert ours["groups"]["many_shot"]["classes"] == [0, 1] and ours["groups"]["few_shot"]["classes"] == [4, 5]
+    true = np.bincount(y, minlength=C) / len(y)
+    assert ours["target_prior"]["l1"] == pytest.approx(np.abs(pi_t - true).sum(), rel=1e-12)
+    assert ours["label_shift"] and ours["bootstrap"]["sampling"] == "plain" and ours["tags"] == {"shots": 16}
     for key, file in (("prior", "q.h5"), ("train", "train.h5"), ("target_prior", "pi_t.h5")):
         assert cli[key].pop("path") == str(tmp_path / file) and ours[key].pop("path") is None
     assert ours["target_prior"]["gla_id"] == target.gla_id != ""  # a loaded record keeps its id
@@ -453,6 +456,40 @@ def test_evaluate_json_out_is_the_api_document_with_the_files_filled_in(gla_cli,
             mine.pop("path") is None and mine.pop("gla_id") == ""
     cli.pop("created"), ours.pop("created")
     assert ours == cli
+
+
+def assert_same_document(a, b, where="document"):
+    """Equal JSON values, floats to 1e-12 relative (sums taken in other blocks round differently)."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            assert_same_document(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_document(x, y, f"{where}[{i}]")
+    else:
+        assert a == (pytest.approx(b, rel=1e-12) if isinstance(a, float) else b), where
+
+
+def test_evaluate_reports_progress_and_reads_streamed_rows(data):
+    """A ``LogitSource`` (how ``gla evaluate`` streams its files) gives the document of the array, and the
+    progress counts cover every row and every resample."""
+    from glacli.base.chunking import LogitSource
+    from glacli.base.types import Reporter
+
+    z, y, _ = data
+    counts: dict[str, list[int]] = {}
+    current: list[str] = []
+    progress = Reporter(start=lambda what, total: (current.append(what), counts.setdefault(what, [total, 0])),
+                        advance=lambda n: counts[current[-1]].__setitem__(1, counts[current[-1]][1] + n))
+    blocks = LogitSource(lambda: (z[i:i + 7] for i in range(0, len(z), 7)), *z.shape)
+    streamed = gla.evaluate({"a": blocks, "b": z}, y, bootstrap=50, progress=progress)
+    held = gla.evaluate({"a": z, "b": z}, y, bootstrap=50)
+    streamed.pop("created"), held.pop("created")
+    assert_same_document(streamed, held)  # sums over other blocks: equal to rounding
+    assert counts == {"evaluating": [2 * len(y), 2 * len(y)], "bootstrap resamples": [50, 50]}
 
 
 def test_evaluate_refuses_a_baseline_without_bootstrap_and_mismatched_rows(data):
