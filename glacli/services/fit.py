@@ -83,17 +83,17 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
             val_labels = val_file.require_labels("to choose the penalty and the temperature")
             val_rows = (probe_data(val_file, options, memory_bytes), val_labels)
             parents.append(val_file.gla_id)
-        start = None
+        init_head = None
         if init is not None:
-            start = store.read_head(init)
-            check_head_fits(start, init, train_file.classnames, train_file.n_cols, train_file.path)
-            parents.append(start.gla_id)
+            init_head = store.read_head(init)
+            check_head_fits(init_head, init, train_file.classnames, train_file.n_cols, train_file.path)
+            parents.append(init_head.gla_id)
         train_rows = probe_data(train_file, options, memory_bytes)
         fit_start = time.perf_counter()
         if zero_shot is not None:
             parents.append(zero_shot.gla_id)
-        fitted = _run_fit(train_rows, train_labels, reporter, val=val_rows, anchor=zero_shot, init=start, wd=wd,
-                          balanced=balanced, classnames=train_file.classnames, max_iter=max_iter, tol=tol,
+        fitted = _run_fit(train_rows, train_labels, reporter, val=val_rows, anchor=zero_shot, init=init_head,
+                          wd=wd, balanced=balanced, classnames=train_file.classnames, max_iter=max_iter, tol=tol,
                           device=str(torch_device), float64=float64)
         fit_seconds = time.perf_counter() - fit_start
         result, anchor_fit = fitted.result, fitted.anchor
