@@ -1,34 +1,33 @@
 """The Python API of gla: Generalized Logit Adjustment on arrays (``import glacli as gla``).
 
 Arrays in (numpy; torch tensors where noted), arrays and small records out; no files except
-:func:`load` and :func:`save`, no printing, and torch is imported only by :func:`fit_probe` or
-when a tensor is passed. Every input is checked first, with the messages the command line gives
+:func:`load` and :func:`save`, no printing, and torch is imported only by :func:`fit_probe`, when
+a GPU is asked for or when a tensor is passed. Every input is checked first, with the messages the command line gives
 (a :class:`~glacli.base.errors.GlaInputError`, a ``ValueError``, naming the argument at fault).
 
-The commands' services call these same functions, adding only files, progress and printing:
-``gla estimate-prior`` calls :func:`estimate_prior`, ``gla combine`` :func:`combine` on each block
-of rows, ``gla calibrate`` :func:`fit_temperature`, ``gla estimate-target`` :func:`estimate_prior`
-for its BCTS calibration. docs/api.md is the guide, docs/architecture.md says where each function
-lives.
+The commands' services call these same functions, adding only files, streaming, progress and
+printing: ``gla estimate-prior`` calls :func:`estimate_prior`, ``gla combine`` :func:`combine` on
+each block of rows, ``gla calibrate`` :func:`fit_temperature`, ``gla estimate-target``
+:func:`estimate_target` (and :func:`estimate_prior` for its BCTS calibration), ``gla fit``
+:func:`fit_probe` and ``gla evaluate`` :func:`evaluate`. docs/api.md is the guide,
+docs/architecture.md says where each function lives.
 
 Notation: ``N`` rows, ``C`` classes, ``D`` feature dimensions; ``z`` zero-shot logits, ``q`` the
 pre-training label prior, ``T`` a temperature.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from glacli import __version__
 from glacli.base import chunking
 from glacli.base.errors import GlaInputError
-from glacli.base.types import Head, Prior, PriorEstimate
+from glacli.base.types import Head, PathPoint, Prior, PriorEstimate, ProbeResult, Reporter
 from glacli.base.validation import (
     check_classnames,
     require_choice,
@@ -49,6 +48,9 @@ from glacli.core.label_shift import TargetEstimate as TargetFit
 from glacli.core.prior import DEFAULT_TOL, LogitSource, class_proportions
 from glacli.core.prior import estimate_prior as _solve_prior
 
+if TYPE_CHECKING:  # torch: only when a probe is fitted
+    from glacli.core.anchor import AnchorFit
+
 __all__ = [
     "GlaInputError", "Head", "Prior", "PriorFit", "RowRecord", "TargetFit",
     "combine", "debias", "estimate_prior", "estimate_target", "evaluate", "fit_probe", "fit_temperature",
@@ -58,8 +60,6 @@ __all__ = [
 TEMPERATURE_METHODS = ("nll", "confidence")
 TARGETS = ("labels", "uniform")
 COMBINE_METHODS = ("gla", "ensemble")
-RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION = "gla-evaluate", 2
-"""The results document :func:`evaluate` returns: the one ``gla evaluate --json`` writes (docs/evaluate.md)."""
 
 
 # --------------------------------------------------------------------------- records
@@ -506,8 +506,11 @@ def _source(logits: Any, what: str) -> LogitSource:
 
 
 def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None, anchor: Head | None = None,
-              wd: float | None = None, balanced: bool = False, classnames: Sequence[str] | None = None,
-              max_iter: int = 1000, tol: float = 1e-4, device: str = "cpu", float64: bool = False) -> Head:
+              init: Head | None = None, wd: float | None = None, balanced: bool = False,
+              classnames: Sequence[str] | None = None, max_iter: int = 1000, tol: float = 1e-4, device: str = "cpu",
+              float64: bool = False, on_fit: Callable[[PathPoint], None] | None = None,
+              on_evaluation: Callable[[float], None] | None = None,
+              on_result: Callable[[ProbeResult, AnchorFit | None], None] | None = None) -> Head:
     """A linear-probe head: multinomial logistic regression on frozen features.
 
     Minimises ``(1/N) sum_i CE(W x_i + b + a, y_i) + (wd / 2) ||W - W_a||^2`` by L-BFGS, with ``a = 0``
@@ -516,33 +519,26 @@ def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None,
     finer search) and the temperature calibrated on it by NLL; else ``wd`` is used and ``T = 1``.
 
     Parameters:
-        features: [N, D] features (numpy or torch).
+        features: [N, D] features (numpy or torch), or a :class:`glacli.core.probe.ProbeData` streaming
+            them (with these labels) from a file larger than memory.
         labels: [N] class indices; every class needs a row.
-        val: ``(features [M, D], labels [M])``: the validation rows.
+        val: ``(features [M, D], labels [M])``: the validation rows (features as above).
         anchor: a zero-shot :class:`Head` to anchor the penalty at (CLAP's anchored probe).
+        init: a :class:`Head` [C, D] to start from (its logits' scale: weight and bias / temperature).
         wd: a fixed penalty (needed without ``val``).
         balanced: train with the logit-adjusted (balanced) loss.
         classnames: [C] class names (default: the anchor's, else ``"0"..``).
         max_iter, tol: L-BFGS's limit and relative tolerance.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``; float64: solve in float64.
+        on_fit: told each penalty the search fits (a ``PathPoint``: wd, validation scores).
+        on_evaluation: told the loss at each L-BFGS function evaluation (progress).
+        on_result: told the solver's whole record (the penalty path, the uncalibrated validation NLL)
+            and the anchor's fit (None without ``anchor``).
 
     Returns:
         :class:`Head` (``weight`` [C, D], ``bias`` [C], ``temperature``); ``head.logits(x)`` gives
         ``(x W^T + b) / T``. ``attrs`` records the penalty, iterations and validation scores.
     """
-    x = _matrix(features, "features", keep_tensor=True)
-    n_classes = (len(classnames) if classnames is not None else anchor.weight.shape[0] if anchor is not None
-                 else int(_numpy(labels).max()) + 1 if len(_numpy(labels)) else 0)
-    names = check_classnames(classnames, "classnames") if classnames is not None else (
-        list(anchor.classnames) if anchor is not None else _names(n_classes))
-    y = _labels(labels, x.shape[0], n_classes, "labels", "to fit a probe")
-    require_every_class(y, names, "labels", "a linear probe needs every class")
-    if wd is None and val is None:
-        raise GlaInputError("give val to choose the penalty on a validation set, or wd to fix it")
-    if wd is not None:
-        wd = require_positive(wd, "wd")
-    require_count(max_iter, "max_iter")
-    require_positive(tol, "tol")
     import torch  # the probe's solver is torch
 
     from glacli.base.devices import resolve_device
@@ -550,34 +546,50 @@ def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None,
     from glacli.core.heads import head_tensors
     from glacli.core.probe import ProbeData, SolverOptions, train_probe
 
+    x = features if isinstance(features, ProbeData) else _matrix(features, "features", keep_tensor=True)
+    n_rows, n_dims = (x.n_rows, x.n_features) if isinstance(x, ProbeData) else tuple(x.shape)
+    n_classes = (len(classnames) if classnames is not None else anchor.weight.shape[0] if anchor is not None
+                 else int(_numpy(labels).max()) + 1 if len(_numpy(labels)) else 0)
+    names = check_classnames(classnames, "classnames") if classnames is not None else (
+        list(anchor.classnames) if anchor is not None else _names(n_classes))
+    y = _labels(labels, n_rows, n_classes, "labels", "to fit a probe")
+    require_every_class(y, names, "labels", "a linear probe needs every class")
+    if wd is None and val is None:
+        raise GlaInputError("give val to choose the penalty on a validation set, or wd to fix it")
+    if wd is not None:
+        wd = require_positive(wd, "wd")
+    require_count(max_iter, "max_iter")
+    require_positive(tol, "tol")
+    if anchor is not None and anchor.head_type != "zeroshot":
+        raise GlaInputError(f"is a {anchor.head_type!r} head; anchor takes a zero-shot head", "anchor")
+    for head, what in ((anchor, "anchor"), (init, "init")):
+        if head is not None and head.weight.shape != (n_classes, n_dims):
+            raise GlaInputError(f"has shape {head.weight.shape} but the features need ({n_classes}, {n_dims})", what)
+    val_x = val_y = None
+    if val is not None:
+        val_x = val[0] if isinstance(val[0], ProbeData) else _matrix(val[0], "val features", keep_tensor=True)
+        val_rows, val_dims = (val_x.n_rows, val_x.n_features) if isinstance(val_x, ProbeData) else tuple(val_x.shape)
+        if val_dims != n_dims:
+            raise GlaInputError(f"has {val_dims}-dimensional features but features has {n_dims}", "val features")
+        val_y = _labels(val[1], val_rows, n_classes, "val labels", "to choose the penalty and the temperature")
     options = SolverOptions(device=resolve_device(device), dtype=torch.float64 if float64 else torch.float32,
                             max_iter=max_iter, tol=tol, search_tol=max(tol, SolverOptions.search_tol))
-
-    def data(values: Any, targets: np.ndarray) -> ProbeData:
-        tensor = torch.as_tensor(values).to(options.device, options.dtype)
-        return ProbeData.from_tensors(tensor, torch.from_numpy(targets), n_classes)
-
-    train_data = data(x, y)
-    val_data = None
-    if val is not None:
-        val_x = _matrix(val[0], "val features", keep_tensor=True)
-        if val_x.shape[1] != x.shape[1]:
-            raise GlaInputError(f"has {val_x.shape[1]}-dimensional features but features has {x.shape[1]}",
-                                "val features")
-        val_data = data(val_x, _labels(val[1], val_x.shape[0], n_classes, "val labels",
-                                       "to choose the penalty and the temperature"))
-    pair, anchor_fit = None, None
+    train_data = _probe_data(x, y, n_classes, options)
+    val_data = None if val_x is None else _probe_data(val_x, val_y, n_classes, options)
+    start = None
+    if init is not None:
+        weight, bias = head_tensors(init, dtype=torch.float64)
+        start = (weight / init.temperature, bias / init.temperature)
+    anchor_fit = None
     if anchor is not None:
-        if anchor.head_type != "zeroshot":
-            raise GlaInputError(f"is a {anchor.head_type!r} head; anchor takes a zero-shot head", "anchor")
-        if anchor.weight.shape != (n_classes, x.shape[1]):
-            raise GlaInputError(f"has shape {anchor.weight.shape} but the features need ({n_classes}, {x.shape[1]})",
-                                "anchor")
         anchor_fit = fit_anchor(train_data, *head_tensors(anchor, dtype=torch.float64), anchor.temperature, options)
-        pair = (anchor_fit.weight, anchor_fit.bias)
-    result = train_probe(train_data, val=val_data, wd=wd, options=options, anchor=pair, balanced=balanced)
+    result = train_probe(train_data, val=val_data, wd=wd, options=options, init=start,
+                         anchor=None if anchor_fit is None else (anchor_fit.weight, anchor_fit.bias),
+                         balanced=balanced, on_fit=on_fit, on_evaluation=on_evaluation)
+    if on_result is not None:
+        on_result(result, anchor_fit)
     attrs = {"wd": result.wd, "iterations": result.iterations, "final_loss": result.final_loss,
-             "converged": result.converged, "balanced": balanced, "n_rows": int(x.shape[0])}
+             "converged": result.converged, "balanced": balanced, "n_rows": n_rows}
     if result.val_accuracy is not None:
         attrs.update(val_accuracy=result.val_accuracy, val_nll=result.val_nll)
     if anchor_fit is not None:
@@ -586,28 +598,58 @@ def fit_probe(features: Any, labels: Any, *, val: tuple[Any, Any] | None = None,
                 result.temperature, attrs)
 
 
+def _probe_data(features: Any, labels: np.ndarray, n_classes: int, options: Any) -> Any:
+    """The rows as the solver takes them: a ``ProbeData`` as given (its labels must be ``labels``),
+    a checked array held on the compute device."""
+    import torch
+
+    from glacli.core.probe import ProbeData
+
+    if isinstance(features, ProbeData):
+        if not np.array_equal(features.labels.cpu().numpy(), labels):
+            raise GlaInputError("the streamed rows hold other labels than those given", "labels")
+        return features
+    tensor = torch.as_tensor(features).to(options.device, options.dtype)
+    return ProbeData.from_tensors(tensor, torch.from_numpy(labels), n_classes)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = None, bootstrap: int = 0,
-             baseline: str | None = None, seed: int = 0, confidence: float = 0.95,
-             classnames: Sequence[str] | None = None) -> dict[str, Any]:
+def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = None, train_counts: Any = None,
+             many_shot_above: int | None = None, few_shot_below: int | None = None, target_prior: Any = None,
+             bootstrap: int = 0, baseline: str | None = None, seed: int = 0, confidence: float = 0.95,
+             stratified: bool = True, classnames: Sequence[str] | None = None, tags: Mapping[str, Any] | None = None,
+             label_shift: bool = False, device: str = "cpu", progress: Reporter | None = None) -> dict[str, Any]:
     """Metrics of several models on the same labelled rows: the results document of ``gla evaluate --json``.
 
     Per model: top-1 and top-k accuracy (k = 5, at most C), mean per-class accuracy, NLL of
-    ``softmax(z)``, ECE (15 equal-width bins), and with ``prior`` the accuracy of the head / medium /
-    tail thirds of classes ranked by ``q``. With ``bootstrap = B`` the rows are resampled ``B`` times
-    (stratified by class, seeded): each metric gets a percentile interval at ``confidence`` (``ci``),
-    and with ``baseline`` each other model gets its paired difference to it (``vs_baseline``).
+    ``softmax(z)``, ECE (15 equal-width bins), with ``prior`` the accuracy of the head / medium /
+    tail thirds of classes ranked by ``q``, and with ``train_counts`` the many / medium / few-shot
+    accuracies. With ``bootstrap = B`` the rows are resampled ``B`` times (seeded): each metric gets
+    a percentile interval at ``confidence`` (``ci``), and with ``baseline`` each other model gets its
+    paired difference to it (``vs_baseline``). Under label shift (``target_prior`` given, or
+    ``label_shift``) a model whose top-1 rises over the baseline (else the first model) while its
+    mean per-class accuracy falls below chance + 1 pp is flagged in ``warnings``.
 
     Parameters:
-        logits_by_name: name -> [N, C] logits (numpy or torch), the same rows in the same order.
+        logits_by_name: name -> [N, C] logits (numpy, torch, or a
+            :class:`glacli.core.prior.LogitSource` streaming them), the same rows in the same order.
         labels: [N] class indices.
         prior: ``q`` for the head / medium / tail groups (a :class:`PriorFit`, a :class:`Prior` record
             or [C] probabilities).
-        bootstrap: resamples (0: none); seed, confidence: theirs.
+        train_counts: [C] training rows per class, for the many / medium / few-shot groups (more than
+            ``many_shot_above`` rows, default 100; fewer than ``few_shot_below``, default 20).
+        target_prior: [C] an estimated test label distribution (a :class:`TargetFit`, a
+            :class:`Prior` record or probabilities): its L1 and max error against the label proportions.
+        bootstrap: resamples (0: none); seed, confidence: theirs; stratified: resample within each
+            class (class counts fixed) or from all rows.
         baseline: the name the paired differences are taken against (needs ``bootstrap``).
         classnames: [C] names recorded in the document (default ``"0"..``).
+        tags: the run's settings recorded in the document (``gla report`` pools by them).
+        label_shift: whether the models were adapted to a test label distribution.
+        device: ``"cpu"`` (numpy; no torch), ``"cuda"``, ``"auto"``: where the metrics are computed.
+        progress: told the rows evaluated and the resamples drawn (the commands' progress bar).
 
     Returns:
         The results document (schema ``gla-evaluate``, docs/evaluate.md) as plain JSON values:
@@ -615,17 +657,20 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
     """
     from glacli.core import bootstrap as _bootstrap  # the metrics load with the first evaluation (start-up)
     from glacli.core import metrics as _metrics
+    from glacli.io import results_json
 
     if not isinstance(logits_by_name, Mapping) or not logits_by_name:
         raise GlaInputError("logits_by_name: expected a dict of name -> logits with at least one entry")
+    progress = progress or Reporter()
     names = [str(name) for name in logits_by_name]
-    arrays = [_matrix(values, f"logits_by_name[{name!r}]", keep_tensor=True) for name, values in zip(
-        names, logits_by_name.values())]
-    n, c = arrays[0].shape
-    for name, array in zip(names, arrays):
-        if tuple(array.shape) != (n, c):
-            raise GlaInputError(f"has shape {tuple(array.shape)} but {names[0]!r} has {(n, c)}",
-                                f"logits_by_name[{name!r}]")
+    sources = [values if isinstance(values, LogitSource) else _matrix(values, f"logits_by_name[{name!r}]",
+                                                                       keep_tensor=True)
+               for name, values in zip(names, logits_by_name.values())]
+    shapes = [(s.n_rows, s.n_classes) if isinstance(s, LogitSource) else tuple(s.shape) for s in sources]
+    n, c = shapes[0]
+    for name, shape in zip(names, shapes):
+        if shape != (n, c):
+            raise GlaInputError(f"has shape {shape} but {names[0]!r} has {(n, c)}", f"logits_by_name[{name!r}]")
     y = _labels(labels, n, c, "labels", "to evaluate")
     require_count(bootstrap, "bootstrap", minimum=0)
     require_count(seed, "seed", minimum=0)
@@ -640,26 +685,38 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
     if len(names_c) != c:
         raise GlaInputError(f"has {len(names_c)} names for {c} classes", "classnames")
     groups: dict[str, np.ndarray] = {}
-    prior_info = None
+    inputs: dict[str, dict[str, Any] | None] = {"prior": None, "train": None, "target_prior": None}
     if prior is not None:
-        q = np.exp(_prior_parts(prior, c, "prior").log_prior)
-        groups = _metrics.prior_groups(q)
-        prior_info = {"path": None, "gla_id": getattr(prior, "gla_id", "") if isinstance(prior, Prior) else "",
-                      "q": q}
-    results, rows = [], []
-    for array in arrays:
-        accumulator = _metrics.MetricAccumulator(c, keep_rows=bootstrap > 0)
-        step = chunking.compute_rows(8 * c)
-        for start in range(0, n, step):
-            accumulator.update(array[start:start + step], y[start:start + step])
-        results.append(accumulator.result())
-        if bootstrap:
-            rows.append(accumulator.rows())
+        q = _probabilities(prior, c, "prior", "q")
+        groups.update(_metrics.prior_groups(q))
+        inputs["prior"] = {"path": None, "gla_id": _gla_id(prior), "q": q}
+    if train_counts is not None:
+        counts = _counts(train_counts, c, "train_counts")
+        many = require_count(_metrics.MANY_SHOT_ABOVE if many_shot_above is None else many_shot_above,
+                             "many_shot_above", minimum=0)
+        few = require_count(_metrics.FEW_SHOT_BELOW if few_shot_below is None else few_shot_below,
+                            "few_shot_below", minimum=0)
+        if few > many:
+            raise GlaInputError(f"few_shot_below ({few}) must not exceed many_shot_above ({many}): a class would "
+                                "be both many-shot and few-shot")
+        groups.update(_metrics.shot_groups(counts, many, few))
+        inputs["train"] = {"path": None, "gla_id": "", "counts": counts, "many_shot_above": many,
+                           "few_shot_below": few}
+    if target_prior is not None:
+        estimate = _probabilities(target_prior, c, "target_prior", "pi")
+        true = _metrics.class_counts(y, c) / n
+        error = np.abs(estimate - true)
+        inputs["target_prior"] = {"path": None, "gla_id": _gla_id(target_prior),
+                                  "method": getattr(target_prior, "method", None), "estimate": estimate,
+                                  "true": true, "l1": float(error.sum()), "max_abs_error": float(error.max())}
+    results, rows = _measure(sources, y, c, bootstrap > 0, device, progress)
     summaries = [_metrics.summarise(r, groups) for r in results]
     resampled = None
     if bootstrap:
+        progress.start("bootstrap resamples", bootstrap)
         draws = _bootstrap.resampled_metrics(rows, y, c, results[0].k, len(results[0].reliability.count), groups,
-                                             bootstrap, seed, True, chunking.compute_rows(6 * 8 * n))
+                                             bootstrap, seed, stratified, chunking.compute_rows(6 * 8 * n),
+                                             progress.advance)
         resampled = [{"ci": _bootstrap.intervals(d, confidence)} for d in draws]
         if baseline is not None:
             base = names.index(baseline)
@@ -668,43 +725,88 @@ def evaluate(logits_by_name: Mapping[str, Any], labels: Any, *, prior: Any = Non
                     paired = _bootstrap.paired_intervals(draws[i], draws[base], confidence)
                     entry["vs_baseline"] = {key: {"difference": summaries[i][key] - summaries[base][key],
                                                   "ci": paired[key]} for key in summaries[i]}
-    rules = _metrics.group_rules()
-    document = {
-        "schema": RESULTS_SCHEMA, "schema_version": RESULTS_SCHEMA_VERSION, "gla_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tags": {}, "n_samples": n, "n_classes": c, "classnames": names_c, "top_k": results[0].k,
-        "ece_bins": len(results[0].reliability.count),
-        "prior": prior_info, "train": None, "target_prior": None,
-        "bootstrap": None if not bootstrap else {
-            "resamples": bootstrap, "seed": seed, "confidence": confidence, "sampling": "stratified",
-            "interval": "percentile", "baseline": baseline},
-        "groups": {name: {"rule": rules[name], "classes": classes} for name, classes in groups.items()},
-        "results": [{
-            "name": name, "path": None, "gla_id": "", "parents": [], "temperature": 1.0, "metrics": summary,
-            **(resampled[i] if resampled else {}),
-            "per_class": {"accuracy": r.class_accuracy, "correct": r.class_correct, "count": r.class_count},
-            "reliability": {"edges": r.reliability.edges, "count": r.reliability.count,
-                            "confidence": r.reliability.confidence, "accuracy": r.reliability.accuracy},
-        } for i, (name, r, summary) in enumerate(zip(names, results, summaries))],
-        "label_shift": False, "warnings": [],  # arrays carry no target prior nor record of fitted rows
-    }
-    return json_values(document)
+    shifted = label_shift or target_prior is not None
+    return results_json.build_document(
+        names, results, summaries, resampled, classnames=names_c, groups=groups, tags=dict(tags or {}),
+        inputs=inputs, label_shift=shifted,
+        bootstrap=None if not bootstrap else {
+            "resamples": bootstrap, "seed": seed, "confidence": confidence,
+            "sampling": "stratified" if stratified else "plain", "interval": "percentile", "baseline": baseline},
+        warnings=_majority_flags(names, summaries, c, baseline) if shifted else [])
 
 
-def json_values(value: Any) -> Any:
-    """JSON values: arrays become lists, NaN (an empty group or bin) None, as in the written document
-    (``gla evaluate --json-out`` writes through this too)."""
-    if isinstance(value, dict):
-        return {k: json_values(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_values(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_values(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _probabilities(prior: Any, n_classes: int, what: str, role: str) -> np.ndarray:
+    """[C] probabilities of a prior (a record's own, else ``exp`` of its checked log)."""
+    log_prior = _prior_parts(prior, n_classes, what, role).log_prior
+    return np.asarray(prior.prior, dtype=np.float64) if isinstance(prior, (PriorFit, Prior, TargetFit)) \
+        else np.exp(log_prior)
+
+
+def _gla_id(record: Any) -> str:
+    return record.gla_id if isinstance(record, Prior) else ""
+
+
+def _counts(values: Any, n_classes: int, what: str) -> np.ndarray:
+    """[C] non-negative integer counts."""
+    array = require_numeric(_numpy(values), what, what)
+    if array.shape != (n_classes,):
+        raise GlaInputError(f"expected {n_classes} counts, one per class, got shape {array.shape}", what)
+    if not np.array_equal(array, np.round(array)) or (array < 0).any():
+        raise GlaInputError("expected non-negative integer counts", what)
+    return array.astype(np.int64)
+
+
+def _measure(sources: list[Any], labels: np.ndarray, n_classes: int, keep_rows: bool, device: str,
+             progress: Reporter) -> tuple[list[Any], list[Any]]:
+    """The metrics of every model in one pass over its rows, and with ``keep_rows`` the per-row
+    values the bootstrap resamples."""
+    from glacli.base.devices import compute_device
+    from glacli.core.metrics import MetricAccumulator
+
+    compute = compute_device(device)
+    move = _mover(compute)
+    step = chunking.compute_rows(8 * n_classes, compute.split(":")[0])
+    progress.start("evaluating", len(labels) * len(sources))
+    results, rows = [], []
+    for source in sources:
+        accumulator = MetricAccumulator(n_classes, keep_rows=keep_rows)
+        blocks = source.blocks() if isinstance(source, LogitSource) else (
+            source[start:start + step] for start in range(0, len(labels), step))
+        start = 0
+        for block in blocks:
+            stop = start + len(block)
+            accumulator.update(move(block), move(labels[start:stop]))
+            progress.advance(stop - start)
+            start = stop
+        if start != len(labels):
+            raise GlaInputError(f"a source streamed {start} rows but says it has {len(labels)}")
+        results.append(accumulator.result())
+        if keep_rows:
+            rows.append(accumulator.rows())
+    return results, rows
+
+
+def _mover(device: str) -> Any:
+    """How a block reaches ``device`` (torch is imported only for a GPU)."""
+    if device == "cpu":
+        return lambda block: block
+    import torch
+
+    return lambda block: (block if _is_tensor(block) else torch.from_numpy(np.ascontiguousarray(block))).to(device)
+
+
+def _majority_flags(names: list[str], summaries: list[dict[str, float]], n_classes: int,
+                    baseline: str | None) -> list[str]:
+    """Under label shift top-1 rewards predicting the frequent classes: flag a model whose top-1 rises
+    over the baseline (else the first) while its mean per-class accuracy falls below chance (1/C) + 1 pp,
+    i.e. it no longer tells the classes apart."""
+    base = names.index(baseline) if baseline in names else 0
+    floor = 1.0 / n_classes + 0.01
+    return [f"{name}: top-1 rises over {names[base]} ({100 * summary['top1'] - 100 * summaries[base]['top1']:+.2f} "
+            f"pp) while mean per-class accuracy is {100 * summary['mean_per_class']:.2f}%, below chance + 1 pp "
+            f"({100 * floor:.2f}%): it gains by predicting the frequent classes (docs/label-shift.md)"
+            for i, (name, summary) in enumerate(zip(names, summaries))
+            if i != base and summary["top1"] > summaries[base]["top1"] and summary["mean_per_class"] < floor]
 
 
 # --------------------------------------------------------------------------- files

@@ -328,6 +328,27 @@ def test_fit_probe_equals_the_command_and_scikit_learn(gla_cli, tmp_path):
     assert (searched.logits(xv).argmax(1) == written.logits(xv).argmax(1)).mean() > 0.99
 
 
+def test_gla_fit_writes_the_head_gla_fit_probe_returns(gla_cli, tmp_path):
+    """The command is the API plus files: the penalty search, the balanced loss and the calibrated
+    temperature give the same head (to 1e-6) and the same recorded fit, held in memory or streamed."""
+    x, y = class_features(90, 0.6, seed=4)
+    xv, yv = class_features(60, 0.6, seed=5)
+    write_features(tmp_path / "train.h5", x, y)
+    write_features(tmp_path / "val.h5", xv, yv)
+    head = gla.fit_probe(x, y, val=(xv, yv), balanced=True, classnames=classnames(5))
+    for memory in ("16", "1e-9"):  # GiB: held, then streamed from disk on every pass
+        assert gla_cli("fit", tmp_path / "train.h5", "--val", tmp_path / "val.h5", "--balanced", "--device", "cpu",
+                       "--memory", memory, "-o", tmp_path / f"{memory}.h5").code == 0
+        written = gla.load(tmp_path / f"{memory}.h5")
+        assert written.head_type == head.head_type == "linear" and written.classnames == head.classnames
+        np.testing.assert_allclose(written.weight, head.weight, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(written.bias, head.bias, rtol=0, atol=1e-6)
+        assert written.temperature == pytest.approx(head.temperature, rel=1e-6)
+        for key, value in head.attrs.items():
+            exact = key in ("wd", "n_rows", "balanced", "iterations", "converged")
+            assert written.attrs[key] == (value if exact else pytest.approx(value, rel=1e-5)), key
+
+
 def test_the_anchored_probe_equals_the_command(gla_cli, tmp_path):
     x, y = class_features(100, 1.0, seed=2)
     write_features(tmp_path / "train.h5", x, y)
@@ -385,6 +406,79 @@ def test_evaluate_gives_the_commands_document(gla_cli, data, tmp_path):
     assert metrics["mean_per_class"] == pytest.approx(np.mean(per_class), abs=1e-12)
     low, high = ours["results"][1]["ci"]["top1"]
     assert low < metrics["top1"] < high
+
+
+def test_evaluate_json_out_is_the_api_document_with_the_files_filled_in(gla_cli, data, tmp_path):
+    """``gla evaluate --json-out`` is ``gla.evaluate``'s dict on the same rows: every group (q, shots),
+    the target prior's error, the plain bootstrap and the tags; only where each input came from differs."""
+    z, y, _ = data
+    fit = gla.estimate_prior(z, y)
+    debiased = gla.debias(z, fit)
+    train_y = np.repeat(np.arange(C), [150, 120, 60, 30, 10, 5])
+    pi_t = np.bincount(y, minlength=C) / len(y) * 0.9 + 0.1 / C
+    write_logits_file(tmp_path / "zs.h5", z, y)
+    write_logits_file(tmp_path / "deb.h5", debiased, y)
+    write_features(tmp_path / "train.h5", np.random.default_rng(0).normal(size=(len(train_y), 4)), train_y,
+                   classnames(C))
+    gla.save(gla.Prior(None, classnames(C), fit.temperature, "nll", log_prior=fit.log_prior), tmp_path / "q.h5")
+    gla.save(gla.Prior(pi_t, classnames(C), 1.0, "mlls"), tmp_path / "pi_t.h5")
+    r = gla_cli("evaluate", tmp_path / "zs.h5", tmp_path / "deb.h5", "--name", "zs", "--name", "deb",
+                "--prior", tmp_path / "q.h5", "--train", tmp_path / "train.h5", "--many-shot-above", 100,
+                "--few-shot-below", 20, "--target-prior", tmp_path / "pi_t.h5", "--bootstrap", 200, "--plain",
+                "--baseline", "deb", "--tag", "shots=16", "--device", "cpu", "--json-out", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    cli = json.loads((tmp_path / "r.json").read_text())
+    target = gla.load(tmp_path / "pi_t.h5")
+    ours = gla.evaluate({"zs": z, "deb": debiased}, y, prior=gla.load(tmp_path / "q.h5"),
+                        train_counts=np.bincount(train_y, minlength=C), target_prior=target, bootstrap=200,
+                        stratified=False, baseline="deb", classnames=classnames(C), tags={"shots": 16})
+    assert ours["groups"]["many_shot"]["classes"] == [0, 1] and ours["groups"]["few_shot"]["classes"] == [4, 5]
+    true = np.bincount(y, minlength=C) / len(y)
+    assert ours["target_prior"]["l1"] == pytest.approx(np.abs(pi_t - true).sum(), rel=1e-12)
+    assert ours["label_shift"] and ours["bootstrap"]["sampling"] == "plain" and ours["tags"] == {"shots": 16}
+    for key, file in (("prior", "q.h5"), ("train", "train.h5"), ("target_prior", "pi_t.h5")):
+        assert cli[key].pop("path") == str(tmp_path / file) and ours[key].pop("path") is None
+    assert ours["target_prior"]["gla_id"] == target.gla_id != ""  # a loaded record keeps its id
+    assert cli["train"].pop("gla_id") and ours["train"].pop("gla_id") == ""  # counts carry none
+    for mine, theirs, name in zip(ours["results"], cli["results"], ("zs", "deb")):
+        assert theirs.pop("path") == str(tmp_path / f"{name}.h5") and theirs.pop("gla_id") and \
+            mine.pop("path") is None and mine.pop("gla_id") == ""
+    cli.pop("created"), ours.pop("created")
+    assert ours == cli
+
+
+def assert_same_document(a, b, where="document"):
+    """Equal JSON values, floats to 1e-12 relative (sums taken in other blocks round differently)."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            assert_same_document(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_document(x, y, f"{where}[{i}]")
+    else:
+        assert a == (pytest.approx(b, rel=1e-12) if isinstance(a, float) else b), where
+
+
+def test_evaluate_reports_progress_and_reads_streamed_rows(data):
+    """A ``LogitSource`` (how ``gla evaluate`` streams its files) gives the document of the array, and the
+    progress counts cover every row and every resample."""
+    from glacli.base.chunking import LogitSource
+    from glacli.base.types import Reporter
+
+    z, y, _ = data
+    counts: dict[str, list[int]] = {}
+    current: list[str] = []
+    progress = Reporter(start=lambda what, total: (current.append(what), counts.setdefault(what, [total, 0])),
+                        advance=lambda n: counts[current[-1]].__setitem__(1, counts[current[-1]][1] + n))
+    blocks = LogitSource(lambda: (z[i:i + 7] for i in range(0, len(z), 7)), *z.shape)
+    streamed = gla.evaluate({"a": blocks, "b": z}, y, bootstrap=50, progress=progress)
+    held = gla.evaluate({"a": z, "b": z}, y, bootstrap=50)
+    streamed.pop("created"), held.pop("created")
+    assert_same_document(streamed, held)  # sums over other blocks: equal to rounding
+    assert counts == {"evaluating": [2 * len(y), 2 * len(y)], "bootstrap resamples": [50, 50]}
 
 
 def test_evaluate_refuses_a_baseline_without_bootstrap_and_mismatched_rows(data):

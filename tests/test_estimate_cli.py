@@ -200,3 +200,27 @@ def test_nll_without_a_finite_optimum_is_an_error_not_a_degenerate_prior(gla, tm
     assert gla("estimate-prior", path, "-o", tmp_path / "q.h5", "-t", "1").code == 0
     noise = write_logits_file(tmp_path / "noise.h5", np.random.default_rng(0).normal(size=(30, 3)), np.arange(30) % 3)
     assert_one_line_error(gla("estimate-prior", noise, "-o", tmp_path / "q2.h5"), "no information")
+
+
+def test_held_and_streamed_rows_give_one_estimate(gla, tmp_path, monkeypatch):
+    """With the rows in memory (the first pass fills them from the files, later passes read memory) or
+    streamed on every pass (--memory below their size), from two files pooled at the raw scale and read
+    in blocks of a few rows: the same q, T, top-1 figures and fitted-row hashes."""
+    from glacli.base import chunking
+    monkeypatch.setattr(chunking, "io_rows", lambda n_cols, itemsize=4: 7)
+    monkeypatch.setattr(chunking, "array_rows", lambda n_cols: 5)
+    z, y, _ = biased_logits(30, 5, seed=4, temperature=1.3)
+    first = write_logits_file(tmp_path / "a.h5", z[:70] * 2.0, y[:70], temperature=2.0)
+    second = write_logits_file(tmp_path / "b.h5", z[70:], y[70:], ids=[f"b/{i}" for i in range(80)])
+    runs = {}
+    for name, memory in (("held", []), ("streamed", ["--memory", "1e-9"])):
+        r = gla("estimate-prior", first, second, "-o", tmp_path / f"{name}.h5", "--json", *memory)
+        assert r.code == 0, r.err
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            runs[name] = (json.loads(r.out), read_prior(tmp_path / f"{name}.h5"), f["fitted_id_hashes"][:])
+    (held, q_held, ids_held), (streamed, q_streamed, ids_streamed) = runs["held"], runs["streamed"]
+    np.testing.assert_allclose(q_held.log_prior, q_streamed.log_prior, atol=1e-8)
+    assert q_held.temperature == pytest.approx(q_streamed.temperature, rel=1e-8)
+    for key in ("top1_before", "top1_after", "mean_per_class_before", "mean_per_class_after"):
+        assert held[key] == streamed[key]
+    assert len(ids_held) == 150 and np.array_equal(ids_held, ids_streamed)

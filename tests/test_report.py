@@ -13,7 +13,7 @@ from conftest import assert_one_line_error
 from synth import biased_logits, write_logits_file
 
 from glacli.core import report
-from glacli.services.evaluate import read_records
+from glacli.io.results_json import read_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

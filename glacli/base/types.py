@@ -337,11 +337,10 @@ class ExportReport:
 
 @dataclass
 class Evaluation:
-    """What ``evaluate`` measured: one :class:`Metrics` per file, the class groups, and the results
-    document (the evaluate JSON, before serialisation)."""
+    """What ``evaluate`` measured: the class groups and the results document (the evaluate JSON, as
+    JSON values: NaN is None)."""
 
     names: list[str]
-    metrics: list[Metrics]
     groups: dict[str, np.ndarray]
     document: dict[str, Any]
     n_samples: int

@@ -1,7 +1,7 @@
 """Aggregation of evaluate results into a methods x settings table, and its Markdown (pure; no I/O).
 
 Each result of an evaluate document is one :class:`~glacli.base.types.Record` (read by
-:func:`glacli.services.evaluate.read_records`): its method is the result's ``name`` and its other
+:func:`glacli.io.results_json.read_records`): its method is the result's ``name`` and its other
 keys are the document's ``tags`` (e.g. ``shots``, ``seed``). A table picks one key for rows and
 one for columns; the records that share a cell (typically the seeds) are summarised by their
 mean and their sample standard deviation (``ddof = 1``; none for a single run). Two records in

@@ -10,7 +10,7 @@
     estimate.py     estimate_prior_file            zero-shot logits -> the label prior q (a prior file)
     estimate_target.py  estimate_target_file       test logits -> their label distribution (MLLS, BBSE)
     combine.py      combine_files                  GLA, the debiased zero-shot model, the ensemble
-    evaluate.py     evaluate_files                 metrics of logits files; owns the results JSON schema
+    evaluate.py     evaluate_files                 metrics of logits files (gla.evaluate over streamed files)
     report.py       report_files                   results JSON -> a Markdown table and a plot
     subset.py       subset_file                    class-balanced few-shot splits
     interchange.py  import_file, export_file       foreign formats <-> gla files

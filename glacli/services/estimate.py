@@ -68,9 +68,11 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
             require_labels(rows.labels, rows.path, f"for --temperature {temperature}")
         labels = rows.labels if labels_complete(rows.labels) else None
         budget = memory_gib * 2**30 * (0.5 if compute != "cpu" else 1.0)
-        held = _load(rows) if 8.0 * rows.n_rows * len(rows.classnames) <= budget else None
+        held = None
+        if 8.0 * rows.n_rows * len(rows.classnames) <= budget:
+            held = np.empty((rows.n_rows, len(rows.classnames)), np.float32)
         try:
-            fit = api.estimate_prior(rows.source if held is None else _on_device(held, compute), labels,
+            fit = api.estimate_prior(rows.source if held is None else _held_source(rows, held, compute), labels,
                                      temperature=temperature, proportions=None if target == "labels" else proportions,
                                      tol=tol, max_iter=max_iter,
                                      memory_gib=(budget if held is None else budget - held.nbytes) / 2**30).estimate
@@ -244,26 +246,37 @@ def _report(rows: _PooledRows, labels: np.ndarray | None, proportions: np.ndarra
     return report
 
 
-def _load(rows: _PooledRows) -> np.ndarray:
-    """The pooled rows as one float32 array, read once: every later pass (the solver's, the summary
-    after it) then reads memory instead of the files."""
-    held, start = np.empty((rows.n_rows, len(rows.classnames)), np.float32), 0
-    for block in rows.blocks("cpu"):
-        held[start:start + len(block)] = block
-        start += len(block)
-    return held
+def _held_source(rows: _PooledRows, held: np.ndarray, device: str) -> Any:
+    """The pooled rows, read once into ``held``: on a CPU its first pass reads the files (the solver's
+    read-ahead overlapping its work) and fills ``held``, and every later pass (the solver's, the summary
+    after it) reads memory; on a GPU ``held`` is filled first and moved there."""
+    n, step = rows.n_rows, chunking.array_rows(len(rows.classnames))
+    filled = False
 
+    def blocks() -> Iterator[np.ndarray]:
+        nonlocal filled
+        if filled:
+            yield from (held[start:start + step] for start in range(0, n, step))
+            return
+        start = 0
+        for block in rows.blocks("cpu"):
+            held[start:start + len(block)] = block
+            yield held[start:start + len(block)]
+            start += len(block)
+        filled = start == n  # a pass cut short leaves the rest unread
 
-def _on_device(held: np.ndarray, device: str) -> Any:
     if device == "cpu":
-        return held
+        return LogitSource(blocks, n, len(rows.classnames), held[:0])
     import torch  # a GPU was asked for: torch is needed, and only then
+    for _ in blocks():
+        pass
     return torch.from_numpy(held).to(device)
 
 
 def _after_fit(rows: _PooledRows, held: np.ndarray | None, labels: np.ndarray | None,
                fit: PriorEstimate) -> tuple[np.ndarray | None, np.ndarray]:
-    """One pass over the rows after the fit (the held ones, else the files), pieces on two threads:
+    """One pass over the rows after the fit (the held ones, which the solver's first pass filled, else the
+    files), pieces on two threads:
     with labels, [2, C] right predictions per class of ``z`` and of the debiased ``z / T - log q``;
     and the fitted rows' hashes (:mod:`glacli.io.fitted_ids`)."""
     n_classes = len(rows.classnames)

@@ -1,19 +1,13 @@
 """``evaluate``: metrics of logits files on the same labelled samples, and the results document.
 
-This module owns the results JSON (schema ``gla-evaluate``, documented in docs/evaluate.md): it
-writes it (:func:`evaluate_files`, :func:`dumps`) and reads it back for ``gla report``
-(:func:`read_records`), so writer and reader cannot drift. The metrics are computed by
-:mod:`glacli.core.metrics` while the rows stream from the file; with a bootstrap, the per-row values
-kept on the way are resampled by :mod:`glacli.core.bootstrap` (the logits are read once).
-
-Version 2 names the top-k metric ``top{k}`` (``top5`` whenever there are 5 classes or more, as in
-version 1) and records k as ``top_k``; version 1 called it ``top5`` for any k, with ``top5_k``.
+The metrics and the document are :func:`glacli.api.evaluate` (its schema:
+:mod:`glacli.io.results_json`); this module adds the files: it streams the logits to it (each
+file read once), reads the prior, training and target files it groups and compares by, records
+where each result came from, warns about rows a fit has seen, and writes the document and the figure.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -22,25 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from glacli import __version__
-from glacli.api import json_values
+from glacli import api
 from glacli.base import chunking
+from glacli.base.chunking import LogitSource
 from glacli.base.devices import compute_device
 from glacli.base.errors import GlaInputError
-from glacli.base.types import Evaluation, Metrics, Record, Reporter
+from glacli.base.types import Evaluation, Prior, Reliability, Reporter
 from glacli.base.validation import check_same_classnames, require_count
-from glacli.core import bootstrap
 from glacli.core import metrics
 from glacli.core.report import METHOD_KEY
 from glacli.io.crossfile import check_same_rows
 from glacli.io.formats.proportions import read_pretraining_prior, read_target_distribution
 from glacli.io.outputs import check_outputs, write_text_atomic, writer_lock
 from glacli.io.plots import GroupBars, evaluation_figure
+from glacli.io.results_json import dumps
 from glacli.io.rowfile import RowFile, read_rows
 
-SCHEMA = "gla-evaluate"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 TAG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -86,7 +77,7 @@ def evaluate_files(logits: list[Path], *, prior: Path | None = None, train: Path
 
 
 def _evaluate(logits: list[Path], names: list[str], tag_values: dict[str, Any], prior: Path | None,
-              train: Path | None, target_prior: Path | None, compute: Any, resampling: BootstrapOptions,
+              train: Path | None, target_prior: Path | None, compute: str, resampling: BootstrapOptions,
               shots: ShotThresholds, json_path: Path | None, plot: Path | None, reporter: Reporter) -> Evaluation:
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(read_rows(path, "logits")) for path in logits]
@@ -96,29 +87,41 @@ def _evaluate(logits: list[Path], names: list[str], tag_values: dict[str, Any], 
         for f in files[1:]:
             check_same_classnames(f.classnames, f.path, first.classnames, first.path)
             check_same_rows(f, first)
-        groups, prior_info, train_info = _groups(prior, train, first, shots)
-        target_info = _target_prior(target_prior, first)
-        results, rows = _measure(files, compute, resampling.resamples > 0, reporter)
-        summaries = [metrics.summarise(r, groups) for r in results]
-        resampled = _resample(rows, first.labels, results[0], groups, summaries, names, resampling, reporter)
-        document = _document(files, names, results, summaries, groups, tag_values,
-                             {"prior": prior_info, "train": train_info, "target_prior": target_info},
-                             resampled, resampling)
-        shifted = target_info is not None or any(f.attrs.get("target_prior", "uniform") != "uniform" for f in files)
-        document["label_shift"] = shifted
-        document["warnings"] = _leakage(files) + (_majority_flags(names, summaries, first.n_classes,
-                                                                  resampling.baseline) if shifted else [])
+        q = _read_prior(prior, first)
+        counts, train_id = _train_counts(train, first)
+        target = _read_target(target_prior, first)
+        rows = chunking.compute_rows(8 * first.n_cols, compute.split(":")[0])
+        document = api.evaluate(
+            {name: _streamed(f, rows) for name, f in zip(names, files)}, first.labels, prior=q,
+            train_counts=counts, many_shot_above=shots.many_above, few_shot_below=shots.few_below,
+            target_prior=target, bootstrap=resampling.resamples, baseline=resampling.baseline, seed=resampling.seed,
+            confidence=resampling.confidence, stratified=resampling.stratified, classnames=first.classnames,
+            tags=tag_values, label_shift=any(f.attrs.get("target_prior", "uniform") != "uniform" for f in files),
+            device=compute, progress=reporter)
+        for key, path in (("prior", prior), ("train", train), ("target_prior", target_prior)):
+            if path is not None:  # the records' ids came along; the counts carry none
+                document[key]["path"] = str(path)
+        if train is not None:
+            document["train"]["gla_id"] = train_id
+        for result, f in zip(document["results"], files):
+            result.update(path=f.path, gla_id=f.gla_id, parents=list(f.attrs.get("parents", [])),
+                          temperature=f.temperature)
+        document["warnings"] = _leakage(files) + document["warnings"]
         for warning in document["warnings"]:
             reporter.warning(warning)
     if json_path is not None:
         write_text_atomic(json_path, dumps(document))
         reporter.message(f"wrote {json_path}")
     if plot is not None:
-        order, label = _plot_order(prior_info, train_info, first.n_classes)
-        evaluation_figure(plot, names, [r.class_accuracy for r in results], order, label,
-                          [r.reliability for r in results], _group_bars(document))
+        _plot(plot, document)
         reporter.message(f"wrote {plot}")
-    return Evaluation(names, results, groups, document, first.n_rows, first.n_classes)
+    groups = {name: np.asarray(group["classes"], dtype=np.int64) for name, group in document["groups"].items()}
+    return Evaluation(names, groups, document, first.n_rows, first.n_classes)
+
+
+def _streamed(rows: RowFile, block: int) -> LogitSource:
+    """The logits of a file in blocks of ``block`` rows, read once by the evaluation."""
+    return LogitSource(lambda: (chunk.values for chunk in rows.iter_chunks(block)), rows.n_rows, rows.n_classes)
 
 
 LEAK_ATTRS = {"head_fitted_rows": "fit its head", "prior_fitted_rows": "estimate its q"}
@@ -135,20 +138,6 @@ def _leakage(files: list[RowFile]) -> list[str]:
             warnings.append(f"{f.path}: {'; '.join(used)}: its accuracy is overstated; evaluate on rows no fit "
                             "has seen")
     return warnings
-
-
-def _majority_flags(names: list[str], summaries: list[dict[str, float]], n_classes: int,
-                    baseline: str | None) -> list[str]:
-    """Under label shift top-1 rewards predicting the frequent classes: flag a method whose top-1 rises
-    over the baseline (``--baseline``, else the first file) while its mean per-class accuracy falls below
-    chance (1/C) + 1 pp, i.e. it no longer tells the classes apart."""
-    base = names.index(baseline) if baseline in names else 0
-    floor = 1.0 / n_classes + 0.01
-    return [f"{name}: top-1 rises over {names[base]} ({100 * summary['top1'] - 100 * summaries[base]['top1']:+.2f} "
-            f"pp) while mean per-class accuracy is {100 * summary['mean_per_class']:.2f}%, below chance + 1 pp "
-            f"({100 * floor:.2f}%): it gains by predicting the frequent classes (docs/label-shift.md)"
-            for i, (name, summary) in enumerate(zip(names, summaries))
-            if i != base and summary["top1"] > summaries[base]["top1"] and summary["mean_per_class"] < floor]
 
 
 def _check_resampling(options: BootstrapOptions, names: list[str]) -> None:
@@ -214,131 +203,43 @@ def _names(paths: list[Path], names: list[str]) -> list[str]:
     return names
 
 
-def _groups(prior_path: Path | None, train_path: Path | None, first: RowFile, shots: ShotThresholds
-            ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None, dict[str, Any] | None]:
-    groups: dict[str, np.ndarray] = {}
-    prior_info = train_info = None
-    if prior_path is not None:
-        prior = read_pretraining_prior(prior_path)
-        check_same_classnames(prior.classnames, prior_path, first.classnames, first.path)
-        groups.update(metrics.prior_groups(prior.prior))
-        prior_info = {"path": str(prior_path), "gla_id": prior.gla_id, "q": prior.prior}
-    if train_path is not None:
-        with read_rows(train_path, "features") as train:
-            labels = train.require_labels("to count training images per class")
-            check_same_classnames(train.classnames, train.path, first.classnames, first.path)
-            counts = metrics.class_counts(labels, first.n_classes)
-            train_info = {"path": str(train_path), "gla_id": train.gla_id, "counts": counts,
-                          "many_shot_above": shots.many_above, "few_shot_below": shots.few_below}
-        groups.update(metrics.shot_groups(counts, shots.many_above, shots.few_below))
-    return groups, prior_info, train_info
+def _read_prior(path: Path | None, first: RowFile) -> Prior | None:
+    """The pre-training q of ``--prior`` (head / medium / tail groups)."""
+    if path is None:
+        return None
+    prior = read_pretraining_prior(path)
+    check_same_classnames(prior.classnames, path, first.classnames, first.path)
+    return prior
 
 
-def _target_prior(path: Path | None, first: RowFile) -> dict[str, Any] | None:
-    """An estimated test label distribution against the label proportions of the evaluated rows."""
+def _train_counts(path: Path | None, first: RowFile) -> tuple[np.ndarray | None, str]:
+    """Training images per class of ``--train`` (many / medium / few-shot groups), and the file's id."""
+    if path is None:
+        return None, ""
+    with read_rows(path, "features") as train:
+        labels = train.require_labels("to count training images per class")
+        check_same_classnames(train.classnames, train.path, first.classnames, first.path)
+        return metrics.class_counts(labels, first.n_classes), train.gla_id
+
+
+def _read_target(path: Path | None, first: RowFile) -> Prior | None:
+    """The estimated test label distribution of ``--target-prior``, compared with the evaluated rows' labels."""
     if path is None:
         return None
     estimate = read_target_distribution(path)
     check_same_classnames(estimate.classnames, path, first.classnames, first.path)
-    true = metrics.class_counts(first.labels, first.n_classes) / first.n_rows
-    error = np.abs(estimate.prior - true)
-    return {"path": str(path), "gla_id": estimate.gla_id, "method": estimate.method,
-            "estimate": estimate.prior, "true": true, "l1": float(error.sum()), "max_abs_error": float(error.max())}
+    return estimate
 
 
-def _measure(files: list[RowFile], device: str, keep_rows: bool, reporter: Reporter
-             ) -> tuple[list[Metrics], list[metrics.RowValues]]:
-    """The metrics of every file, and with ``keep_rows`` the per-row values the bootstrap resamples."""
-    device_type = device.split(":")[0]
-    rows = chunking.compute_rows(8 * files[0].n_cols, device_type)
-    to_device = _mover(device)
-    results, row_values = [], []
-    reporter.start("evaluating", sum(f.n_rows for f in files))
-    for f in files:
-        acc = metrics.MetricAccumulator(f.n_classes, keep_rows=keep_rows)
-        for chunk in f.iter_chunks(rows):
-            acc.update(to_device(chunk.values), to_device(chunk.labels))
-            reporter.advance(chunk.stop - chunk.start)
-        results.append(acc.result())
-        if keep_rows:
-            row_values.append(acc.rows())
-    return results, row_values
-
-
-def _mover(device: str) -> Any:
-    """How a numpy block reaches ``device`` (torch is imported only for a GPU)."""
-    if device == "cpu":
-        return lambda array: array
-    import torch
-
-    return lambda array: torch.from_numpy(array).to(device)
-
-
-def _resample(rows: list[metrics.RowValues], labels: np.ndarray, first: Metrics, groups: dict[str, np.ndarray],
-              summaries: list[dict[str, float]], names: list[str], options: BootstrapOptions, reporter: Reporter
-              ) -> list[dict[str, Any]] | None:
-    """Per result: ``ci`` (interval per metric) and, against the baseline, ``vs_baseline``."""
-    if not options.resamples:
-        return None
-    reporter.start("bootstrap resamples", options.resamples)
-    block = chunking.compute_rows(6 * 8 * len(labels))  # counts, two key arrays, weighted copies
-    draws = bootstrap.resampled_metrics(rows, labels, first.class_count.size, first.k,
-                                        len(first.reliability.count), groups, options.resamples, options.seed,
-                                        options.stratified, block, reporter.advance)
-    out = [{"ci": bootstrap.intervals(d, options.confidence)} for d in draws]
-    if options.baseline is not None:
-        base = names.index(options.baseline)
-        for i, entry in enumerate(out):
-            if i != base:
-                paired = bootstrap.paired_intervals(draws[i], draws[base], options.confidence)
-                entry["vs_baseline"] = {key: {"difference": summaries[i][key] - summaries[base][key],
-                                              "ci": paired[key]} for key in summaries[i]}
-    return out
-
-
-def _bootstrap_info(options: BootstrapOptions) -> dict[str, Any] | None:
-    if not options.resamples:
-        return None
-    return {"resamples": options.resamples, "seed": options.seed, "confidence": options.confidence,
-            "sampling": "stratified" if options.stratified else "plain", "interval": "percentile",
-            "baseline": options.baseline}
-
-
-def _document(files: list[RowFile], names: list[str], results: list[Metrics], summaries: list[dict[str, float]],
-              groups: dict[str, np.ndarray], tags: dict[str, Any], inputs: dict[str, dict[str, Any] | None],
-              resampled: list[dict[str, Any]] | None, resampling: BootstrapOptions) -> dict[str, Any]:
-    """The results document of one run (schema in docs/evaluate.md)."""
-    first = files[0]
-    train = inputs["train"] or {}
-    rules = metrics.group_rules(train.get("many_shot_above", metrics.MANY_SHOT_ABOVE),
-                                train.get("few_shot_below", metrics.FEW_SHOT_BELOW))
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "gla_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tags": tags,
-        "n_samples": first.n_rows,
-        "n_classes": first.n_classes,
-        "classnames": first.classnames,
-        "top_k": results[0].k,
-        "ece_bins": len(results[0].reliability.count),
-        **inputs,
-        "bootstrap": _bootstrap_info(resampling),
-        "groups": {name: {"rule": rules[name], "classes": classes} for name, classes in groups.items()},
-        "results": [{
-            "name": name,
-            "path": f.path,
-            "gla_id": f.gla_id,
-            "parents": list(f.attrs.get("parents", [])),
-            "temperature": f.temperature,
-            "metrics": summary,
-            **(resampled[i] if resampled else {}),
-            "per_class": {"accuracy": r.class_accuracy, "correct": r.class_correct, "count": r.class_count},
-            "reliability": {"edges": r.reliability.edges, "count": r.reliability.count,
-                            "confidence": r.reliability.confidence, "accuracy": r.reliability.accuracy},
-        } for i, (f, name, r, summary) in enumerate(zip(files, names, results, summaries))],
-    }
+def _plot(path: Path, document: dict[str, Any]) -> None:
+    """The figure of a results document: what it shows is what the JSON holds."""
+    results = document["results"]
+    order, label = _plot_order(document["prior"], document["train"], document["n_classes"])
+    evaluation_figure(path, [r["name"] for r in results],
+                      [np.asarray(r["per_class"]["accuracy"], dtype=np.float64) for r in results], order, label,
+                      [Reliability(**{key: np.asarray(values, dtype=np.float64)
+                                      for key, values in r["reliability"].items()}) for r in results],
+                      _group_bars(document))
 
 
 def _group_bars(document: dict[str, Any]) -> list[GroupBars]:
@@ -356,65 +257,3 @@ def _plot_order(prior_info: dict[str, Any] | None, train_info: dict[str, Any] | 
     if train_info is not None:
         return metrics.rank_by(train_info["counts"]), "class rank by training images (most first)"
     return np.arange(n_classes), "class index"
-
-
-# --------------------------------------------------------------------------- the document as text
-
-
-def dumps(document: Any) -> str:
-    """Strict JSON: arrays become lists, NaN (an empty group or bin) becomes null, and lists of
-    numbers stay on one line so that 1000-class results remain readable."""
-    return _dump(json_values(document), 0) + "\n"
-
-
-def _dump(value: Any, depth: int) -> str:
-    pad, inner = " " * depth, " " * (depth + 1)
-    if isinstance(value, dict) and value:
-        items = [f"{inner}{json.dumps(k)}: {_dump(v, depth + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        return "[\n" + ",\n".join(f"{inner}{_dump(v, depth + 1)}" for v in value) + f"\n{pad}]"
-    return json.dumps(value, allow_nan=False, ensure_ascii=False)
-
-
-
-def load_document(path: Path) -> Any:
-    """A results file, parsed (not yet checked: :func:`read_records` does that)."""
-    if not path.is_file():
-        raise GlaInputError("no such file" if not path.exists() else "is not a file", path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise GlaInputError("is not UTF-8 text (expected evaluate's JSON)", path) from None
-    except json.JSONDecodeError as exc:
-        raise GlaInputError(f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from None
-
-
-def read_records(document: Any, source: str) -> list[Record]:
-    """Check one results document (already parsed) and return one record per result."""
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise GlaInputError(f"not a 'gla evaluate --json' result (no \"schema\": \"{SCHEMA}\")", source)
-    version = document.get("schema_version")
-    if version not in READABLE_VERSIONS:
-        raise GlaInputError(f"schema_version {version!r} is not supported (expected "
-                            f"{', '.join(map(str, READABLE_VERSIONS))})", source)
-    tags = document.get("tags")
-    results = document.get("results")
-    if not isinstance(tags, dict):
-        raise GlaInputError("field 'tags' is missing or not an object", source)
-    if not isinstance(results, list) or not results:
-        raise GlaInputError("field 'results' is missing or empty", source)
-    resampling = document.get("bootstrap") or {}
-    if not isinstance(resampling, dict):
-        raise GlaInputError("field 'bootstrap' is not an object", source)
-    records = []
-    for k, result in enumerate(results):
-        if not isinstance(result, dict) or not isinstance(result.get("name"), str) \
-                or not isinstance(result.get("metrics"), dict):
-            raise GlaInputError(f"results[{k}] lacks a 'name' string or a 'metrics' object", source)
-        ci, vs_baseline = result.get("ci", {}), result.get("vs_baseline", {})
-        if not isinstance(ci, dict) or not isinstance(vs_baseline, dict):
-            raise GlaInputError(f"results[{k}]: 'ci' or 'vs_baseline' is not an object", source)
-        records.append(Record({METHOD_KEY: result["name"], **tags}, result["metrics"], source,
-                              ci, vs_baseline, resampling.get("baseline")))
-    return records

@@ -1,28 +1,31 @@
 """``fit``: a linear-probe head on cached features, with its penalty chosen on a validation set.
 
-The solver and the penalty search are :mod:`glacli.core.probe`, the anchor of ``--anchor`` is
-:mod:`glacli.core.anchor`; this module owns the policies around them: which heads may anchor which
-features, where the features live during the fit (held on the compute device when they fit
-``--memory`` and, on a GPU, half its free memory; else streamed from disk on every pass), what the
-head file records, and the warnings a user should read before trusting the head.
+The fit is :func:`glacli.api.fit_probe` (the solver and the penalty search: :mod:`glacli.core.probe`;
+the anchor of ``--anchor``: :mod:`glacli.core.anchor`); this module adds the files and the policies
+around it: which heads may anchor which features, where the features live during the fit (held on
+the compute device when they fit ``--memory`` and, on a GPU, half its free memory; else streamed
+from disk on every pass), the progress count, what the head file records, and the warnings a user
+should read before trusting the head.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from glacli import api
 from glacli.base.devices import resolve_device
 from glacli.base.errors import GlaInputError
 from glacli.base.types import Head, PathPoint, ProbeResult, Reporter
-from glacli.core.anchor import AnchorFit, fit_anchor
+from glacli.core.anchor import AnchorFit
 from glacli.core.calibration import T_MAX, T_MIN
-from glacli.core.heads import head_tensors
-from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, train_probe, wd_to_c
+from glacli.core.probe import WD_GRID, ProbeData, SolverOptions, chunk_rows_for, planned_fits, wd_to_c
 from glacli.io import fitted_ids
 from glacli.io.paramfile import read_head, write_head
 from glacli.io.rowfile import RowFile, read_rows
@@ -74,43 +77,33 @@ def fit_head(train: Path, output: Path, *, val: Path | None = None, wd: float | 
         if anchor is not None:
             zero_shot = read_head(anchor)
             check_anchor(zero_shot, anchor, train_file, reporter)
-        val_data, val_file = None, None
+        val_rows, val_file = None, None
         if val is not None:
             val_file = files.enter_context(read_rows(val, "features"))
             check_same_classnames(val_file.classnames, val_file.path, train_file.classnames, train_file.path)
             check_same_dimension(val_file.n_cols, val_file.path, train_file.n_cols, train_file.path)
-            val_file.require_labels("to choose the penalty and the temperature")
-            val_data = probe_data(val_file, options, memory_bytes)
+            val_labels = val_file.require_labels("to choose the penalty and the temperature")
+            val_rows = (probe_data(val_file, options, memory_bytes), val_labels)
             parents.append(val_file.gla_id)
-        start = None
+        init_head = None
         if init is not None:
-            head = read_head(init)
-            check_head_fits(head, init, train_file.classnames, train_file.n_cols, train_file.path)
-            weight, bias = head_tensors(head, dtype=torch.float64)
-            start = (weight / head.temperature, bias / head.temperature)
-            parents.append(head.gla_id)
-        train_data = probe_data(train_file, options, memory_bytes)
+            init_head = read_head(init)
+            check_head_fits(init_head, init, train_file.classnames, train_file.n_cols, train_file.path)
+            parents.append(init_head.gla_id)
+        train_rows = probe_data(train_file, options, memory_bytes)
         fit_start = time.perf_counter()
-        anchor_fit = None
         if zero_shot is not None:
-            anchor_fit = fit_anchor(train_data, *head_tensors(zero_shot, dtype=torch.float64), zero_shot.temperature,
-                                    options)
             parents.append(zero_shot.gla_id)
-        result = _run_fit(train_data, val_data, wd, options, start, anchor_fit, balanced, reporter)
+        fitted = _run_fit(train_rows, train_labels, reporter, val=val_rows, anchor=zero_shot, init=init_head,
+                          wd=wd, balanced=balanced, classnames=train_file.classnames, max_iter=max_iter, tol=tol,
+                          device=str(torch_device), float64=float64)
         fit_seconds = time.perf_counter() - fit_start
-        attrs = {"wd": result.wd, "c_equivalent": wd_to_c(result.wd, train_file.n_rows),
-                 "iterations": result.iterations, "final_loss": result.final_loss,
-                 "converged": result.converged, "balanced": balanced, "n_rows": train_file.n_rows,
-                 "train": str(train),
+        result, anchor_fit = fitted.result, fitted.anchor
+        attrs = {**fitted.head.attrs, "c_equivalent": wd_to_c(result.wd, train_file.n_rows), "train": str(train),
                  **{k: train_file.attrs[k] for k in RECORDED_TRAIN_ATTRS if k in train_file.attrs}}
-        if result.val_accuracy is not None:
-            attrs["val_accuracy"] = result.val_accuracy
-            attrs["val_nll"] = result.val_nll
         if anchor_fit is not None:
             attrs.update(anchor_attrs(anchor_fit, zero_shot.gla_id, anchor))
-        write_head(output, Head(weight=result.weight, bias=result.bias, classnames=train_file.classnames,
-                                head_type="linear" if anchor_fit is None else "anchored",
-                                temperature=result.temperature, attrs=attrs), parents,
+        write_head(output, replace(fitted.head, attrs=attrs), parents,
                    datasets={fitted_ids.DATASET: fitted_ids.hash_rows(
                              [train_file] + ([val_file] if val_file is not None else []))})
         report = _report(result, train_file, output, balanced, torch_device)
@@ -206,19 +199,27 @@ def probe_data(rows: RowFile, options: SolverOptions, memory_bytes: float) -> Pr
     return ProbeData(chunks, labels, rows.n_cols, rows.n_classes)
 
 
-def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options: SolverOptions,
-             start: tuple[torch.Tensor, torch.Tensor] | None, anchor: AnchorFit | None, balanced: bool,
-             reporter: Reporter) -> ProbeResult:
-    """Fit with a progress count: one step per penalty of the search, or per L-BFGS evaluation at a fixed one."""
+@dataclass(frozen=True)
+class _Fitted:
+    """The head :func:`glacli.api.fit_probe` returned, and the solver's and the anchor's records it passed on."""
+
+    head: Head
+    result: ProbeResult
+    anchor: AnchorFit | None
+
+
+def _run_fit(features: ProbeData, labels: np.ndarray, reporter: Reporter, **options: Any) -> _Fitted:
+    """:func:`glacli.api.fit_probe` with a progress count: one step per penalty of the search, or per
+    L-BFGS evaluation at a fixed one (``options``: the API's)."""
     done = 0
+    records: list[tuple[ProbeResult, AnchorFit | None]] = []
 
     def step(description: str | None = None) -> None:
         nonlocal done
         done += 1
         reporter.advance(1, description=description)
 
-    pair = None if anchor is None else (anchor.weight, anchor.bias)
-    if wd is None:
+    if options["wd"] is None:
         total = planned_fits() + 1
         reporter.start("penalty search", total)
         best: list[PathPoint] = []
@@ -228,15 +229,15 @@ def _run_fit(train: ProbeData, val: ProbeData | None, wd: float | None, options:
                 best[:] = [point]
             step(f"penalty search: wd {point.wd:.1e} (best {best[0].wd:.1e}, val {100 * best[0].val_accuracy:.2f}%)")
 
-        result = train_probe(train, val=val, options=options, init=start, anchor=pair, balanced=balanced,
-                             grid=WD_GRID, on_fit=on_fit)
+        head = api.fit_probe(features, labels, on_fit=on_fit, on_result=lambda *record: records.append(record),
+                             **options)
     else:
-        total = 2 * options.max_iter
-        reporter.start(f"fitting at wd {wd:.1e} (L-BFGS evaluations)", total)
-        result = train_probe(train, val=val, wd=wd, options=options, init=start, anchor=pair, balanced=balanced,
-                             on_evaluation=lambda loss: step())
+        total = 2 * options["max_iter"]
+        reporter.start(f"fitting at wd {options['wd']:.1e} (L-BFGS evaluations)", total)
+        head = api.fit_probe(features, labels, on_evaluation=lambda loss: step(),
+                             on_result=lambda *record: records.append(record), **options)
     reporter.advance(max(0, total - done))
-    return result
+    return _Fitted(head, *records[0])
 
 
 def _report(result: ProbeResult, train_file: RowFile, output: Path, balanced: bool,

@@ -10,7 +10,7 @@ from glacli.core import report
 from glacli.core.metrics import metric_info
 from glacli.io.outputs import check_output_path, write_text_atomic
 from glacli.io.plots import Series, setting_figure
-from glacli.services.evaluate import load_document, read_records
+from glacli.io.results_json import load_document, read_records
 
 DEFAULT_COLS = "shots"
 """The column key when none is given and the results have it: the shot count of few-shot runs."""

@@ -14,12 +14,8 @@ from rich.text import Text
 
 from glacli.cli.app import DeviceOption, JsonFileOutput, app, fail, out, output_path_option, reporting
 from glacli.core.metrics import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, format_metric, metric_info
-from glacli.services.evaluate import (
-    BootstrapOptions,
-    ShotThresholds,
-    dumps,
-    evaluate_files,
-)
+from glacli.io.results_json import dumps
+from glacli.services.evaluate import BootstrapOptions, ShotThresholds, evaluate_files
 
 
 PlotOutput = output_path_option("--plot", "OUT.png", "Per-class accuracy by class rank, a reliability diagram, "
@@ -142,7 +138,7 @@ def _interval_name(options: dict[str, Any]) -> str:
 
 
 def _cell(key: str, value: float, interval: Any) -> str:
-    text = format_metric(key, value) or "-"
+    text = (format_metric(key, value) if _finite(value) else "") or "-"
     if interval is None or not all(_finite(b) for b in interval):
         return text
     return f"{text} ±{format_metric(key, (interval[1] - interval[0]) / 2)}"

@@ -125,19 +125,22 @@ def _profile(objective: Objective, z_sub: np.ndarray, y_sub: np.ndarray, dtypes:
     """``nll``: Newton on ``phi(beta) = min_b L(beta, b)``, then the joint float64 Newton.
 
     The first ``beta`` is fitted on :data:`START_ROWS` subsample rows debiased at T = 1 (a T fitted with
-    q uniform would absorb a strong prior). At each trial ``beta``, ``b`` is solved over kept ``E``. At
-    the first, one more pass gives ``phi'`` and the beta terms of the Hessian: ``phi'' = H_beta_beta -
-    H_beta_b H_bb^-1 H_b_beta``, ``db/dbeta = -H_bb^-1 H_b_beta`` (which starts each next ``b``); later
-    trials carry ``phi'`` from their keep's start along ``H_beta_b`` and take ``phi''`` by secants.
+    q uniform would absorb a strong prior), its ``b`` started by the fixed-point step over all rows. At
+    each trial ``beta``, ``b`` is solved over kept ``E``. At the first, one more pass gives ``phi'`` and
+    the beta terms of the Hessian: ``phi'' = H_beta_beta - H_beta_b H_bb^-1 H_b_beta``, ``db/dbeta =
+    -H_bb^-1 H_b_beta`` (which starts each next ``b``); later trials carry ``phi'`` from their keep's
+    start along ``H_beta_b`` and take ``phi''`` by secants.
     """
     b1 = _fixed_point_step(objective, 1.0, np.zeros(objective.rows.c), None, z_sub)
     every = max(1, len(z_sub) // START_ROWS)
     beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, y_sub[::every], tol=1e-4)
-    b, inner = beta * b1, Newton(objective, z_sub, False, 1e-6, max_iter)
+    at = objective.evaluate(beta, beta * b1, dtypes[0], hessian=False)  # keeps E at the first beta
+    b = _fixed_point_step(objective, beta, at.b, at.moments, z_sub)
+    inner = Newton(objective, z_sub, False, 1e-6, max_iter)
     lo, hi, iterations, run, h_beta_b = 1.0 / T_MAX, 1.0 / T_MIN, 0, None, None
     while True:
         inner.max_iter = max(1, max_iter - iterations)
-        run = inner.solve(beta, b, dtypes[:1], None if run is None else run.inverse)  # the inverse carries over
+        run = inner.solve(beta, b, dtypes[:1], *((None, None) if run is None else (run.inverse, run.diag)))
         b, iterations = run.point.b, iterations + run.iterations + 1
         if h_beta_b is None or math.isnan(run.start.mean_z):  # phi', H_beta_b and phi'' from one more pass
             at = objective.evaluate(beta, b, dtypes[0], False, curvature=True)
