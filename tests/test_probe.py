@@ -14,7 +14,10 @@ from synth import DIM, N_CLASSES, class_features, classnames, write_features
 
 from glacli.base.types import Head
 from glacli.core.probe import (
+    PRECONDITIONER_KEEP,
+    PRECONDITIONER_RIDGE,
     WD_GRID,
+    Preconditioner,
     ProbeData,
     SolverOptions,
     fit_probe,
@@ -123,6 +126,26 @@ def test_streamed_chunks_equal_in_memory() -> None:
                              weight, bias, 1e-3)
     assert whole[0] == pytest.approx(pieces[0], rel=1e-13)
     assert torch.allclose(whole[1], pieces[1], rtol=1e-12, atol=1e-15)
+
+
+def test_preconditioner_is_the_ridged_inverse_second_moment() -> None:
+    """H0 = (S + mu I)^-1 on every class's [w_c, b_c], S the second moment of [x, 1], computed here in numpy;
+    the directions it leaves undamped (damping below PRECONDITIONER_KEEP) bound the difference."""
+    x, y = class_features(300, 0.6, seed=5)
+    x = x + 3.0 * np.ones(DIM) / np.sqrt(DIM)  # a shared mean direction, as CLIP features have
+    pre = Preconditioner.of(tensors(x, y), torch.device("cpu"), torch.float64)
+    extended = np.hstack([x, np.ones((len(x), 1))])
+    moment = extended.T @ extended / len(x)
+    ridge = PRECONDITIONER_RIDGE * (x * x).sum(1).mean()
+    v = np.random.default_rng(0).normal(size=N_CLASSES * (DIM + 1))
+    rows = np.hstack([v[: N_CLASSES * DIM].reshape(N_CLASSES, DIM), v[N_CLASSES * DIM:, None]])
+    expected = np.linalg.solve(moment + ridge * np.eye(DIM + 1), rows.T).T
+    out = pre(torch.from_numpy(v)).numpy()
+    got = np.hstack([out[: N_CLASSES * DIM].reshape(N_CLASSES, DIM), out[N_CLASSES * DIM:, None]])
+    assert pre.ridge == pytest.approx(ridge, rel=1e-12)
+    # Each undamped direction u (damping d < KEEP) is off by d (u.r) / mu: per row at most KEEP ||r|| / mu.
+    assert np.all(np.linalg.norm(got - expected, axis=1) <= PRECONDITIONER_KEEP * np.linalg.norm(rows, axis=1) / ridge)
+    assert not np.allclose(got, rows / ridge, atol=0.1 * np.abs(rows).max() / ridge)  # it does damp
 
 
 def test_search_picks_validation_optimum_of_its_grid() -> None:

@@ -14,7 +14,8 @@ FLAT_STEPS = 3
 
 
 def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta: torch.Tensor,
-          small_enough: Callable[[torch.Tensor, torch.Tensor], bool], max_iter: int, history: int
+          small_enough: Callable[[torch.Tensor, torch.Tensor], bool], max_iter: int, history: int,
+          precondition: Callable[[torch.Tensor], torch.Tensor] | None = None
           ) -> tuple[torch.Tensor, float, int, bool]:
     """Limited-memory BFGS with a backtracking (Armijo) line search, for smooth convex objectives.
 
@@ -22,12 +23,17 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
     ``FLAT_STEPS`` steps in a row no longer decrease the value beyond the working precision of
     ``theta``'s dtype
     (converged as far as that precision allows), or after ``max_iter`` iterations (not converged).
+    ``precondition(v)`` applies an approximate inverse Hessian ``H0`` (symmetric positive definite),
+    the initial matrix of the two-loop recursion, scaled by ``s.y / y.H0 y`` of the newest pair
+    (Nocedal & Wright, eq. 7.20 with ``H0`` for the identity); the default is the identity.
     Returns ``(theta, value, iterations, converged)``.
     """
     precision = torch.finfo(theta.dtype).eps
     flat_steps = 0
     loss, grad = objective(theta)
+    apply = precondition or (lambda v: v)
     steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / y.s), oldest first
+    scale = 1.0  # s.y / y.H0 y of the newest pair
     for iteration in range(max_iter):
         if small_enough(theta, grad):
             return theta, loss, iteration, True
@@ -38,8 +44,7 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
             direction = direction - alpha * y
             coefficients.append(alpha)
         if steps:
-            s, y, rho = steps[-1]
-            direction = direction * (1.0 / (rho * float(y @ y)))
+            direction = apply(direction) * scale
         else:
             direction = direction * min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30))
         for (s, y, rho), alpha in zip(steps, reversed(coefficients)):
@@ -68,6 +73,7 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
         sy = float(s @ y)
         if sy > 1e-12 * float(y @ y):
             steps.append((s, y, 1.0 / sy))
+            scale = sy / float(y @ apply(y))
             if len(steps) > history:
                 steps.pop(0)
         theta, loss, grad = candidate, new_loss, new_grad

@@ -118,6 +118,15 @@ class ProbeData:
 
         return cls(chunks, labels, int(features.shape[1]), n_classes)
 
+    def second_moment(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``(1/N) sum_i [x_i, 1] [x_i, 1]^T`` [D + 1, D + 1], float64 on the CPU (one pass, in ``dtype`` on ``device``)."""
+        total = torch.zeros(self.n_features + 1, self.n_features + 1, dtype=dtype, device=device)
+        for features, _ in self.chunks():
+            x = features.to(device=device, dtype=dtype)
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=dtype, device=device)], 1)
+            total.addmm_(x.T, x)
+        return total.to(torch.float64).cpu() / self.n_rows
+
     def log_label_frequencies(self) -> torch.Tensor:
         """``log pi_s``: log label frequencies of these rows (float64, CPU; -inf for an absent class)."""
         return torch.from_numpy(log_label_frequencies(self.labels.cpu().numpy(), self.n_classes))
@@ -138,6 +147,55 @@ class SolverOptions:
     tol: float = 1e-4
     search_tol: float = 1e-2
     history: int = 20
+
+
+PRECONDITIONER_RIDGE = 0.1
+"""``mu`` of the preconditioner ``(S + mu I)^-1`` (:class:`Preconditioner`), relative to the rows' mean squared norm."""
+PRECONDITIONER_KEEP = 0.01
+"""Eigen-directions of ``S`` damped by less than this (``lam / (lam + mu)``) are left undamped."""
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """The plain probe's L-BFGS initial inverse Hessian ``(S + mu I)^-1``, the same for every class's
+    ``[w_c, b_c]``, from the second moment ``S = (1/N) sum [x, 1] [x, 1]^T`` of the rows extended by a 1
+    (the bias is the weight of that constant feature); computed once per training set, shared by
+    every penalty.
+
+    CLIP-like features are far from isotropic: their mean is most of every row (on CLIP ViT-B/32
+    ImageNet features a direction with 13 times the variance of the next), and it couples with the
+    bias. With the identity as its initial matrix L-BFGS steps along it as along the weak
+    directions and relearns the difference for every penalty. ``mu`` of a tenth of the rows' mean
+    squared norm damps the few strong directions only; L-BFGS's scaling ``s.y / y.H0 y`` supplies
+    the magnitude. On those features (2 shots, 1,000 classes, warm-started search fits) it cut
+    the iterations from 15, 40, 44 to 5, 17, 23 at ``wd`` 1e-4, 1e-5, 1e-6, where a ridge that grew
+    with the penalty did worse at one end or the other. The anchored probe (no bias, started at
+    the zero-shot head) gained nothing from it and is not preconditioned. The path changes, not the
+    optimum (the problem is strictly convex).
+
+    Held as ``(1/mu) (I - U diag(damping) U^T)`` over the eigenvectors ``U`` of ``S`` that it damps by
+    ``PRECONDITIONER_KEEP`` or more: one application costs ``4 C D k`` for ``k`` of them.
+    """
+
+    vectors: torch.Tensor
+    damping: torch.Tensor
+    ridge: float
+
+    @classmethod
+    def of(cls, data: ProbeData, device: torch.device, dtype: torch.dtype) -> Preconditioner:
+        moment = data.second_moment(device, dtype)
+        ridge = PRECONDITIONER_RIDGE * float(moment.diagonal()[:-1].sum())
+        values = torch.linalg.eigh(moment)
+        damping = values.eigenvalues.clamp_min(0.0) / (values.eigenvalues.clamp_min(0.0) + ridge)
+        kept = damping >= PRECONDITIONER_KEEP
+        return cls(values.eigenvectors[:, kept].to(device, dtype), damping[kept].to(device, dtype), ridge)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``H0 v`` for a flat ``theta``: the weights [C, D] row-major, then the bias [C]."""
+        width = len(self.vectors)
+        rows = torch.cat([v[: -(len(v) // width)].view(-1, width - 1), v[-(len(v) // width):, None]], 1)
+        rows = rows - ((rows @ self.vectors) * self.damping) @ self.vectors.T
+        return torch.cat([rows[:, :-1].reshape(-1), rows[:, -1]]).div_(self.ridge)
 
 
 @dataclass
@@ -199,6 +257,7 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
               anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
               start: tuple[torch.Tensor, torch.Tensor] | None = None,
               adjustment: torch.Tensor | None = None, tol: float | None = None,
+              preconditioner: Preconditioner | None = None,
               on_evaluation: Callable[[float], None] | None = None) -> ProbeFit:
     """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS over ``W - W_a`` (and ``b``).
 
@@ -212,7 +271,8 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
     what the rows moved the head from its anchor, whatever the scale of the penalty -- an absolute
     gradient tolerance would stop warm starts at small penalties before they move. Also stops when
     no step decreases ``L`` at working precision (counted as converged) or after
-    ``options.max_iter`` iterations (not converged).
+    ``options.max_iter`` iterations (not converged). ``preconditioner`` is L-BFGS's initial inverse
+    Hessian (by default computed from ``data``; a search passes the one it computed for all its penalties).
     """
     if wd <= 0 or not math.isfinite(wd):
         raise ValueError(f"penalty must be positive, got {wd}")
@@ -248,7 +308,10 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
     def small_enough(point: torch.Tensor, grad: torch.Tensor) -> bool:
         return float(grad.norm()) <= rtol * wd * float(point[: c * d].norm())
 
-    theta, loss, iterations, converged = lbfgs(objective, theta, small_enough, options.max_iter, options.history)
+    if preconditioner is None:
+        preconditioner = Preconditioner.of(data, device, dtype) if anchor is None else None
+    theta, loss, iterations, converged = lbfgs(objective, theta, small_enough, options.max_iter, options.history,
+                                               preconditioner)
     bias = theta[c * d:].clone() if fixed_bias is None else fixed_bias.clone()
     return ProbeFit(anchor_w + theta[: c * d].view(c, d), bias, wd, loss, iterations, evaluations, converged)
 
@@ -275,7 +338,7 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
                    anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
                    start: tuple[torch.Tensor, torch.Tensor] | None = None,
                    adjustment: torch.Tensor | None = None, grid: np.ndarray = WD_GRID,
-                   coarse_stride: int = COARSE_STRIDE, patience: int = 1,
+                   coarse_stride: int = COARSE_STRIDE, patience: int = 1, preconditioner: Preconditioner | None = None,
                    on_fit: Callable[[PathPoint], None] | None = None,
                    on_evaluation: Callable[[float], None] | None = None) -> PenaltySearch:
     """Choose ``wd`` from ``grid`` (strongest first) on ``val``: coarse warm-started path, then refinement.
@@ -284,13 +347,15 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
     protocol). Search fits stop at ``options.search_tol``.
     """
     points: dict[int, PathPoint] = {}
+    if preconditioner is None and anchor is None:
+        preconditioner = Preconditioner.of(train, options.device, options.dtype)
     best_index: int | None = None
     best_fit: ProbeFit | None = None
 
     def evaluate(index: int, warm: tuple[torch.Tensor, torch.Tensor] | None, stage: str) -> ProbeFit:
         nonlocal best_index, best_fit
         fit = fit_probe(train, float(grid[index]), options, anchor=anchor, start=warm, adjustment=adjustment,
-                        tol=options.search_tol, on_evaluation=on_evaluation)
+                        tol=options.search_tol, preconditioner=preconditioner, on_evaluation=on_evaluation)
         accuracy, nll = probe_scores(val, fit.weight, fit.bias)
         point = PathPoint(fit.wd, accuracy, nll, fit.iterations, fit.loss, fit.converged, stage)
         points[index] = point
@@ -344,13 +409,14 @@ def train_probe(train: ProbeData, *, val: ProbeData | None = None, wd: float | N
     adjustment = train.log_label_frequencies() if balanced else None
     path: list[PathPoint] = []
     start = init
+    preconditioner = Preconditioner.of(train, options.device, options.dtype) if anchor is None else None
     if wd is None:
         assert val is not None
         search = search_penalty(train, val, options, anchor=anchor, start=init, adjustment=adjustment, grid=grid,
-                                on_fit=on_fit, on_evaluation=on_evaluation)
+                                preconditioner=preconditioner, on_fit=on_fit, on_evaluation=on_evaluation)
         path, wd = search.points, search.chosen.wd
         start = (search.best.weight, search.best.bias)
-    fit = fit_probe(train, wd, options, anchor=anchor, start=start, adjustment=adjustment,
+    fit = fit_probe(train, wd, options, anchor=anchor, start=start, adjustment=adjustment, preconditioner=preconditioner,
                     on_evaluation=on_evaluation)
     result = ProbeResult(fit.weight.float().cpu().numpy(), fit.bias.float().cpu().numpy(), wd=wd,
                          temperature=1.0, iterations=fit.iterations, final_loss=fit.loss,
