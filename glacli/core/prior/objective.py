@@ -151,10 +151,9 @@ class Objective:
         return self._point(parts[:n_terms], beta, b, None, hessian), parts[n_terms:]
 
     def _kept_pass(self, b: np.ndarray, hessian: bool, curvature: bool) -> Point:
-        """A pass over kept ``E``. For the value and gradient alone on numpy, two matrix-vector products
-        over the whole [N, C] array: BLAS runs them on its own threads (as many as it is configured for,
-        by default every core), not on the passes' pool of ``min(4, cpus)``. With the Hessian's diagonal,
-        or the temperature's terms (reading the rows again), and on torch: piece by piece on that pool."""
+        """A pass over kept ``E``: for the value and gradient alone on numpy, two matrix-vector products over
+        the whole array on BLAS's own threads; with the Hessian's diagonal or the temperature's terms
+        (reading the rows again), and on torch, piece by piece on the passes' pool of ``min(4, cpus)``."""
         kept, rows = self.kept, self.rows
         w = np.exp(kept.b_ref - b)
         w_x = rows.vector(w, rows.xp.float32)
