@@ -250,13 +250,13 @@ def _held_source(rows: _PooledRows, held: np.ndarray, device: str) -> Any:
     """The pooled rows, read once into ``held``: on a CPU its first pass reads the files (the solver's
     read-ahead overlapping its work) and fills ``held``, and every later pass (the solver's, the summary
     after it) reads memory; on a GPU ``held`` is filled first and moved there."""
-    n, step = rows.n_rows, chunking.array_rows(len(rows.classnames))
+    n, in_memory = rows.n_rows, LogitSource.from_array(held)
     filled = False
 
     def blocks() -> Iterator[np.ndarray]:
         nonlocal filled
         if filled:
-            yield from (held[start:start + step] for start in range(0, n, step))
+            yield from in_memory.blocks()
             return
         start = 0
         for block in rows.blocks("cpu"):
