@@ -44,6 +44,8 @@ def expected_logits(xp: Any, e: Any, z: Any, weights: Any = None, second: bool =
     """
     ones = xp.ones(e.shape[1], dtype=e.dtype, device=device_of(e)) if weights is None else weights
     d = e @ ones
+    if not second and weights is None:  # one fused pass, no [n, C] temporary
+        return d, xp.linalg.vecdot(e, z) / d, None, None
     ez = e * z
     mean = (ez @ ones) / d
     if not second:
@@ -53,12 +55,12 @@ def expected_logits(xp: Any, e: Any, z: Any, weights: Any = None, second: bool =
     return d, mean, xp.clip((ez @ ones) / d - mean * mean, min=0.0), columns
 
 
-def _labelled_blocks(logits: Any, labels: Any) -> Iterator[tuple[Any, Any]]:
-    """``(z, y)`` row blocks as float64 and int64, of :func:`glacli.base.chunking.array_rows` rows each."""
+def _labelled_blocks(logits: Any, labels: Any, dtype: str = "float64") -> Iterator[tuple[Any, Any]]:
+    """``(z, y)`` row blocks as ``dtype`` and int64, of :func:`glacli.base.chunking.array_rows` rows each."""
     xp = array_namespace(logits)
     rows = chunking.array_rows(logits.shape[1])
     for start in range(0, logits.shape[0], rows):
-        yield (xp.astype(logits[start:start + rows], xp.float64),
+        yield (xp.astype(logits[start:start + rows], getattr(xp, dtype)),
                xp.astype(labels[start:start + rows], xp.int64))
 
 
@@ -103,20 +105,23 @@ def solve_temperature_nll(grad_curv: Callable[[float], tuple[float, float]], tol
     return 1.0 / beta
 
 
-def fit_temperature_nll(logits: Any, labels: Any, tol: float = 1e-10, max_iter: int = 100) -> float:
-    """The T > 0 minimising ``mean CE(logits / T, labels)`` (see :func:`solve_temperature_nll`)."""
+def fit_temperature_nll(logits: Any, labels: Any, tol: float = 1e-10, max_iter: int = 100,
+                        dtype: str = "float64") -> float:
+    """The T > 0 minimising ``mean CE(logits / T, labels)`` (see :func:`solve_temperature_nll`);
+    ``dtype`` of the rows' terms (sums are float64): float32 where T is only a start."""
     xp = array_namespace(logits)
     n = logits.shape[0]
-    blocks = list(_labelled_blocks(logits, labels))
-    mean_true = sum(float(xp.sum(xp.take_along_axis(z, y[:, None], axis=1))) for z, y in blocks) / n
+    blocks = list(_labelled_blocks(logits, labels, dtype))
+    mean_true = sum(float(xp.sum(xp.astype(xp.take_along_axis(z, y[:, None], axis=1), xp.float64)))
+                    for z, y in blocks) / n
 
     def grad_curv(beta: float) -> tuple[float, float]:
         mean_z_sum = var_sum = 0.0
         for z, _ in blocks:
             s = beta * z
             _, mean_z, var_z, _ = expected_logits(xp, xp.exp(s - xp.max(s, axis=1, keepdims=True)), z, second=True)
-            mean_z_sum += float(xp.sum(mean_z))
-            var_sum += float(xp.sum(var_z))
+            mean_z_sum += float(xp.sum(xp.astype(mean_z, xp.float64)))
+            var_sum += float(xp.sum(xp.astype(var_z, xp.float64)))
         return mean_z_sum / n - mean_true, var_sum / n
 
     return solve_temperature_nll(grad_curv, tol, max_iter)

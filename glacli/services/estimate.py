@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
         proportions = _target_proportions(target, rows)
         if temperature in TEMPERATURE_METHODS:
             require_labels(rows.labels, rows.path, f"for --temperature {temperature}")
-        labels = rows.labels if labels_complete(rows.labels) else None
+        labels = rows.first_read.labels
         budget = memory_gib * 2**30 * (0.5 if compute != "cpu" else 1.0)
         held = None
         if 8.0 * rows.n_rows * len(rows.classnames) <= budget:
@@ -79,7 +79,7 @@ def estimate_prior_file(logits: Sequence[Path], output: Path, *, temperature: st
         except ValueError as exc:
             raise GlaInputError(str(exc), rows.path) from None
         method = temperature if isinstance(temperature, str) else "fixed"
-        correct, fitted = _after_fit(rows, held, labels, fit)
+        fitted, correct = _after_fit(rows, held, fit)
         report = _report(rows, labels, proportions, fit, correct, method, output, show)
     if method == "nll" and (not fit.converged or fit.temperature <= T_MIN * 1.0001):
         why = ("the logits carry almost no information about these labels" if fit.temperature > 1 else
@@ -153,21 +153,68 @@ class _PooledRows:
     head_attrs: dict[str, str]
     """Which zero-shot head produced the logits (``zeroshot_head_id``, model, templates), where known."""
     source: LogitSource
+    first_read: _FirstRead
 
     @property
     def n_rows(self) -> int:
         return len(self.labels)
 
     def blocks(self, device: str = "cpu") -> Iterator[Any]:
-        """Float32 blocks of every file in order, scaled, as numpy (CPU) or torch tensors (``device``)."""
+        """Float32 blocks of every file in order, scaled, as numpy (CPU) or torch tensors (``device``);
+        the first pass to read a block also gives it to :attr:`first_read`."""
+        offset = 0
         for rows, scale in zip(self.files, self.scales):
-            for chunk in rows.iter_chunks():
+            for chunk in rows.iter_chunks(with_ids=not self.first_read.complete):
+                self.first_read.add(offset + chunk.start, chunk.values, chunk.ids)
                 values = chunk.values if scale == 1.0 else chunk.values * np.float32(scale)
                 if device == "cpu":
                     yield values
                 else:
                     import torch  # a GPU was asked for: torch is needed, and only then
                     yield torch.from_numpy(values).to(device)
+            offset += rows.n_rows
+
+
+@dataclass
+class _FirstRead:
+    """What needs no fit, taken from each block as the solver's first pass reads it (the files are read
+    once where the rows are held): the rows' hashes (:mod:`glacli.io.fitted_ids`) and, with labels,
+    the right top-1 predictions of ``z`` per class."""
+
+    n_rows: int
+    n_classes: int
+    labels: np.ndarray | None
+    """Every row's label, or None where some row has none (no accuracy is reported then)."""
+    pool: ThreadPoolExecutor
+    """Where each block's work runs, beside the solver (which waits for its reading, not for this)."""
+    parts: dict[int, Future] = field(default_factory=dict)
+    rows: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.rows == self.n_rows
+
+    def add(self, start: int, z: np.ndarray, ids: list[str] | None) -> None:
+        if ids is None or start in self.parts:
+            return
+        self.parts[start] = self.pool.submit(self._summarise, start, z, ids)
+        self.rows += len(z)
+
+    def _summarise(self, start: int, z: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        right = None if self.labels is None else _right_per_class(z, self.labels[start:start + len(z)],
+                                                                  self.n_classes)
+        return fitted_ids.row_hashes(ids, z), right
+
+    def results(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sorted distinct row hashes and, with labels, [C] right predictions of ``z``."""
+        parts = [future.result() for future in self.parts.values()]
+        right = None if self.labels is None else sum(counts for _, counts in parts)
+        return np.unique(np.concatenate([hashes for hashes, _ in parts])), right
+
+
+def _right_per_class(scores: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """[C] how many rows of each class ``scores`` predict right (top-1)."""
+    return np.bincount(labels, weights=scores.argmax(1) == labels, minlength=n_classes)
 
 
 def _open_pooled(paths: Sequence[Path], files: contextlib.ExitStack, device: str, reporter: Reporter) -> _PooledRows:
@@ -193,10 +240,12 @@ def _open_pooled(paths: Sequence[Path], files: contextlib.ExitStack, device: str
     head_ids = {h.get("zeroshot_head_id") for h in heads} - {None}
     if len(head_ids) > 1:
         reporter.warning(f"the inputs come from {len(head_ids)} different zero-shot heads; q describes their mixture")
-    labels = np.concatenate([f.labels for f in opened])
+    labels, n_classes = np.concatenate([f.labels for f in opened]), opened[0].n_classes
     pooled = _PooledRows(" + ".join(map(str, paths)), opened, scales, labels, opened[0].classnames,
                          [f.gla_id for f in opened], temperature, heads[0] if len(head_ids) <= 1 else {},
-                         LogitSource(lambda: None, len(labels), opened[0].n_classes))
+                         LogitSource(lambda: None, len(labels), n_classes),
+                         _FirstRead(len(labels), n_classes, labels if labels_complete(labels) else None,
+                                    files.enter_context(ThreadPoolExecutor(1))))
     pooled.source.blocks = lambda: pooled.blocks(device)
     pooled.source.like = next(iter(pooled.blocks(device)))[:0] if device != "cpu" else np.empty((0, 0), np.float32)
     return pooled
@@ -273,40 +322,38 @@ def _held_source(rows: _PooledRows, held: np.ndarray, device: str) -> Any:
     return torch.from_numpy(held).to(device)
 
 
-def _after_fit(rows: _PooledRows, held: np.ndarray | None, labels: np.ndarray | None,
-               fit: PriorEstimate) -> tuple[np.ndarray | None, np.ndarray]:
-    """One pass over the rows after the fit (the held ones, which the solver's first pass filled, else the
-    files), pieces on two threads:
-    with labels, [2, C] right predictions per class of ``z`` and of the debiased ``z / T - log q``;
-    and the fitted rows' hashes (:mod:`glacli.io.fitted_ids`)."""
-    n_classes = len(rows.classnames)
+def _after_fit(rows: _PooledRows, held: np.ndarray | None, fit: PriorEstimate
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """With labels, [2, C] right top-1 predictions per class of ``z`` (from the first read) and of the
+    debiased ``z / T - log q``, by one pass over the rows after the fit (the held ones, which the
+    solver's first pass filled, else the files), pieces on two threads."""
+    first = rows.first_read
+    hashes, right = first.results()
+    if first.labels is None:
+        return hashes, None
     scale, log_q = np.float32(1.0 / fit.temperature), fit.log_prior.astype(np.float32)
 
-    def summarise(start: int, z: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        if labels is None:
-            return fitted_ids.row_hashes(ids, z), None
-        y = labels[start:start + len(z)]
+    def debiased_right(start: int, z: np.ndarray) -> np.ndarray:
         debiased = z * scale
         debiased -= log_q
-        return fitted_ids.row_hashes(ids, z), np.stack(
-            [np.bincount(y, weights=scores.argmax(1) == y, minlength=n_classes) for scores in (z, debiased)])
+        return _right_per_class(debiased, first.labels[start:start + len(z)], first.n_classes)
 
-    def pieces() -> Iterator[tuple[int, np.ndarray, list[str]]]:
-        offset, step = 0, chunking.array_rows(n_classes)
+    def pieces() -> Iterator[tuple[int, np.ndarray]]:
+        if held is not None:
+            step = chunking.array_rows(first.n_classes)
+            yield from ((start, held[start:start + step]) for start in range(0, rows.n_rows, step))
+            return
+        offset = 0
         for rows_file, file_scale in zip(rows.files, rows.scales):
-            for start in range(0, rows_file.n_rows, step):
-                stop = min(start + step, rows_file.n_rows)
-                z = held[offset + start:offset + stop] if held is not None else rows_file.read(start, stop)
-                yield offset + start, z if held is not None or file_scale == 1.0 else z * np.float32(
-                    file_scale), rows_file.ids(start, stop)
+            for chunk in rows_file.iter_chunks():
+                yield offset + chunk.start, chunk.values * np.float32(file_scale)
             offset += rows_file.n_rows
 
-    results, pending = [], []
+    counts, pending = np.zeros(first.n_classes), []
     with ThreadPoolExecutor(2) as pool:
         for item in pieces():  # a few pieces in flight: streamed files are never read ahead whole
-            pending.append(pool.submit(summarise, *item))
+            pending.append(pool.submit(debiased_right, *item))
             if len(pending) > 4:
-                results.append(pending.pop(0).result())
-        results += [future.result() for future in pending]
-    correct = None if labels is None else sum(counts for _, counts in results)
-    return correct, np.unique(np.concatenate([hashes for hashes, _ in results]))
+                counts += pending.pop(0).result()
+        counts += sum(future.result() for future in pending)
+    return hashes, np.stack([right, counts])

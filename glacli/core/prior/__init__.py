@@ -103,10 +103,10 @@ def _fixed_point_step(objective: Objective, beta: float, b: np.ndarray, moments:
     its target at once. ``m`` comes from the subsample (log space) where ``moments`` is None or underflows."""
     low = np.ones(len(b), bool) if moments is None else moments < UNDERFLOW
     log_m = np.zeros(len(b)) if moments is None else np.log(np.maximum(moments, 1e-300))
-    if low.any():
-        log_p = log_softmax(np, z_sub * beta - b)
+    if low.any():  # float32: it only starts the solve
+        log_p = log_softmax(np, z_sub * np.float32(beta) - b.astype(np.float32))
         top = log_p.max(0)
-        log_m = np.where(low, top + np.log(np.exp(log_p - top).mean(0)), log_m)
+        log_m = np.where(low, top + np.log(np.exp(log_p - top).mean(0, dtype=np.float64)), log_m)
     b = b + log_m - np.log(objective.target)
     return b - b.max()
 
@@ -133,7 +133,8 @@ def _profile(objective: Objective, z_sub: np.ndarray, y_sub: np.ndarray, dtypes:
     """
     b1 = _fixed_point_step(objective, 1.0, np.zeros(objective.rows.c), None, z_sub)
     every = max(1, len(z_sub) // START_ROWS)
-    beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1, y_sub[::every], tol=1e-4)
+    beta = 1.0 / fit_temperature_nll(z_sub[::every] - b1.astype(np.float32), y_sub[::every], tol=1e-4,
+                                     dtype="float32")
     at = objective.evaluate(beta, beta * b1, dtypes[0], hessian=False)  # keeps E at the first beta
     b = _fixed_point_step(objective, beta, at.b, at.moments, z_sub)
     inner = Newton(objective, z_sub, False, 1e-6, max_iter)

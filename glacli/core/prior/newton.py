@@ -23,7 +23,7 @@ def subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray, diag: np.nd
     ``beta`` first), its ``b``-diagonal raised to the exact ``diag`` (never lowered: it stays positive
     semi-definite), the gauge direction ``b -> b + c`` fixed by adding ``1 1^T / C``. Float32 inside:
     it only shapes the step."""
-    z = z_sub.astype(np.float32)
+    z = z_sub.astype(np.float32, copy=False)
     s = z * np.float32(beta) - b.astype(np.float32)
     e = np.exp(s - s.max(1, keepdims=True))
     d, mean_z, var_z, columns = expected_logits(np, e, z, second=fit_beta)

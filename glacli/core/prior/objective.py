@@ -84,8 +84,10 @@ class Objective:
         if self.shift is None and piece.dtype == dtype:
             return piece
         out = rows.scratch("z", piece.shape, dtype)
-        np.subtract(piece, 0.0 if self.shift is None else self.shift.astype(dtype), out=out, casting="unsafe")
-        return out
+        if piece.dtype == dtype:
+            return np.subtract(piece, self.shift.astype(dtype), out=out)
+        np.copyto(out, piece)  # a cast, then the subtraction in dtype: faster than one mixed-type loop
+        return out if self.shift is None else np.subtract(out, self.shift, out=out)
 
     def _exp(self, z: Any, beta: float, b_x: Any, out: Any = None) -> tuple[Any, Any]:
         """``exp(beta z - b - rowmax)`` (into ``out`` or a per-thread buffer on numpy) and the row maxima."""
@@ -152,8 +154,8 @@ class Objective:
 
     def _kept_pass(self, b: np.ndarray, hessian: bool, curvature: bool) -> Point:
         """A pass over kept ``E``: for the value and gradient alone on numpy, two matrix-vector products over
-        the whole array on BLAS's own threads; with the Hessian's diagonal or the temperature's terms
-        (reading the rows again), and on torch, piece by piece on the passes' pool of ``min(4, cpus)``."""
+        each of a few large row blocks, one per worker; with the Hessian's diagonal or the temperature's
+        terms (reading the rows again), and on torch, piece by piece."""
         kept, rows = self.kept, self.rows
         w = np.exp(kept.b_ref - b)
         w_x = rows.vector(w, rows.xp.float32)
@@ -164,9 +166,13 @@ class Objective:
         elif kept.storage is None or hessian:
             parts = rows.reduce(lambda e, top: self._terms(e, top, w_x, None, hessian), kept.pieces)
         else:
-            rows.passes += 1
-            d = kept.storage @ w_x
-            parts = [float(np.sum(kept.tops + np.log(d.astype(np.float64)))), (np.float32(1.0) / d) @ kept.storage]
+            def value_gradient(start: int, stop: int) -> tuple:
+                e = kept.storage[start:stop]
+                d = e @ w_x
+                return float(np.sum(kept.tops[start:stop] + np.log(d.astype(np.float64)))), (np.float32(1.0) / d) @ e
+
+            bounds = np.linspace(0, rows.n, rows.workers + 1).astype(int)
+            parts = rows.reduce(value_gradient, zip(bounds[:-1], bounds[1:]))
         return self._point(parts, kept.beta, b, w, hessian)
 
     def scan(self, labels: np.ndarray | None, keep_beta: float | None,
@@ -174,7 +180,7 @@ class Objective:
         """The first pass over the rows as given: refuses non-finite values, sets the label term and,
         with ``centre`` (the label proportions), takes the column means out of ``z`` (per-class constants
         only move ``b``, but a class far below the rest makes the beta curvature huge). Returns
-        :data:`SUBSAMPLE_ROWS` random rows (float64, centred), their indices, and with ``keep_beta``
+        :data:`SUBSAMPLE_ROWS` random rows (float32, centred), their indices, and with ``keep_beta``
         (when ``E`` may be kept) the point at ``b = 0``."""
         rows, xp, to_np = self.rows, self.rows.xp, self.rows.numpy
         y_all = None if labels is None else rows.vector(labels, xp.int64)
@@ -204,4 +210,4 @@ class Objective:
             self.shift = (sums / rows.n).astype(np.float32).astype(np.float64)
             z_sub = z_sub - self.shift
             self.mean_true_logit -= float(centre @ self.shift)
-        return z_sub, sub_rows, point
+        return z_sub.astype(np.float32), sub_rows, point
