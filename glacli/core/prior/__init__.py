@@ -87,9 +87,9 @@ def estimate_prior(logits: Any, target: Any, temperature: float | str = 1.0, lab
             run = Newton(objective, z_sub, False, tol, max_iter).solve(beta, b, dtypes)
     point, beta = run.point, run.point.beta
     moment_gaps = target - point.moments
-    cross_entropy = None
-    if label_proportions is not None:  # L holds sum_k f_k b_k where the cross-entropy has the label mean of b
-        cross_entropy = objective.value(point) + float((label_proportions - target) @ point.b)
+    # L holds sum_k f_k b_k where the cross-entropy has the label mean of b
+    cross_entropy = None if label_proportions is None else (
+        objective.value(point) + float((label_proportions - target) @ point.b))
     log_q = point.b + (0.0 if objective.shift is None else beta * objective.shift) + np.log(target)
     log_q -= log_q.max() + math.log(np.exp(log_q - log_q.max()).sum())
     return PriorEstimate(log_q, 1.0 / beta, run.iterations, float(np.abs(moment_gaps).max()), run.converged,

@@ -92,12 +92,8 @@ class Objective:
     def _exp(self, z: Any, beta: float, b_x: Any, out: Any = None) -> tuple[Any, Any]:
         """``exp(beta z - b - rowmax)`` (into ``out`` or a per-thread buffer on numpy) and the row maxima."""
         rows, xp = self.rows, self.rows.xp
-        if rows.on_numpy:
-            s = out if out is not None else rows.scratch("s", z.shape, z.dtype)
-            np.multiply(z, z.dtype.type(beta), out=s)
-            s -= b_x
-        else:
-            s = z * beta - b_x
+        s = rows.scratch("s", z.shape, z.dtype) if out is None and rows.on_numpy else out
+        s = np.subtract(np.multiply(z, z.dtype.type(beta), out=s), b_x, out=s) if rows.on_numpy else z * beta - b_x
         top = xp.max(s, axis=1)
         s -= top[:, None]
         return (np.exp(s, out=s) if rows.on_numpy else xp.exp(s)), xp.astype(top, xp.float64)
@@ -153,9 +149,8 @@ class Objective:
         return self._point(parts[:n_terms], beta, b, None, hessian), parts[n_terms:]
 
     def _kept_pass(self, b: np.ndarray, hessian: bool, curvature: bool) -> Point:
-        """A pass over kept ``E``: for the value and gradient alone on numpy, two matrix-vector products over
-        each of a few large row blocks, one per worker; with the Hessian's diagonal or the temperature's
-        terms (reading the rows again), and on torch, piece by piece."""
+        """A pass over kept ``E`` on the passes' pool: piece by piece with the Hessian's diagonal or the
+        temperature's terms (reading the rows again), and on torch."""
         kept, rows = self.kept, self.rows
         w = np.exp(kept.b_ref - b)
         w_x = rows.vector(w, rows.xp.float32)
@@ -163,16 +158,11 @@ class Objective:
             items = ((e, top, piece) for (e, top), (_, piece) in zip(kept.pieces, rows.pieces()))
             parts = rows.reduce(lambda e, top, piece: self._terms(
                 e, top, w_x, self._load(piece, "float32"), hessian, True), items)
-        elif kept.storage is None or hessian:
-            parts = rows.reduce(lambda e, top: self._terms(e, top, w_x, None, hessian), kept.pieces)
-        else:
-            def value_gradient(start: int, stop: int) -> tuple:
-                e = kept.storage[start:stop]
-                d = e @ w_x
-                return float(np.sum(kept.tops[start:stop] + np.log(d.astype(np.float64)))), (np.float32(1.0) / d) @ e
-
-            bounds = np.linspace(0, rows.n, rows.workers + 1).astype(int)
-            parts = rows.reduce(value_gradient, zip(bounds[:-1], bounds[1:]))
+        else:  # the value and gradient alone over storage: one large row block per worker
+            cuts = np.linspace(0, rows.n, rows.workers + 1).astype(int)
+            blocks = kept.pieces if kept.storage is None or hessian else [
+                (kept.storage[lo:hi], kept.tops[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
+            parts = rows.reduce(lambda e, top: self._terms(e, top, w_x, None, hessian), blocks)
         return self._point(parts, kept.beta, b, w, hessian)
 
     def scan(self, labels: np.ndarray | None, keep_beta: float | None,
@@ -195,11 +185,8 @@ class Objective:
             return (not bool(xp.all(xp.isfinite(z))), true_sum, sums,
                     [(start, chosen, to_np(z[rows.vector(chosen - start, xp.int64)]))])
 
-        point = None
-        if keep_beta is not None and self.keep:
-            point, parts = self._pass(keep_beta, np.zeros(rows.c), "float32", False, keep=True, first=first)
-        else:
-            parts = rows.reduce(first)
+        point, parts = (self._pass(keep_beta, np.zeros(rows.c), "float32", False, keep=True, first=first)
+                        if keep_beta is not None and self.keep else (None, rows.reduce(first)))
         bad, true_sum, sums, picked = parts
         if bad:
             raise ValueError("the logits hold NaN or infinite values")

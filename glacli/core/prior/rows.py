@@ -2,11 +2,9 @@
 
 A pass walks a :class:`~glacli.base.chunking.LogitSource` in cache-sized pieces, in its blocks' array
 namespace (numpy on a CPU, torch on a GPU), and sums what each piece gives. One thread pool does all
-the concurrency: up to ``min(4, cpus)`` pieces at once on a CPU (numpy's kernels release the GIL),
-and the next block is read while the current one is worked on. The BLAS library runs on one thread
-meanwhile: its own threads beside the pool's oversubscribe the cores, and its waiting threads stall
-whenever another process takes a core (on a 2-core machine with one core busy elsewhere, the whole
-estimate took 2 to 3 times as long with them).
+the concurrency: up to ``min(4, cpus)`` pieces at once on a CPU, the next block read meanwhile. BLAS
+runs on one thread: its own threads beside the pool's oversubscribe the cores and stall whenever
+another process takes one (2-3x the time on a 2-core machine with one core busy elsewhere).
 """
 from __future__ import annotations
 
@@ -40,15 +38,14 @@ class Rows:
         self.workers = min(4, os.cpu_count() or 1) if self.cpu else 1
         self._pool = ThreadPoolExecutor(self.workers + 1)
         self._local = threading.local()
-        self._blas = ThreadpoolController().limit(limits=1, user_api="blas") if self.on_numpy else None
+        self._blas = ThreadpoolController().limit(limits=1, user_api="blas")
 
     def __enter__(self) -> Rows:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._blas is not None:
-            self._blas.restore_original_limits()
+        self._blas.restore_original_limits()
 
     def vector(self, values: np.ndarray, dtype: Any) -> Any:
         return self.xp.asarray(np.asarray(values), dtype=dtype, device=self.device)
