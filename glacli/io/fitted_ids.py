@@ -25,6 +25,7 @@ FNV_PRIME = np.uint64(0x100000001B3)
 DIGEST_BINS = 100.0
 """Resolution of the value digest: a row's centred, unit-length values projected on two fixed random
 directions, rounded to 1/DIGEST_BINS (float32 rounding of the same row moves a projection by ~1e-7)."""
+DIGEST_ROWS = 1024
 
 
 def id_hashes(ids: Sequence[str]) -> np.ndarray:
@@ -62,8 +63,12 @@ def unit_projection(values: np.ndarray) -> np.ndarray:
         values = values.astype(np.float32, copy=False)
     n_values = values.shape[1]
     projection = np.random.default_rng(n_values).standard_normal((n_values, 2))
-    mean = values.sum(1, dtype=np.float64) / n_values
-    squares = np.einsum("ij,ij->i", values, values, dtype=np.float64)
+    sums, squares = np.empty(len(values)), np.empty(len(values))
+    for start in range(0, len(values), DIGEST_ROWS):  # float64 copies of a few rows: faster than mixed types
+        block = values[start:start + DIGEST_ROWS].astype(np.float64)
+        sums[start:start + len(block)] = block.sum(1)
+        squares[start:start + len(block)] = np.einsum("ij,ij->i", block, block)
+    mean = sums / n_values
     spread = squares - n_values * mean * mean
     projected = (values @ projection.astype(values.dtype)).astype(np.float64) - mean[:, None] * projection.sum(0)
     constant = spread <= 1e-12 * squares

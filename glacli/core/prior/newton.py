@@ -110,8 +110,9 @@ class Newton:
         curvature = float(change @ step)
         if curvature > 1e-300:
             rho, hy = 1.0 / curvature, self.inverse @ change
-            self.inverse = (self.inverse - rho * (np.outer(step, hy) + np.outer(hy, step))
-                            + (rho * rho * float(change @ hy) + rho) * np.outer(step, step))
+            # H - rho (s hy' + hy s') + (rho^2 y.hy + rho) s s', as two outer products
+            self.inverse = (self.inverse + np.outer(step, (rho * rho * float(change @ hy) + rho) * step - rho * hy)
+                            - np.outer(rho * hy, step))
 
     def check_convergence(self, tol: float) -> bool:
         return self.gap < tol
