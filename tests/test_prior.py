@@ -178,6 +178,28 @@ def test_a_read_error_in_a_streamed_source_reaches_the_caller():
         estimate_prior(LogitSource(failing, len(z), 6), class_proportions(y, 6), 1.0, labels=y, hold_bytes=0)
 
 
+def test_blas_threads_are_one_during_the_solve_and_restored_after_it():
+    """The passes' pool is the solver's one threading mechanism: BLAS runs on one thread while it
+    works (its own threads beside the pool's oversubscribe the cores), and the caller's setting
+    comes back afterwards, also when the solve fails."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    z, y, _ = biased_logits(200, 6, seed=5)
+    seen = []
+
+    def blocks():
+        seen.append([lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"])
+        yield z.astype(np.float32)
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        estimate_prior(LogitSource(blocks, len(z), 6, z[:0].astype(np.float32)), class_proportions(y, 6), 1.0, labels=y)
+        assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"] == before
+        with pytest.raises(ValueError):
+            estimate_prior(np.full((4, 6), np.nan), np.full(6, 1 / 6), 1.0)
+        assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"] == before
+    assert before and max(before) == 2 and seen and all(threads == [1] * len(before) for threads in seen)
+
+
 def test_nll_profile_path_ends_on_a_separable_set():
     """Labels that are the argmax of z: the likelihood keeps rising as T -> 0, so the profile
     iteration must stop at its bracket or its iteration cap and say so (the service then refuses
