@@ -197,6 +197,8 @@ class _FirstRead:
     def add(self, start: int, z: np.ndarray, ids: list[str] | None) -> None:
         if ids is None or start in self.parts:
             return
+        if self.parts:  # one block in work at a time: a streamed file is never held whole
+            list(self.parts.values())[-1].result()
         self.parts[start] = self.pool.submit(self._summarise, start, z, ids)
         self.rows += len(z)
 
@@ -339,14 +341,12 @@ def _after_fit(rows: _PooledRows, held: np.ndarray | None, fit: PriorEstimate
         return _right_per_class(debiased, first.labels[start:start + len(z)], first.n_classes)
 
     def pieces() -> Iterator[tuple[int, np.ndarray]]:
-        if held is not None:
-            step = chunking.array_rows(first.n_classes)
-            yield from ((start, held[start:start + step]) for start in range(0, rows.n_rows, step))
-            return
-        offset = 0
+        offset, step = 0, chunking.array_rows(first.n_classes)
         for rows_file, file_scale in zip(rows.files, rows.scales):
-            for chunk in rows_file.iter_chunks():
-                yield offset + chunk.start, chunk.values * np.float32(file_scale)
+            for start in range(0, rows_file.n_rows, step):
+                stop = min(start + step, rows_file.n_rows)
+                z = held[offset + start:offset + stop] if held is not None else rows_file.read(start, stop)
+                yield offset + start, z if held is not None or file_scale == 1.0 else z * np.float32(file_scale)
             offset += rows_file.n_rows
 
     counts, pending = np.zeros(first.n_classes), []
