@@ -37,18 +37,20 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
     for iteration in range(max_iter):
         if small_enough(theta, grad):
             return theta, loss, iteration, True
-        direction = -grad
+        # The two-loop recursion updates one vector in place: a fresh temporary per pair and loop
+        # (2 x history vectors of theta's size per iteration) cost more than the arithmetic.
+        direction = grad.neg()
         coefficients = []
         for s, y, rho in reversed(steps):
             alpha = rho * float(s @ direction)
-            direction = direction - alpha * y
+            direction.add_(y, alpha=-alpha)
             coefficients.append(alpha)
         if steps:
-            direction = apply(direction) * scale
+            direction = apply(direction).mul_(scale)
         else:
-            direction = direction * min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30))
+            direction.mul_(min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30)))
         for (s, y, rho), alpha in zip(steps, reversed(coefficients)):
-            direction = direction + (alpha - rho * float(y @ direction)) * s
+            direction.add_(s, alpha=alpha - rho * float(y @ direction))
         slope = float(grad @ direction)
         if not slope < 0:  # lost descent (rounding): restart from steepest descent
             steps.clear()
@@ -56,7 +58,7 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
             slope = float(grad @ direction)
         step = 1.0
         while True:
-            candidate = theta + step * direction
+            candidate = torch.add(theta, direction, alpha=step)
             new_loss, new_grad = objective(candidate)
             if new_loss <= loss + 1e-4 * step * slope:
                 break

@@ -191,11 +191,19 @@ class Preconditioner:
         return cls(values.eigenvectors[:, kept].to(device, dtype), damping[kept].to(device, dtype), ridge)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        """``H0 v`` for a flat ``theta``: the weights [C, D] row-major, then the bias [C]."""
+        """``H0 v`` for a flat ``theta``: the weights [C, D] row-major, then the bias [C].
+
+        Works on the weight block and the bias of ``v`` in place of the rows ``[w_c, b_c]`` (no copies
+        into and out of a [C, D + 1] matrix): ``coef = (W U_w + b u_b^T) diag(damping)``, then
+        ``W - coef U_w^T`` and ``b - coef u_b``, written into one new vector."""
         width = len(self.vectors)
-        rows = torch.cat([v[: -(len(v) // width)].view(-1, width - 1), v[-(len(v) // width):, None]], 1)
-        rows = rows - ((rows @ self.vectors) * self.damping) @ self.vectors.T
-        return torch.cat([rows[:, :-1].reshape(-1), rows[:, -1]]).div_(self.ridge)
+        n_classes = len(v) // width
+        weight, bias = v[: -n_classes].view(n_classes, width - 1), v[-n_classes:]
+        coef = torch.addr(weight @ self.vectors[:-1], bias, self.vectors[-1]).mul_(self.damping)
+        out = torch.empty_like(v)
+        torch.addmm(weight, coef, self.vectors[:-1].T, alpha=-1.0, out=out[: -n_classes].view(n_classes, width - 1))
+        torch.addmv(bias, coef, self.vectors[-1], alpha=-1.0, out=out[-n_classes:])
+        return out.div_(self.ridge)
 
 
 @dataclass
@@ -241,15 +249,19 @@ def probe_objective(data: ProbeData, displacement: torch.Tensor, bias: torch.Ten
         x = features.to(device=device, dtype=dtype, non_blocking=True)
         y = labels.to(device=device, non_blocking=True)
         logits = torch.addmm(shift, x, weight.T)
-        lse = torch.logsumexp(logits, dim=1)
-        total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum(dtype=torch.float64)
-        residual = torch.exp_(logits.sub_(lse[:, None]))
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        # logsumexp and softmax from one exp, in place: e = exp(z - max z), lse = max z + log sum e,
+        # softmax = e / sum e (torch.logsumexp followed by exp(z - lse) took the exp twice).
+        top = logits.amax(1, keepdim=True)
+        residual = logits.sub_(top).exp_()
+        norm = residual.sum(1, keepdim=True)
+        total += (norm.log().add_(top).squeeze(1) - true).sum(dtype=torch.float64)
+        residual.div_(norm)
         residual[torch.arange(len(y), device=device), y] -= 1.0
-        grad_w += residual.T @ x
+        grad_w.addmm_(residual.T, x)
         grad_b += residual.sum(0)
     n = data.n_rows
-    d64 = displacement.to(torch.float64)
-    loss = float(total) / n + 0.5 * wd * float((d64 * d64).sum())
+    loss = float(total) / n + 0.5 * wd * float(torch.linalg.vector_norm(displacement, dtype=torch.float64)) ** 2
     return loss, grad_w.div_(n).add_(displacement, alpha=wd), grad_b.div_(n)
 
 
