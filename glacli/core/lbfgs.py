@@ -9,14 +9,17 @@ from collections.abc import Callable
 
 import torch
 
+Pair = tuple[torch.Tensor, torch.Tensor, float]
+"""A curvature pair ``(s, y, 1 / s.y)``: a step and the change of the gradient along it."""
+
 FLAT_STEPS = 3
 """Consecutive steps without a decrease beyond working precision after which L-BFGS stops."""
 
 
 def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta: torch.Tensor,
           small_enough: Callable[[torch.Tensor, torch.Tensor], bool], max_iter: int, history: int,
-          precondition: Callable[[torch.Tensor], torch.Tensor] | None = None
-          ) -> tuple[torch.Tensor, float, int, bool]:
+          precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          pairs: list[Pair] | None = None) -> tuple[torch.Tensor, float, int, bool]:
     """Limited-memory BFGS with a backtracking (Armijo) line search, for smooth convex objectives.
 
     ``objective(theta) -> (value, gradient)``; stops when ``small_enough(theta, gradient)``, when
@@ -26,14 +29,23 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
     ``precondition(v)`` applies an approximate inverse Hessian ``H0`` (symmetric positive definite),
     the initial matrix of the two-loop recursion, scaled by ``s.y / y.H0 y`` of the newest pair
     (Nocedal & Wright, eq. 7.20 with ``H0`` for the identity); the default is the identity.
+    ``pairs`` is the curvature history ``(s, y, 1 / s.y)``, oldest first: by default empty (the first
+    step is a scaled steepest descent); given, the solver starts from those pairs (they must be
+    secant pairs of this objective: ``y`` the change of its gradient along ``s``) and leaves its
+    final history in the list.
     Returns ``(theta, value, iterations, converged)``.
     """
     precision = torch.finfo(theta.dtype).eps
     flat_steps = 0
     loss, grad = objective(theta)
     apply = precondition or (lambda v: v)
-    steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / y.s), oldest first
+    steps: list[Pair] = [] if pairs is None else pairs  # (s, y, 1 / y.s), oldest first
+    if len(steps) > history:
+        del steps[: len(steps) - history]
     scale = 1.0  # s.y / y.H0 y of the newest pair
+    if steps:
+        s, y, rho = steps[-1]
+        scale = 1.0 / (rho * float(y @ apply(y)))
     for iteration in range(max_iter):
         if small_enough(theta, grad):
             return theta, loss, iteration, True
