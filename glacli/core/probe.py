@@ -427,17 +427,6 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
             on_fit(point)
         return fit
 
-    warm, curvature = start, None
-    for index in range(0, len(grid), coarse_stride):
-        if index >= 2 * coarse_stride:
-            (w1, b1), (w2, b2) = solutions[index - coarse_stride], solutions[index - 2 * coarse_stride]
-            warm = (torch.lerp(w2, w1, 2.0), torch.lerp(b2, b1, 2.0))
-        fit = evaluate(index, warm, "coarse", curvature)
-        warm, curvature = (fit.weight, fit.bias), fit.curvature
-        assert best_index is not None
-        off_plateau = anchor is None and points[index].val_nll < (1 - PLATEAU_NLL_DROP) * points[0].val_nll
-        if off_plateau and (index - best_index) // coarse_stride >= patience:
-            break
     def bracketed_start(index: int, centre: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The start of a refinement fit: the solutions of the centre and of the nearest evaluated
         penalty beyond ``index`` interpolated linearly in ``log wd`` (the centre's alone where none lies beyond)."""
@@ -449,6 +438,17 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
         return (torch.lerp(solutions[centre][0], solutions[far][0], share),
                 torch.lerp(solutions[centre][1], solutions[far][1], share))
 
+    warm, curvature = start, None
+    for index in range(0, len(grid), coarse_stride):
+        if index >= 2 * coarse_stride:
+            (w1, b1), (w2, b2) = solutions[index - coarse_stride], solutions[index - 2 * coarse_stride]
+            warm = (torch.lerp(w2, w1, 2.0), torch.lerp(b2, b1, 2.0))
+        fit = evaluate(index, warm, "coarse", curvature)
+        warm, curvature = (fit.weight, fit.bias), fit.curvature
+        assert best_index is not None
+        off_plateau = anchor is None and points[index].val_nll < (1 - PLATEAU_NLL_DROP) * points[0].val_nll
+        if off_plateau and (index - best_index) // coarse_stride >= patience:
+            break
     span = coarse_stride // 2
     while span >= 1:
         assert best_index is not None and best_fit is not None
