@@ -9,14 +9,17 @@ from collections.abc import Callable
 
 import torch
 
+Pair = tuple[torch.Tensor, torch.Tensor, float]
+"""A curvature pair ``(s, y, 1 / s.y)``: a step and the change of the gradient along it."""
+
 FLAT_STEPS = 3
 """Consecutive steps without a decrease beyond working precision after which L-BFGS stops."""
 
 
 def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta: torch.Tensor,
           small_enough: Callable[[torch.Tensor, torch.Tensor], bool], max_iter: int, history: int,
-          precondition: Callable[[torch.Tensor], torch.Tensor] | None = None
-          ) -> tuple[torch.Tensor, float, int, bool]:
+          precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          pairs: list[Pair] | None = None) -> tuple[torch.Tensor, float, int, bool]:
     """Limited-memory BFGS with a backtracking (Armijo) line search, for smooth convex objectives.
 
     ``objective(theta) -> (value, gradient)``; stops when ``small_enough(theta, gradient)``, when
@@ -26,29 +29,40 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
     ``precondition(v)`` applies an approximate inverse Hessian ``H0`` (symmetric positive definite),
     the initial matrix of the two-loop recursion, scaled by ``s.y / y.H0 y`` of the newest pair
     (Nocedal & Wright, eq. 7.20 with ``H0`` for the identity); the default is the identity.
+    ``pairs`` is the curvature history ``(s, y, 1 / s.y)``, oldest first: by default empty (the first
+    step is a scaled steepest descent); given, the solver starts from those pairs (they must be
+    secant pairs of this objective: ``y`` the change of its gradient along ``s``) and leaves its
+    final history in the list.
     Returns ``(theta, value, iterations, converged)``.
     """
     precision = torch.finfo(theta.dtype).eps
     flat_steps = 0
     loss, grad = objective(theta)
     apply = precondition or (lambda v: v)
-    steps: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (s, y, 1 / y.s), oldest first
+    steps: list[Pair] = [] if pairs is None else pairs  # (s, y, 1 / y.s), oldest first
+    if len(steps) > history:
+        del steps[: len(steps) - history]
     scale = 1.0  # s.y / y.H0 y of the newest pair
+    if steps:
+        s, y, rho = steps[-1]
+        scale = 1.0 / (rho * float(y @ apply(y)))
     for iteration in range(max_iter):
         if small_enough(theta, grad):
             return theta, loss, iteration, True
-        direction = -grad
+        # The two-loop recursion updates one vector in place: a fresh temporary per pair and loop
+        # (2 x history vectors of theta's size per iteration) cost more than the arithmetic.
+        direction = grad.neg()
         coefficients = []
         for s, y, rho in reversed(steps):
             alpha = rho * float(s @ direction)
-            direction = direction - alpha * y
+            direction.add_(y, alpha=-alpha)
             coefficients.append(alpha)
         if steps:
-            direction = apply(direction) * scale
+            direction = apply(direction).mul_(scale)
         else:
-            direction = direction * min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30))
+            direction.mul_(min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-30)))
         for (s, y, rho), alpha in zip(steps, reversed(coefficients)):
-            direction = direction + (alpha - rho * float(y @ direction)) * s
+            direction.add_(s, alpha=alpha - rho * float(y @ direction))
         slope = float(grad @ direction)
         if not slope < 0:  # lost descent (rounding): restart from steepest descent
             steps.clear()
@@ -56,7 +70,7 @@ def lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], theta
             slope = float(grad @ direction)
         step = 1.0
         while True:
-            candidate = theta + step * direction
+            candidate = torch.add(theta, direction, alpha=step)
             new_loss, new_grad = objective(candidate)
             if new_loss <= loss + 1e-4 * step * slope:
                 break

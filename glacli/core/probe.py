@@ -30,7 +30,7 @@ pass; this module does no I/O itself.
 
 Penalty search (:func:`search_penalty`), as the CLIP paper's linear-probe protocol: a log-spaced
 grid of penalties, 8 per decade from 1 down to 1e-7. First every 8th (one per decade), from the
-strongest penalty down, each fit warm-started from the previous solution; the walk stops at the
+strongest penalty down, each fit warm-started from the previous solutions (see "Starts" below); the walk stops at the
 first decade (``patience``) that validates worse than the best so far, counted once the path
 has left the plateau of the strongest penalties. On that plateau the head is still close to its
 anchor (``W - W_a`` is about minus the gradient at the anchor over ``wd``): every fit ranks the
@@ -48,6 +48,18 @@ its neighbours at half, quarter and eighth decades, each level re-centred on the
 The chosen penalty is the best evaluated one by validation accuracy (ties: lower validation
 NLL); :func:`train_probe` refits it to a tight tolerance and calibrates a temperature on the
 validation set by NLL.
+
+Starts. Every fit's optimum is unique, so starts change the solver's path (and, within the
+search's tolerance, which of two near-tied penalties validates better), never the optimum. A
+coarse fit starts from the secant extrapolation (in ``log wd``) of the two previous decades'
+solutions, ``2 W_{k-1} - W_{k-2}`` (the first two from the previous solution, or the default
+start); a refinement fit from the solutions of the centre and of the nearest evaluated penalty
+on the other side, interpolated linearly in ``log wd`` (the centre's alone at the grid's end);
+the final refit from the chosen point's solution. Each also starts with the L-BFGS curvature
+pairs of the fit it came from (the previous decade's or the centre's), shifted to its penalty
+(:class:`Curvature`: exact, the penalty is quadratic) instead of a steepest-descent first step.
+On the CLIP ViT-B/32 ImageNet few-shot splits (1,000 classes, seeds 0-1, 1/2/4 shots) this cut the
+objective evaluations of ``gla fit --val`` from 2,533 to 1,487 over the 12 searches (docs/probe.md).
 """
 from __future__ import annotations
 
@@ -63,7 +75,7 @@ from glacli.base.types import PathPoint, ProbeResult
 from glacli.core.calibration import fit_temperature_nll
 from glacli.core.combine import log_label_frequencies
 from glacli.core.heads import apply_head
-from glacli.core.lbfgs import lbfgs
+from glacli.core.lbfgs import Pair, lbfgs
 
 WD_GRID = np.logspace(0.0, -7.0, 7 * 8 + 1)
 """Candidate penalties, strongest first, 8 per decade."""
@@ -191,16 +203,53 @@ class Preconditioner:
         return cls(values.eigenvectors[:, kept].to(device, dtype), damping[kept].to(device, dtype), ridge)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        """``H0 v`` for a flat ``theta``: the weights [C, D] row-major, then the bias [C]."""
+        """``H0 v`` for a flat ``theta``: the weights [C, D] row-major, then the bias [C].
+
+        Works on the weight block and the bias of ``v`` in place of the rows ``[w_c, b_c]`` (no copies
+        into and out of a [C, D + 1] matrix): ``coef = (W U_w + b u_b^T) diag(damping)``, then
+        ``W - coef U_w^T`` and ``b - coef u_b``, written into one new vector."""
         width = len(self.vectors)
-        rows = torch.cat([v[: -(len(v) // width)].view(-1, width - 1), v[-(len(v) // width):, None]], 1)
-        rows = rows - ((rows @ self.vectors) * self.damping) @ self.vectors.T
-        return torch.cat([rows[:, :-1].reshape(-1), rows[:, -1]]).div_(self.ridge)
+        n_classes = len(v) // width
+        weight, bias = v[: -n_classes].view(n_classes, width - 1), v[-n_classes:]
+        coef = torch.addr(weight @ self.vectors[:-1], bias, self.vectors[-1]).mul_(self.damping)
+        out = torch.empty_like(v)
+        torch.addmm(weight, coef, self.vectors[:-1].T, alpha=-1.0, out=out[: -n_classes].view(n_classes, width - 1))
+        torch.addmv(bias, coef, self.vectors[-1], alpha=-1.0, out=out[-n_classes:])
+        return out.div_(self.ridge)
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """L-BFGS's final curvature pairs ``(s, y, 1 / s.y)`` of a fit at penalty ``wd`` (flat ``theta``:
+    the displacement ``W - W_a`` [C, D] row-major, then the bias when it is learnt).
+
+    The penalty is quadratic, so a pair of one penalty is an exact secant pair of another on the
+    same rows: the data term's change of gradient along ``s`` does not depend on ``wd``, and the
+    penalty's is ``wd s`` on the weights. :meth:`at` shifts ``y`` by ``(wd' - wd) s`` there. A fit
+    warm-started from a neighbouring penalty's solution then starts with that fit's curvature
+    instead of a scaled steepest-descent step. The optimum does not change (strictly convex); the path does.
+    """
+
+    wd: float
+    pairs: tuple[Pair, ...]
+    n_weights: int
+
+    def at(self, wd: float) -> list[Pair]:
+        """The pairs for penalty ``wd`` (new ``y`` tensors; ``s`` shared), dropping any whose ``s.y`` is no longer positive."""
+        shifted = []
+        for s, y, _ in self.pairs:
+            y = y.clone()
+            y[: self.n_weights].add_(s[: self.n_weights], alpha=wd - self.wd)
+            sy = float(s @ y)
+            if sy > 1e-12 * float(y @ y):
+                shifted.append((s, y, 1.0 / sy))
+        return shifted
 
 
 @dataclass
 class ProbeFit:
-    """The solution at one penalty: ``weight`` [C, D], ``bias`` [C] (compute dtype and device)."""
+    """The solution at one penalty: ``weight`` [C, D], ``bias`` [C] (compute dtype and device), and
+    the solver's final curvature (to start a neighbouring penalty's fit)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -209,6 +258,7 @@ class ProbeFit:
     iterations: int
     evaluations: int
     converged: bool
+    curvature: Curvature | None = None
 
 
 @dataclass
@@ -241,15 +291,19 @@ def probe_objective(data: ProbeData, displacement: torch.Tensor, bias: torch.Ten
         x = features.to(device=device, dtype=dtype, non_blocking=True)
         y = labels.to(device=device, non_blocking=True)
         logits = torch.addmm(shift, x, weight.T)
-        lse = torch.logsumexp(logits, dim=1)
-        total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum(dtype=torch.float64)
-        residual = torch.exp_(logits.sub_(lse[:, None]))
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        # logsumexp and softmax from one exp, in place: e = exp(z - max z), lse = max z + log sum e,
+        # softmax = e / sum e (torch.logsumexp followed by exp(z - lse) took the exp twice).
+        top = logits.amax(1, keepdim=True)
+        residual = logits.sub_(top).exp_()
+        norm = residual.sum(1, keepdim=True)
+        total += (norm.log().add_(top).squeeze(1) - true).sum(dtype=torch.float64)
+        residual.div_(norm)
         residual[torch.arange(len(y), device=device), y] -= 1.0
-        grad_w += residual.T @ x
+        grad_w.addmm_(residual.T, x)
         grad_b += residual.sum(0)
     n = data.n_rows
-    d64 = displacement.to(torch.float64)
-    loss = float(total) / n + 0.5 * wd * float((d64 * d64).sum())
+    loss = float(total) / n + 0.5 * wd * float(torch.linalg.vector_norm(displacement, dtype=torch.float64)) ** 2
     return loss, grad_w.div_(n).add_(displacement, alpha=wd), grad_b.div_(n)
 
 
@@ -257,7 +311,7 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
               anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
               start: tuple[torch.Tensor, torch.Tensor] | None = None,
               adjustment: torch.Tensor | None = None, tol: float | None = None,
-              preconditioner: Preconditioner | None = None,
+              preconditioner: Preconditioner | None = None, curvature: Curvature | None = None,
               on_evaluation: Callable[[float], None] | None = None) -> ProbeFit:
     """Minimise ``L`` at penalty ``wd > 0`` by full-batch L-BFGS over ``W - W_a`` (and ``b``).
 
@@ -273,6 +327,8 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
     no step decreases ``L`` at working precision (counted as converged) or after
     ``options.max_iter`` iterations (not converged). ``preconditioner`` is L-BFGS's initial inverse
     Hessian (by default computed from ``data``; a search passes the one it computed for all its penalties).
+    ``curvature`` is another fit's on the same rows, anchor and adjustment (:class:`Curvature`): L-BFGS
+    starts with its pairs, shifted to ``wd``.
     """
     if wd <= 0 or not math.isfinite(wd):
         raise ValueError(f"penalty must be positive, got {wd}")
@@ -310,10 +366,12 @@ def fit_probe(data: ProbeData, wd: float, options: SolverOptions = SolverOptions
 
     if preconditioner is None:
         preconditioner = Preconditioner.of(data, device, dtype) if anchor is None else None
+    pairs = [] if curvature is None else curvature.at(wd)
     theta, loss, iterations, converged = lbfgs(objective, theta, small_enough, options.max_iter, options.history,
-                                               preconditioner)
+                                               preconditioner, pairs)
     bias = theta[c * d:].clone() if fixed_bias is None else fixed_bias.clone()
-    return ProbeFit(anchor_w + theta[: c * d].view(c, d), bias, wd, loss, iterations, evaluations, converged)
+    return ProbeFit(anchor_w + theta[: c * d].view(c, d), bias, wd, loss, iterations, evaluations, converged,
+                    Curvature(wd, tuple(pairs), c * d))
 
 
 def probe_logits(data: ProbeData, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -351,24 +409,42 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
         preconditioner = Preconditioner.of(train, options.device, options.dtype)
     best_index: int | None = None
     best_fit: ProbeFit | None = None
+    solutions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def evaluate(index: int, warm: tuple[torch.Tensor, torch.Tensor] | None, stage: str) -> ProbeFit:
+    def evaluate(index: int, warm: tuple[torch.Tensor, torch.Tensor] | None, stage: str,
+                 curvature: Curvature | None = None) -> ProbeFit:
         nonlocal best_index, best_fit
         fit = fit_probe(train, float(grid[index]), options, anchor=anchor, start=warm, adjustment=adjustment,
-                        tol=options.search_tol, preconditioner=preconditioner, on_evaluation=on_evaluation)
+                        tol=options.search_tol, preconditioner=preconditioner, curvature=curvature,
+                        on_evaluation=on_evaluation)
         accuracy, nll = probe_scores(val, fit.weight, fit.bias)
         point = PathPoint(fit.wd, accuracy, nll, fit.iterations, fit.loss, fit.converged, stage)
         points[index] = point
+        solutions[index] = (fit.weight, fit.bias)
         if best_index is None or point.key() > points[best_index].key():
             best_index, best_fit = index, fit
         if on_fit is not None:
             on_fit(point)
         return fit
 
-    warm = start
+    def bracketed_start(index: int, centre: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start of a refinement fit: the solutions of the centre and of the nearest evaluated
+        penalty beyond ``index`` interpolated linearly in ``log wd`` (the centre's alone where none lies beyond)."""
+        beyond = [j for j in solutions if (j - index) * (centre - index) < 0]
+        if not beyond:
+            return solutions[centre]
+        far = min(beyond, key=lambda j: abs(j - index))
+        share = (index - centre) / (far - centre)
+        return (torch.lerp(solutions[centre][0], solutions[far][0], share),
+                torch.lerp(solutions[centre][1], solutions[far][1], share))
+
+    warm, curvature = start, None
     for index in range(0, len(grid), coarse_stride):
-        fit = evaluate(index, warm, "coarse")
-        warm = (fit.weight, fit.bias)
+        if index >= 2 * coarse_stride:
+            (w1, b1), (w2, b2) = solutions[index - coarse_stride], solutions[index - 2 * coarse_stride]
+            warm = (torch.lerp(w2, w1, 2.0), torch.lerp(b2, b1, 2.0))
+        fit = evaluate(index, warm, "coarse", curvature)
+        warm, curvature = (fit.weight, fit.bias), fit.curvature
         assert best_index is not None
         off_plateau = anchor is None and points[index].val_nll < (1 - PLATEAU_NLL_DROP) * points[0].val_nll
         if off_plateau and (index - best_index) // coarse_stride >= patience:
@@ -379,7 +455,7 @@ def search_penalty(train: ProbeData, val: ProbeData, options: SolverOptions = So
         centre, centre_fit = best_index, best_fit
         for index in (centre - span, centre + span):
             if 0 <= index < len(grid) and index not in points:
-                evaluate(index, (centre_fit.weight, centre_fit.bias), "refine")
+                evaluate(index, bracketed_start(index, centre), "refine", centre_fit.curvature)
         span //= 2
     assert best_fit is not None
     return PenaltySearch(best_fit, [points[i] for i in sorted(points)])
@@ -408,16 +484,16 @@ def train_probe(train: ProbeData, *, val: ProbeData | None = None, wd: float | N
         raise ValueError("either a penalty or a validation set is needed")
     adjustment = train.log_label_frequencies() if balanced else None
     path: list[PathPoint] = []
-    start = init
+    start, curvature = init, None
     preconditioner = Preconditioner.of(train, options.device, options.dtype) if anchor is None else None
     if wd is None:
         assert val is not None
         search = search_penalty(train, val, options, anchor=anchor, start=init, adjustment=adjustment, grid=grid,
                                 preconditioner=preconditioner, on_fit=on_fit, on_evaluation=on_evaluation)
         path, wd = search.points, search.chosen.wd
-        start = (search.best.weight, search.best.bias)
+        start, curvature = (search.best.weight, search.best.bias), search.best.curvature
     fit = fit_probe(train, wd, options, anchor=anchor, start=start, adjustment=adjustment, preconditioner=preconditioner,
-                    on_evaluation=on_evaluation)
+                    curvature=curvature, on_evaluation=on_evaluation)
     result = ProbeResult(fit.weight.float().cpu().numpy(), fit.bias.float().cpu().numpy(), wd=wd,
                          temperature=1.0, iterations=fit.iterations, final_loss=fit.loss,
                          converged=fit.converged, path=path)
