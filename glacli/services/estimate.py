@@ -336,8 +336,7 @@ def _after_fit(rows: _PooledRows, held: np.ndarray | None, fit: PriorEstimate
     scale, log_q = np.float32(1.0 / fit.temperature), fit.log_prior.astype(np.float32)
 
     def debiased_right(start: int, z: np.ndarray) -> np.ndarray:
-        debiased = z * scale
-        debiased -= log_q
+        debiased = (z if scale == 1 else z * scale) - log_q
         return _right_per_class(debiased, first.labels[start:start + len(z)], first.n_classes)
 
     def pieces() -> Iterator[tuple[int, np.ndarray]]:
