@@ -29,6 +29,7 @@ __all__ = ["DEFAULT_TOL", "LogitSource", "class_proportions", "estimate_prior"]
 DEFAULT_TOL = 1e-8
 START_ROWS = 2048  # subsample rows on which nll's first beta is fitted
 PROFILE_GRADIENT = 1e-4  # nll hands over from the profile to the joint float64 Newton below this |phi'(beta)|
+FLOAT64_KEEPS = 1e-2  # below this |phi'(beta)| the next trial's keeping pass sums in float64
 UNDERFLOW = 1e-30  # a mean class probability below this is recomputed in log space
 
 
@@ -126,10 +127,10 @@ def _profile(objective: Objective, z_sub: np.ndarray, y_sub: np.ndarray, dtypes:
 
     The first ``beta`` is fitted on :data:`START_ROWS` subsample rows debiased at T = 1 (a T fitted with
     q uniform would absorb a strong prior), its ``b`` started by the fixed-point step over all rows. At
-    each trial ``beta``, ``b`` is solved over kept ``E``. At the first, one more pass gives ``phi'`` and
-    the beta terms of the Hessian: ``phi'' = H_beta_beta - H_beta_b H_bb^-1 H_b_beta``, ``db/dbeta =
-    -H_bb^-1 H_b_beta`` (which starts each next ``b``); later trials carry ``phi'`` from their keep's
-    start along ``H_beta_b`` and take ``phi''`` by secants.
+    each trial ``beta``, ``b`` is solved over kept ``E``; at the first, one more pass gives ``phi'``,
+    ``phi'' = H_beta_beta - H_beta_b H_bb^-1 H_b_beta`` and ``db/dbeta = -H_bb^-1 H_b_beta`` (which starts
+    each next ``b``); later trials carry ``phi'`` from their keep's start along ``H_beta_b`` (summed in
+    float64 near the end, so that the last step lands within the tolerance) and take ``phi''`` by secants.
     """
     b1 = _fixed_point_step(objective, 1.0, np.zeros(objective.rows.c), None, z_sub)
     every = max(1, len(z_sub) // START_ROWS)
@@ -159,6 +160,8 @@ def _profile(objective: Objective, z_sub: np.ndarray, y_sub: np.ndarray, dtypes:
             new_beta = math.sqrt(lo * hi)  # bisect in log beta: the bracket spans decades
         b, beta = b - slope * (new_beta - beta), new_beta
         inner.tol = max(tol / 4, min(1e-6, 1e-6 * abs(gradient)))
+        if abs(gradient) < FLOAT64_KEEPS:
+            objective.keep_sums = dtypes[-1]
         if abs(gradient) < PROFILE_GRADIENT or hi - lo <= 1e-9 * hi or iterations >= max_iter:
             break
     joint = joint_inverse(run.inverse, h_beta_b, curvature) if curvature > 0 else None

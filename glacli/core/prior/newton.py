@@ -2,9 +2,8 @@
 ``NewtonSolver``: setup, gradient and Hessian, inner solve, line search, convergence check, finalize.
 
 The variables are ``b`` (``T`` fixed) or ``(beta, b)``. The Hessian is dense only on a subsample of
-rows, its ``b``-diagonal raised to the exact one; its inverse is refreshed while the gap is large,
-then BFGS-updated from the gradients the passes give anyway. Passes run in float32 while it makes
-progress, then float64 to declare convergence.
+rows, its ``b``-diagonal raised to the exact one; its inverse is refreshed while the gap is large, then
+BFGS-updated. Passes run in float32 while it makes progress, then float64 to declare convergence.
 """
 from __future__ import annotations
 
@@ -19,10 +18,9 @@ MAX_RIDGE_RETRIES = 30  # each multiplies the ridge by 100: from 1e-12 past any 
 
 
 def subsample_hessian(z_sub: np.ndarray, beta: float, b: np.ndarray, diag: np.ndarray, fit_beta: bool) -> np.ndarray:
-    """The Hessian of ``L`` over the subsample rows, float64 [C, C] (``fit_beta``: [C + 1, C + 1],
-    ``beta`` first), its ``b``-diagonal raised to the exact ``diag`` (never lowered: it stays positive
-    semi-definite), the gauge direction ``b -> b + c`` fixed by adding ``1 1^T / C``. Float32 inside:
-    it only shapes the step."""
+    """The Hessian of ``L`` over the subsample rows (float32 inside: it only shapes the step), float64 [C, C]
+    (``fit_beta``: ``beta`` first), its ``b``-diagonal raised to the exact ``diag`` (it stays positive
+    semi-definite), the gauge direction ``b -> b + c`` fixed by adding ``1 1^T / C``."""
     z = z_sub.astype(np.float32, copy=False)
     s = z * np.float32(beta) - b.astype(np.float32)
     e = np.exp(s - s.max(1, keepdims=True))
@@ -60,7 +58,6 @@ class Newton:
     """Newton's method with an Armijo (or gradient-decrease) line search. After :meth:`solve`:
     ``point`` (the last pass), ``start`` (the first), ``iterations``, ``converged``, ``inverse`` (the
     inverse Hessian) and ``diag`` (the exact diagonal)."""
-
     def __init__(self, objective: Objective, z_sub: np.ndarray, fit_beta: bool, tol: float, max_iter: int):
         self.objective, self.z_sub, self.fit_beta, self.tol, self.max_iter = objective, z_sub, fit_beta, tol, max_iter
 

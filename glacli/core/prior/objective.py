@@ -1,10 +1,10 @@
 """The prior estimator's objective over the rows, kept or streamed (array math, no I/O).
 
-``L(beta, b) = mean_i logsumexp(beta z_i - b) + f . b - beta mean_i z_{i,y_i}``. One evaluation is
-one pass; every pass sums the same terms with one kernel (:meth:`Objective._terms`): log-partition,
-moments ``mean_i p_i``, the Hessian's diagonal, and with T free ``mean_i E_p[z_i]`` (the kernel of
-:mod:`glacli.core.calibration`). A pass may keep ``E = exp(beta z - b_ref - rowmax)`` in float32; later
-passes reuse it: ``softmax(beta z_i - b)_k = E_ik w_k / (E_i . w)``, ``w = exp(b_ref - b)``.
+``L(beta, b) = mean_i logsumexp(beta z_i - b) + f . b - beta mean_i z_{i,y_i}``, one pass per evaluation,
+every pass summing with one kernel (:meth:`Objective._terms`): log-partition, moments ``mean_i p_i``, the
+Hessian's diagonal, with T free ``mean_i E_p[z_i]`` (:mod:`glacli.core.calibration`'s kernel). A pass may
+keep ``E = exp(beta z - b_ref - rowmax)`` in float32 for later passes: ``p_ik = E_ik w_k / (E_i . w)``,
+``w = exp(b_ref - b)``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ REFERENCE_DRIFT = 30.0
 @dataclass
 class Point:
     """What one pass gives at ``(beta, b)`` (float64 numpy)."""
-
     lse: float                       # mean_i logsumexp(beta z_i - b)
     moments: np.ndarray              # mean_i p_i                          [C]
     hess_diag: np.ndarray | None     # mean_i p_i (1 - p_i)                [C]
@@ -41,7 +40,6 @@ class Point:
 @dataclass
 class Kept:
     """``E`` at ``(beta, b_ref)`` as ``(E, rowmax)`` pieces; on numpy views of ``storage`` [N, C] float32."""
-
     beta: float
     b_ref: np.ndarray
     pieces: list
@@ -52,11 +50,12 @@ class Kept:
 class Objective:
     """``L`` over ``rows``: ``target`` the proportions ``f``, ``mean_true_logit`` the label term,
     ``fit_beta`` whether passes also give ``mean_i E_p[z_i]``, ``keep`` whether float32 passes may
-    keep ``E`` in memory. ``shift``: column constants taken out of ``z`` (they only move ``b``)."""
+    keep ``E`` in memory (``keep_sums``: the precision of such a pass's own sums; ``E`` is float32).
+    ``shift``: column constants taken out of ``z`` (they only move ``b``)."""
 
     def __init__(self, rows: Rows, target: np.ndarray, fit_beta: bool, keep: bool):
         self.rows, self.target, self.fit_beta, self.keep = rows, target, fit_beta, keep
-        self.mean_true_logit, self.shift, self.kept = 0.0, None, None
+        self.mean_true_logit, self.shift, self.kept, self.keep_sums = 0.0, None, None, "float32"
 
     def value(self, point: Point) -> float:
         return point.lse + float(self.target @ point.b) - point.beta * self.mean_true_logit
@@ -68,11 +67,10 @@ class Objective:
 
     def evaluate(self, beta: float, b: np.ndarray, dtype: str, hessian: bool, curvature: bool = False) -> Point:
         """One pass at ``(beta, b)`` in ``dtype``; ``curvature``: also the temperature's Hessian terms."""
-        kept = self.kept
         if dtype == "float32" and self.keep:
-            if kept is not None and kept.beta == beta and np.abs(b - kept.b_ref).max() <= REFERENCE_DRIFT:
+            if (kept := self.kept) is not None and kept.beta == beta and abs(b - kept.b_ref).max() <= REFERENCE_DRIFT:
                 return self._kept_pass(b, hessian, curvature)
-            return self._pass(beta, b, dtype, hessian, curvature, keep=True)[0]
+            return self._pass(beta, b, self.keep_sums, hessian, curvature, keep=True)[0]
         return self._pass(beta, b, dtype, hessian, curvature)[0]
 
     def _load(self, piece: Any, dtype: str) -> Any:
@@ -135,9 +133,14 @@ class Objective:
         def terms(start: int, piece: Any) -> tuple:
             extra = () if first is None else first(start, piece)
             z = self._load(piece, dtype)
-            e, top = self._exp(z, beta, b_x, None if storage is None else storage[start:start + piece.shape[0]])
-            if keep:
-                pieces.append((start, e, top))
+            slot = None if storage is None else storage[start:start + piece.shape[0]]
+            e, top = self._exp(z, beta, b_x, slot if dtype == "float32" else None)
+            if keep:  # E is kept in float32, whatever the precision of the sums
+                if dtype != "float32" and slot is None:
+                    slot = rows.xp.astype(e, rows.xp.float32)
+                elif dtype != "float32":
+                    np.copyto(slot, e)
+                pieces.append((start, e if slot is None else slot, top))
             return (*self._terms(e, top, None, z if self.fit_beta else None, hessian, curvature), *extra)
 
         parts = rows.reduce(terms)

@@ -1,10 +1,8 @@
-"""How a pass of the prior solver goes over the rows.
-
-A pass walks a :class:`~glacli.base.chunking.LogitSource` in cache-sized pieces, in its blocks' array
-namespace (numpy on a CPU, torch on a GPU), and sums what each piece gives. One thread pool does all
-the concurrency: up to ``min(4, cpus)`` pieces at once on a CPU, the next block read meanwhile. BLAS
-runs on one thread: its own threads beside the pool's oversubscribe the cores and stall whenever
-another process takes one (2-3x the time on a 2-core machine with one core busy elsewhere).
+"""How a pass of the prior solver goes over the rows: a :class:`~glacli.base.chunking.LogitSource` in
+cache-sized pieces, in its blocks' array namespace (numpy on a CPU, torch on a GPU), summing what each
+piece gives. One thread pool does all the concurrency: ``min(4, cpus)`` pieces at once on a CPU, the
+next block read meanwhile; BLAS runs on one thread (its own threads beside the pool's oversubscribe
+the cores and stall when another process takes one: 2-3x the time on a 2-core machine, one core busy).
 """
 from __future__ import annotations
 
